@@ -1,0 +1,201 @@
+"""BERT WordPiece tokenisation on Hugging Face ``tokenizers`` (Rust), shared by data, training, the pyfunc and serving.
+
+The pipeline is BERT's reference one, built from the library's own parts:
+
+- ``BertNormalizer``: drops control characters, maps whitespace to spaces, puts spaces around every CJK
+  character (so each is its own token), lower-cases and strips accents (NFD, drop combining marks);
+- ``BertPreTokenizer``: splits on whitespace and around every punctuation character;
+- ``WordPiece``: greedy longest-match-first pieces with ``##`` continuations; a word longer than
+  ``max_input_chars_per_word`` characters, or one that cannot be covered by pieces, becomes ``[UNK]``.
+
+Usage::
+
+    tok = load_tokenizer("data/vocab/vocab.txt")
+    batch = encode_texts(tok, ["Hello, world!"], max_seq_length=128)
+    batch["token_ids"].shape  # (1, 128), int32: [CLS] hello , world ! [SEP] [PAD] ...
+
+Special tokens are always looked up by name (:func:`special_ids`): a vocabulary trained by bertops has
+``[PAD]=0 .. [MASK]=4``, an adopted one (bert-base-uncased) keeps its own ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+# Order matters: a vocabulary trained by bertops gets exactly these ids 0..4.
+SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, CLS, SEP, MASK)
+CONTINUATION_PREFIX = "##"
+
+
+class VocabError(ValueError):
+    """A vocabulary file that cannot be used (missing, empty, duplicate entries, no special tokens)."""
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Ids of the special tokens in one vocabulary."""
+
+    pad: int
+    unk: int
+    cls: int
+    sep: int
+    mask: int
+
+    def as_set(self) -> frozenset[int]:
+        return frozenset((self.pad, self.unk, self.cls, self.sep, self.mask))
+
+
+def read_vocab(vocab_file: str | Path) -> list[str]:
+    """Read a BERT ``vocab.txt`` (one token per line, id = line number) and check it.
+
+    Raises :class:`VocabError` naming the file and line for an empty file, a duplicate token or a
+    missing special token.
+    """
+    path = Path(vocab_file)
+    if not path.is_file():
+        raise VocabError(f"vocabulary file {path} does not exist")
+    try:
+        tokens = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise VocabError(f"{path}: not valid UTF-8 at byte {exc.start}") from None
+    # A trailing empty line is an artefact of the writer, not a token.
+    while tokens and tokens[-1] == "":
+        tokens.pop()
+    if not tokens:
+        raise VocabError(f"vocabulary file {path} is empty")
+    seen: dict[str, int] = {}
+    for line_no, token in enumerate(tokens, start=1):
+        if token in seen:
+            raise VocabError(f"{path}:{line_no}: duplicate token {token!r} (first on line {seen[token]})")
+        seen[token] = line_no
+    missing = [t for t in SPECIAL_TOKENS if t not in seen]
+    if missing:
+        raise VocabError(f"{path}: missing special token(s) {', '.join(missing)}; BERT needs all of {SPECIAL_TOKENS}")
+    return tokens
+
+
+def build_tokenizer(
+    vocab: dict[str, int],
+    lowercase: bool = True,
+    strip_accents: bool = True,
+    max_input_chars_per_word: int = 100,
+) -> Tokenizer:
+    """A BERT WordPiece ``tokenizers.Tokenizer`` over an in-memory ``{token: id}`` vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    tok = Tokenizer(
+        models.WordPiece(
+            vocab=vocab,
+            unk_token=UNK,
+            max_input_chars_per_word=max_input_chars_per_word,
+        )
+    )
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents, lowercase=lowercase
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    # Only used by tokenizer.encode(..., add_special_tokens=True); encode_texts assembles its own arrays.
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{CLS}:0 $A:0 {SEP}:0",
+        pair=f"{CLS}:0 $A:0 {SEP}:0 $B:1 {SEP}:1",
+        special_tokens=[(CLS, vocab[CLS]), (SEP, vocab[SEP])],
+    )
+    tok.decoder = decoders.WordPiece(prefix=CONTINUATION_PREFIX)
+    return tok
+
+
+def load_tokenizer(
+    vocab_file: str | Path,
+    lowercase: bool = True,
+    strip_accents: bool = True,
+    max_input_chars_per_word: int = 100,
+) -> Tokenizer:
+    """Load a BERT WordPiece tokenizer from a ``vocab.txt`` (the contract every step uses).
+
+    ``strip_accents`` applies whether or not the text is lower-cased (BERT's uncased models strip, cased
+    ones do not: pass ``lowercase=False, strip_accents=False`` for a cased vocabulary).
+    """
+    tokens = read_vocab(vocab_file)
+    return build_tokenizer(
+        {t: i for i, t in enumerate(tokens)},
+        lowercase=lowercase,
+        strip_accents=strip_accents,
+        max_input_chars_per_word=max_input_chars_per_word,
+    )
+
+
+def special_ids(tokenizer: Tokenizer) -> SpecialIds:
+    """The ids of ``[PAD] [UNK] [CLS] [SEP] [MASK]`` in this tokenizer's vocabulary."""
+    ids = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
+    missing = [t for t, i in ids.items() if i is None]
+    if missing:
+        raise VocabError(f"tokenizer vocabulary lacks special token(s) {', '.join(missing)}")
+    return SpecialIds(pad=ids[PAD], unk=ids[UNK], cls=ids[CLS], sep=ids[SEP], mask=ids[MASK])
+
+
+def vocab_list(tokenizer: Tokenizer) -> list[str]:
+    """The vocabulary as a list indexed by id."""
+    vocab = tokenizer.get_vocab(with_added_tokens=False)
+    out = [""] * (max(vocab.values()) + 1)
+    for token, idx in vocab.items():
+        out[idx] = token
+    return out
+
+
+def tokenize_ids(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Word-piece ids of each text, without special tokens, batched in Rust."""
+    encodings = tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
+    return [e.ids for e in encodings]
+
+
+def pack_single(
+    pieces: Sequence[Sequence[int]], max_seq_length: int, cls_id: int, sep_id: int, pad_id: int
+) -> dict[str, np.ndarray]:
+    """``[CLS] pieces [SEP] [PAD]...`` per row, keeping the first ``max_seq_length - 2`` pieces.
+
+    Returns int32 ``token_ids``, ``segment_ids`` (all 0), ``padding_mask`` (1 on real tokens),
+    each of shape ``(len(pieces), max_seq_length)``.
+    """
+    if max_seq_length < 3:
+        raise ValueError(f"max_seq_length must be at least 3 ([CLS] x [SEP]), got {max_seq_length}")
+    n = len(pieces)
+    keep = max_seq_length - 2
+    token_ids = np.full((n, max_seq_length), pad_id, dtype=np.int32)
+    lengths = np.fromiter((min(len(p), keep) for p in pieces), dtype=np.int64, count=n)
+    if n:
+        # One flat copy of all kept pieces, scattered into the rows with a boolean mask (row-major order).
+        flat = np.fromiter(
+            (i for p in pieces for i in p[:keep]), dtype=np.int32, count=int(lengths.sum())
+        )
+        cols = np.arange(max_seq_length)
+        body = (cols >= 1) & (cols[None, :] <= lengths[:, None])
+        token_ids[body] = flat
+        token_ids[:, 0] = cls_id
+        token_ids[np.arange(n), lengths + 1] = sep_id
+    padding_mask = (np.arange(max_seq_length)[None, :] < (lengths + 2)[:, None]).astype(np.int32)
+    return {
+        "token_ids": token_ids,
+        "segment_ids": np.zeros((n, max_seq_length), dtype=np.int32),
+        "padding_mask": padding_mask,
+    }
+
+
+def encode_texts(tokenizer: Tokenizer, texts: Sequence[str], max_seq_length: int) -> dict[str, np.ndarray]:
+    """Encode texts as model inputs: ``[CLS] text [SEP]`` padded with ``[PAD]`` to ``max_seq_length``.
+
+    Truncation rule: the first ``max_seq_length - 2`` word pieces of the text are kept. Returns int32 arrays
+    ``token_ids``, ``segment_ids``, ``padding_mask`` of shape ``(len(texts), max_seq_length)``.
+    """
+    if isinstance(texts, str):
+        raise TypeError("encode_texts takes a sequence of texts, not one string")
+    ids = special_ids(tokenizer)
+    return pack_single(tokenize_ids(tokenizer, texts), max_seq_length, ids.cls, ids.sep, ids.pad)
