@@ -1,0 +1,141 @@
+"""Shared fixtures: real services started once per test session.
+
+- ``mlflow_server``: a real ``mlflow server`` process on a free 127.0.0.1 port (SQLite + local artifacts).
+- ``ray_cluster``: a real Ray head (``ray start --head --block``) with the dashboard, so both ``ray.init(address)``
+  and the Jobs API (``JobSubmissionClient(dashboard_url)``) work. Stopped by killing its own process group only:
+  other Ray instances on the machine are left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Poll ``url`` until it answers 200, or fail with the service's log."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            break
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except Exception as exc:  # noqa: BLE001 - any failure means "not up yet"
+            last = exc
+        time.sleep(0.5)
+    tail = log.read_text(errors="replace")[-4000:] if log and log.exists() else ""
+    raise RuntimeError(f"{url} did not come up within {timeout}s ({last}); log tail:\n{tail}")
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Terminate a process started with ``start_new_session=True`` and everything it spawned."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    uri: str
+    root: Path
+
+
+@pytest.fixture(scope="session")
+def mlflow_server() -> Iterator[MlflowServer]:
+    """A real MLflow tracking server (SQLite backend, local artifact store) on 127.0.0.1."""
+    root = Path(tempfile.mkdtemp(prefix="bertops-mlflow-"))
+    port = free_port()
+    log = root / "server.log"
+    cmd = [
+        str(VENV_BIN / "mlflow"), "server",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "artifacts"),
+        "--workers", "1",
+    ]  # fmt: skip
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{uri}/health", timeout=120, proc=proc, log=log)
+        yield MlflowServer(uri=uri, root=root)
+    finally:
+        stop_group(proc)
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    address: str  # for ray.init(address=...)
+    dashboard_url: str  # for JobSubmissionClient(...)
+    temp_dir: Path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    """A real single-node Ray head with the dashboard (Jobs API) for the whole test session."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray_", dir="/tmp"))
+    gcs_port, dash_port = free_port(), free_port()
+    log = temp_dir / "head.log"
+    cmd = [
+        str(VENV_BIN / "ray"), "start", "--head", "--block",
+        "--node-ip-address", "127.0.0.1",
+        "--port", str(gcs_port),
+        "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
+        "--ray-client-server-port", str(free_port()),
+        "--dashboard-agent-listen-port", str(free_port()),
+        "--dashboard-agent-grpc-port", str(free_port()),
+        "--metrics-export-port", str(free_port()),
+        "--runtime-env-agent-port", str(free_port()),
+        "--num-cpus", "4",
+        "--object-store-memory", str(300 * 1024**2),
+        "--temp-dir", str(temp_dir),
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": f"{REPO_ROOT / 'src'}:{REPO_ROOT}"}
+    env.pop("RAY_ADDRESS", None)
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=REPO_ROOT
+        )
+    dashboard_url = f"http://127.0.0.1:{dash_port}"
+    try:
+        wait_http(f"{dashboard_url}/api/version", timeout=180, proc=proc, log=log)
+        yield RayCluster(address=f"127.0.0.1:{gcs_port}", dashboard_url=dashboard_url, temp_dir=temp_dir)
+    finally:
+        stop_group(proc, timeout=60)
