@@ -58,7 +58,7 @@ def _is_boundary(text: str, start: int, end: int, punct: str) -> bool:
         return False
     if punct != ".":
         return True
-    before = _WORD_BEFORE.search(text, 0, start)
+    before = _WORD_BEFORE.search(text, max(0, start - 64), start)  # a window: scanning from 0 is quadratic
     word = before.group(0).lstrip("'-&") if before else ""
     key = word.lower()
     if key in TITLES:
