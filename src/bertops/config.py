@@ -419,3 +419,35 @@ def load_config(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None =
     """Load, override and validate ``params.yaml``. Raises :class:`ConfigError` naming each bad key."""
     data = apply_overrides(load_raw(path), overrides)
     return validate_config(data, str(path))
+
+
+def describe_config() -> str:
+    """Every key of ``params.yaml`` with its type, default and description, as a Markdown reference."""
+    from pydantic.fields import FieldInfo
+
+    lines: list[str] = []
+
+    def walk(model: type[BaseModel], instance: BaseModel, prefix: str) -> None:
+        rows: list[tuple[str, str, str, str]] = []
+        nested: list[tuple[str, type[BaseModel], BaseModel]] = []
+        for name, field in model.model_fields.items():
+            assert isinstance(field, FieldInfo)
+            key = field.alias or name
+            value = getattr(instance, name)
+            if isinstance(value, BaseModel):
+                nested.append((f"{prefix}{key}", type(value), value))
+                continue
+            typ = str(field.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            rows.append((f"{prefix}{key}", typ, json.dumps(value), field.description or ""))
+        if rows:
+            lines.append(f"\n### `{prefix.rstrip('.') or 'top level'}`\n")
+            if model.__doc__:
+                lines.append(" ".join(model.__doc__.split()) + "\n")
+            lines.append("| key | type | default | meaning |\n|---|---|---|---|")
+            esc = lambda text: text.replace("|", "\\|")  # noqa: E731 - a pipe would end the table cell
+            lines.extend(f"| `{k}` | `{esc(t)}` | `{esc(d)}` | {esc(m)} |" for k, t, d, m in rows)
+        for key, sub, inst in nested:
+            walk(sub, inst, f"{key}.")
+
+    walk(BertopsConfig, BertopsConfig(), "")
+    return "\n".join(lines) + "\n"
