@@ -25,13 +25,12 @@ from typing import Any
 from bertops.config import BertopsConfig, SourceConfig
 from bertops.data import sources
 from bertops.data.errors import DataError
-from bertops.data.io import atomic_open
+from bertops.data.io import INGEST_STATS, atomic_open
 from bertops.data.sentences import split_sentences
 from bertops.paths import DataLayout
 
 log = logging.getLogger(__name__)
 
-INGEST_STATS = "ingest_stats.json"
 MAX_LISTED = 20  # dropped rows listed by location in the stats; the count is always complete
 
 

@@ -18,6 +18,9 @@ from typing import IO, Any
 
 from bertops.data.errors import DataError
 
+# Written by ``ingest`` beside its outputs, read by ``validate``: rows read, excluded and dropped per data set.
+INGEST_STATS = "ingest_stats.json"
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:

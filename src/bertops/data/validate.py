@@ -30,7 +30,7 @@ from typing import Any
 
 from bertops.config import BertopsConfig
 from bertops.data.errors import DataError
-from bertops.data.io import read_jsonl, write_json, write_text
+from bertops.data.io import INGEST_STATS, read_jsonl, write_json, write_text
 from bertops.paths import DataLayout
 
 log = logging.getLogger(__name__)
@@ -218,8 +218,6 @@ def check_corpus(path: Path, p: _Problems) -> dict[str, Any]:
 
 def build_report(cfg: BertopsConfig, layout: DataLayout) -> tuple[dict[str, Any], list[DataError]]:
     """Run every check on the ingested files; returns the report and the errors found (empty = valid)."""
-    from bertops.data.ingest import INGEST_STATS
-
     p = _Problems()
     report: dict[str, Any] = {
         "classification": check_classification(layout.classification, cfg, p),

@@ -1,0 +1,38 @@
+"""DVC stage ``validate``: data/ingested/* -> data/reports/data_report.{json,md,html}; fails (exit 1) on bad data, naming file/row/field.
+
+Usage: ``python pipelines/validate.py [--params params.yaml] [--set section.key=value ...]`` (dvc.yaml runs it).
+Bad data or config ends the run with exit status 1 and one message naming the file, row and field (or key);
+the previous outputs stay as they were.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from bertops.config import ConfigError, load_config
+from bertops.data.validate import run_validate
+from bertops.data.errors import DataError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="the params.yaml to read")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("pipelines.validate")
+    try:
+        cfg = load_config(args.params, args.set)
+        log.info("config: %s", cfg.to_dict()["validate"])
+        result = run_validate(cfg)
+    except (ConfigError, DataError) as exc:
+        log.error("validate failed: %s", exc)
+        return 1
+    log.info("validate done: %s, %d warning(s)", result["status"], len(result["warnings"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
