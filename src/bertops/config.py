@@ -250,8 +250,11 @@ class ServingConfig(_Section):
     target_ongoing_requests: float = Field(default=16, gt=0)
     num_cpus_per_replica: float = Field(default=1, gt=0)
     num_gpus_per_replica: float = Field(default=0, ge=0)
+    # Dynamic batching: up to max_batch_size *texts* per model call, gathered for at most batch_wait_timeout_s.
     max_batch_size: int = Field(default=32, ge=1)
     batch_wait_timeout_s: float = Field(default=0.01, ge=0)
+    # Requests in flight per replica (Ray Serve max_ongoing_requests); None = 2 x max_batch_size.
+    max_ongoing_requests: int | None = Field(default=None, ge=1)
     max_texts_per_request: int = Field(default=64, ge=1)
     max_text_bytes: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=1_000_000, ge=1)

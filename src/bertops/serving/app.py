@@ -1,0 +1,306 @@
+"""The Ray Serve application that serves the registered champion over HTTP (FastAPI ingress).
+
+Routes (under ``serving.route_prefix``): ``POST /predict``, ``GET /healthz``, ``GET /readyz``, ``GET /metadata``,
+``GET /metrics`` (Prometheus), ``POST /admin/reload`` (loopback callers only), OpenAPI docs at ``/docs``.
+
+Build it from the config (what ``bertops serve`` does) or from an import path with arguments (what a KubeRay
+``RayService`` or ``serve run`` does)::
+
+    serve run bertops.serving.app:build_app params=params.yaml
+    # RayService: import_path: bertops.serving.app:build_app, args: {params: /app/params.yaml,
+    #             set: ["tracking.uri=http://mlflow:5000"]}
+
+Dynamic batching: every request is one item of a ``@serve.batch`` queue whose size is counted in *texts*
+(``batch_size_fn``), so a model call gets up to ``serving.max_batch_size`` texts gathered from concurrent
+requests within ``serving.batch_wait_timeout_s``. A request with more texts than that is one model call of its
+own. Each batch takes the served model once, so all texts of a request are answered by one version.
+
+This module imports Ray and FastAPI: it is the serving entry point, imported only where serving happens.
+"""
+
+# No `from __future__ import annotations`: Ray Serve and FastAPI inspect these annotations at run time.
+import asyncio
+import dataclasses
+import logging
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.serve import Application
+
+from bertops.config import BertopsConfig, load_config, validate_config
+from bertops.serving.metrics import ServingMetrics
+from bertops.serving.model_store import LoadedModel, ModelManager, ModelSource
+from bertops.serving.schemas import (
+    BadRequest,
+    ErrorResponse,
+    MetadataResponse,
+    PredictRequest,
+    PredictResponse,
+    ReloadResponse,
+    RequestLimits,
+    check_content_length,
+    parse_predict_body,
+)
+
+# A child of "ray.serve": Serve's log handlers (JSON encoding, request id, replica id) apply to our records.
+logger = logging.getLogger("ray.serve.bertops")
+
+APP_NAME = "bertops"
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+REQUEST_ID_HEADER = "x-request-id"
+
+
+class ServiceSettings(BaseModel):
+    """What one replica needs: where the model is, and the request and batching limits."""
+
+    tracking_uri: str
+    model_name: str
+    alias: str = "champion"
+    poll_interval_s: float = Field(default=30, gt=0)
+    max_batch_size: int = Field(default=32, ge=1)
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
+    max_texts_per_request: int = Field(default=64, ge=1)
+    max_text_bytes: int = Field(default=10_000, ge=1)
+    max_body_bytes: int = Field(default=1_000_000, ge=1)
+
+    @classmethod
+    def from_config(cls, cfg: BertopsConfig) -> "ServiceSettings":
+        s = cfg.serving
+        return cls(
+            tracking_uri=cfg.tracking_uri(), model_name=cfg.registry.model_name, alias=s.model_alias,
+            poll_interval_s=s.poll_interval_s, max_batch_size=s.max_batch_size,
+            batch_wait_timeout_s=s.batch_wait_timeout_s, max_texts_per_request=s.max_texts_per_request,
+            max_text_bytes=s.max_text_bytes, max_body_bytes=s.max_body_bytes,
+        )  # fmt: skip
+
+    @property
+    def limits(self) -> RequestLimits:
+        return RequestLimits(self.max_texts_per_request, self.max_text_bytes, self.max_body_bytes)
+
+
+api = FastAPI(
+    title="bertops serving",
+    description="The registered champion BERT classifier. Send raw texts, get labels and class probabilities.",
+    version="1",
+)
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 403, 413, 422, 503)
+}
+
+
+def _count_texts(items: list[list[str]]) -> int:
+    """Batch size in texts, not requests (``batch_size_fn`` of the batch queue)."""
+    return sum(len(texts) for texts in items)
+
+
+@serve.deployment
+@serve.ingress(api)
+class BertopsService:
+    """One serving replica: the served model, its switcher and poller, the batch queue, the metrics."""
+
+    async def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = ServiceSettings.model_validate(settings)
+        self.limits = self.settings.limits
+        self.metrics = ServingMetrics()
+        source = ModelSource(self.settings.tracking_uri, self.settings.model_name, self.settings.alias)
+        self.manager = ModelManager(source, on_switch=self.metrics.model_switched, on_failure=self.metrics.switch_failed)
+        self._predict_batch.set_max_batch_size(self.settings.max_batch_size)
+        self._predict_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+        self._model_call = asyncio.Lock()  # one model call at a time per replica: it uses every core anyway
+        # A replica without a model starts (readyz says 503) and keeps polling: promoting a first champion
+        # later is enough to bring it up, with no redeploy.
+        result = await self.manager.refresh()
+        logger.info("start-up: %s", result.message)
+        self._poller = asyncio.get_running_loop().create_task(self.manager.poll(self.settings.poll_interval_s))
+
+    def check_health(self) -> None:
+        """Ray Serve's replica health check: the replica is unhealthy when its poller died."""
+        if self._poller.done() and not self._poller.cancelled():
+            raise RuntimeError(f"model poller stopped: {self._poller.exception()!r}")
+
+    # ------------------------------------------------------------------------------------ model calls
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=_count_texts)
+    async def _predict_batch(self, items: list[list[str]]) -> list[tuple[LoadedModel, list[dict[str, Any]]]]:
+        model = self.manager.current  # taken once: every request of this batch is answered by one version
+        if model is None:
+            raise _NotReady()
+        flat = [text for texts in items for text in texts]
+        async with self._model_call:
+            predictions = await asyncio.to_thread(model.predict, flat)
+        self.metrics.observe_batch(len(items), len(flat))
+        out, start = [], 0
+        for texts in items:
+            out.append((model, predictions[start : start + len(texts)]))
+            start += len(texts)
+        return out
+
+    async def _predict(self, texts: list[str]) -> tuple[LoadedModel, list[dict[str, Any]]]:
+        if len(texts) > self.settings.max_batch_size:  # a full batch on its own; the queue would refuse it
+            model = self.manager.current
+            if model is None:
+                raise _NotReady()
+            async with self._model_call:
+                predictions = await asyncio.to_thread(model.predict, texts)
+            self.metrics.observe_batch(1, len(texts))
+            return model, predictions
+        return await self._predict_batch(texts)
+
+    # ---------------------------------------------------------------------------------------- routes
+    @api.post(
+        "/predict",
+        response_model=PredictResponse,
+        responses=_ERRORS,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def predict(self, request: Request) -> Response:
+        """Classify ``{"texts": [...]}``: label, its probability and every class probability, per text."""
+        started, request_id = time.perf_counter(), _request_id(request)
+        try:
+            check_content_length(request.headers.get("content-length"), self.limits)
+            body = await _read_body(request, self.limits.max_body_bytes)
+            texts = parse_predict_body(body, self.limits)
+            model, predictions = await self._predict(texts)
+        except BadRequest as exc:
+            return self._error("/predict", exc.status, exc.message, request_id, started)
+        except _NotReady:
+            return self._error("/predict", 503, "no model version is loaded yet; see GET /metadata", request_id, started)
+        payload = {"model": model.name, "version": model.version, "predictions": predictions}
+        elapsed = time.perf_counter() - started
+        self.metrics.observe_request("/predict", 200, elapsed)
+        logger.info(
+            "predict",
+            extra={"texts": len(texts), "model_version": model.version, "latency_ms": round(elapsed * 1000, 2)},
+        )
+        return JSONResponse(payload, headers={REQUEST_ID_HEADER: request_id})
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        """Liveness: the replica answers."""
+        return {"status": "alive"}
+
+    @api.get("/readyz", responses={503: {"model": ErrorResponse}})
+    async def readyz(self) -> Response:
+        """Readiness: 200 when a model version is loaded and warmed up, else 503."""
+        model = self.manager.current
+        if model is None:
+            return JSONResponse({"ready": False, "error": self.manager.last_error or "loading"}, status_code=503)
+        return JSONResponse({"ready": True, "model": model.name, "version": model.version})
+
+    @api.get("/metadata", response_model=MetadataResponse)
+    async def metadata(self) -> dict[str, Any]:
+        """The served version: name, version, labels, data version, when it was loaded; the last switch error."""
+        model = self.manager.current
+        return {
+            "ready": model is not None,
+            "model": model.metadata() if model else None,
+            "tracking_uri": self.settings.tracking_uri,
+            "poll_interval_s": self.settings.poll_interval_s,
+            "last_reload_error": self.manager.last_error,
+        }
+
+    @api.get("/metrics")
+    async def prometheus(self) -> Response:
+        """Prometheus exposition of this replica's metrics."""
+        body, content_type = self.metrics.render()
+        return Response(body, media_type=content_type)
+
+    @api.post("/admin/reload", response_model=ReloadResponse, responses=_ERRORS)
+    async def admin_reload(self, request: Request) -> Response:
+        """Follow the alias now (a promotion calls this). Loopback callers only; retries a failed version."""
+        host = request.client.host if request.client else None
+        if host not in LOOPBACK:
+            return self._error("/admin/reload", 403, f"reload is allowed from loopback only, not {host}", None,
+                               time.perf_counter())  # fmt: skip
+        return JSONResponse(dataclasses.asdict(await self.reload()))
+
+    async def reload(self, force: bool = True) -> Any:
+        """Handle method for the same: ``serve.get_app_handle("bertops").reload.remote()``."""
+        result = await self.manager.refresh(force=force)
+        logger.info("reload requested: %s", result.message)
+        return result
+
+    def _error(self, route: str, status: int, message: str, request_id: str | None, started: float) -> Response:
+        reason = {413: "too_large", 503: "not_ready", 403: "forbidden"}.get(status, "bad_request")
+        self.metrics.observe_request(route, status, time.perf_counter() - started, reason=reason)
+        logger.info("refused %s: %d %s", route, status, message, extra={"status": status})
+        headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+        return JSONResponse({"error": message, "request_id": request_id}, status_code=status, headers=headers)
+
+
+class _NotReady(Exception):
+    """No model version is loaded yet."""
+
+
+def _request_id(request: Request) -> str:
+    # Ray's proxy puts an X-Request-ID on every request (the client's, or a fresh one) and on the response.
+    return request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Read the body, refusing it (413) as soon as it passes ``limit`` bytes."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(413, f"request body is over {limit} bytes (serving.max_body_bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# ------------------------------------------------------------------------------------------- building
+def deployment_options(cfg: BertopsConfig) -> dict[str, Any]:
+    """Replicas, autoscaling, CPU/GPU per replica and concurrency from ``serving`` in params.yaml."""
+    s = cfg.serving
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": s.num_cpus_per_replica, "num_gpus": s.num_gpus_per_replica},
+        # Enough requests in flight per replica to fill a batch of single-text requests twice over.
+        "max_ongoing_requests": s.max_ongoing_requests or max(2 * s.max_batch_size, 8),
+        "logging_config": {"encoding": "JSON", "log_level": "INFO"},
+        "health_check_period_s": 10,
+    }
+    if s.num_replicas == "auto":
+        options["num_replicas"] = "auto"
+        options["autoscaling_config"] = {
+            "min_replicas": s.min_replicas, "max_replicas": s.max_replicas,
+            "target_ongoing_requests": s.target_ongoing_requests,
+        }  # fmt: skip
+    else:
+        options["num_replicas"] = s.num_replicas
+    return options
+
+
+def app_from_config(cfg: BertopsConfig) -> Application:
+    """The serving application for a validated config (not yet running)."""
+    settings = ServiceSettings.from_config(cfg)
+    return BertopsService.options(**deployment_options(cfg)).bind(settings.model_dump())
+
+
+def config_from_args(args: dict[str, Any]) -> BertopsConfig:
+    """Resolve builder arguments: ``config`` (a whole config mapping) or ``params`` (a path, default
+    params.yaml), plus ``set`` (override(s) ``section.key=value``, a list or one string)."""
+    overrides = args.get("set") or []
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    unknown = sorted(set(args) - {"config", "params", "set"})
+    if unknown:
+        raise ValueError(f"unknown build_app argument(s) {unknown}; allowed: config, params, set")
+    if "config" in args:
+        from bertops.config import apply_overrides
+
+        return validate_config(apply_overrides(dict(args["config"]), overrides), "build_app args.config")
+    return load_config(args.get("params", "params.yaml"), overrides)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Application builder for ``serve run`` / a RayService ``import_path`` (see the module docstring)."""
+    return app_from_config(config_from_args(args))

@@ -1,0 +1,241 @@
+"""Which model version a replica serves, and how it switches to a newly promoted one.
+
+- :class:`ModelSource` names what to follow: the registered model and alias (``models:/<name>@champion``).
+- :func:`load_version` downloads one version's MLflow pyfunc and passes it through :func:`warm_up`, a check of
+  the output contract (columns ``label``, ``probability``, ``prob_<label>``; probabilities that sum to 1) on a
+  few fixed texts. A version that fails to load or to warm up is never served.
+- :class:`ModelManager` holds the version being served. :meth:`ModelManager.refresh` resolves the alias and,
+  when it moved, loads the new version in a worker thread while the old one keeps answering; only a loaded and
+  warmed-up version replaces it, in one assignment. A request batch takes the model object once, so a switch
+  never splits or fails a request. A version that failed is remembered and not retried on every poll (a forced
+  reload, e.g. ``POST /admin/reload``, retries it).
+
+MLflow and pandas are imported inside functions: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Fixed warm-up inputs: short, long (over any max_seq_length, so truncation runs), non-ASCII, empty.
+WARMUP_TEXTS = (
+    "a warm, funny and beautifully acted film",
+    "dull " * 600,
+    "Ça commence bien, puis ça s'effondre — 最悪",
+    "",
+)
+DATA_VERSION_TAG = "bertops.data_version"
+
+
+class ModelLoadError(RuntimeError):
+    """A registered version that cannot be served: it failed to load or to pass the warm-up check."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """The registered model a service follows: ``models:/<name>@<alias>`` on ``tracking_uri``."""
+
+    tracking_uri: str
+    name: str
+    alias: str = "champion"
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}@{self.alias}"
+
+    def client(self) -> Any:
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def resolve(self) -> str:
+        """The version the alias points at now. Raises :class:`ModelLoadError` when it points nowhere."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client().get_model_version_by_alias(self.name, self.alias).version)
+        except MlflowException as exc:
+            raise ModelLoadError(f"cannot resolve {self.uri} on {self.tracking_uri}: {exc.message}") from None
+
+
+@dataclass
+class LoadedModel:
+    """One registered version, loaded and warmed up, with what ``GET /metadata`` reports about it."""
+
+    name: str
+    version: str
+    alias: str
+    pyfunc: Any  # mlflow.pyfunc.PyFuncModel
+    labels: list[str]
+    data_version: str | None = None
+    run_id: str | None = None
+    loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def predict(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Classify ``texts``; one ``{"label", "probability", "probabilities"}`` dict per text, in order."""
+        import pandas as pd
+
+        frame = self.pyfunc.predict(pd.DataFrame({"text": list(texts)}))
+        return predictions_from_frame(frame, self.labels, expected_rows=len(texts))
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "model": self.name, "version": self.version, "alias": self.alias, "labels": self.labels,
+            "data_version": self.data_version, "run_id": self.run_id, "loaded_at": self.loaded_at,
+        }  # fmt: skip
+
+
+def labels_of(frame: Any) -> list[str]:
+    """Class labels from the pyfunc's ``prob_<label>`` columns, in their (label-map) order."""
+    return [str(c)[len("prob_") :] for c in frame.columns if str(c).startswith("prob_")]
+
+
+def predictions_from_frame(frame: Any, labels: list[str], expected_rows: int) -> list[dict[str, Any]]:
+    """Turn the pyfunc's output DataFrame into response dicts, checking the output contract on the way.
+
+    Raises :class:`ModelLoadError` naming the row and column that break the contract.
+    """
+    missing = [c for c in ("label", "probability", *(f"prob_{lab}" for lab in labels)) if c not in frame.columns]
+    if missing:
+        raise ModelLoadError(f"model output lacks column(s) {missing}; it has {list(frame.columns)}")
+    if len(frame) != expected_rows:
+        raise ModelLoadError(f"model returned {len(frame)} rows for {expected_rows} texts")
+    probs = frame[[f"prob_{lab}" for lab in labels]].to_numpy(dtype=float)
+    out = []
+    for i, (label, probability) in enumerate(zip(frame["label"], frame["probability"], strict=True)):
+        row = probs[i]
+        if not all(math.isfinite(p) and -1e-6 <= p <= 1 + 1e-6 for p in row) or abs(row.sum() - 1) > 1e-3:
+            raise ModelLoadError(f"row {i}: class probabilities {row.tolist()} are not a distribution")
+        if str(label) not in labels:
+            raise ModelLoadError(f"row {i}: label {label!r} is not one of {labels}")
+        out.append({
+            "label": str(label),
+            "probability": float(probability),
+            "probabilities": {lab: float(p) for lab, p in zip(labels, row, strict=True)},
+        })  # fmt: skip
+    return out
+
+
+def warm_up(pyfunc: Any) -> list[str]:
+    """Run the fixed warm-up texts through a freshly loaded pyfunc; return its labels or raise ModelLoadError."""
+    import pandas as pd
+
+    try:
+        frame = pyfunc.predict(pd.DataFrame({"text": list(WARMUP_TEXTS)}))
+    except Exception as exc:  # noqa: BLE001 - any failure of an unknown model means "do not serve it"
+        raise ModelLoadError(f"warm-up prediction failed: {type(exc).__name__}: {exc}") from exc
+    if not hasattr(frame, "columns"):
+        raise ModelLoadError(f"model output is a {type(frame).__name__}, not a DataFrame")
+    labels = labels_of(frame)
+    if len(labels) < 2:
+        raise ModelLoadError(f"model output has no prob_<label> columns for 2+ classes: {list(frame.columns)}")
+    predictions_from_frame(frame, labels, expected_rows=len(WARMUP_TEXTS))
+    return labels
+
+
+def load_version(source: ModelSource, version: str) -> LoadedModel:
+    """Download, load and warm up one registered version. Raises :class:`ModelLoadError` on any failure."""
+    import mlflow
+
+    started = time.monotonic()
+    client = source.client()
+    uri = f"models:/{source.name}/{version}"
+    try:
+        mv = client.get_model_version(source.name, version)
+        mlflow.set_tracking_uri(source.tracking_uri)
+        mlflow.set_registry_uri(source.tracking_uri)
+        pyfunc = mlflow.pyfunc.load_model(uri)
+    except Exception as exc:  # noqa: BLE001 - load errors of any kind keep the old version serving
+        raise ModelLoadError(f"loading {uri} failed: {type(exc).__name__}: {exc}") from exc
+    labels = warm_up(pyfunc)
+    loaded = LoadedModel(
+        name=source.name, version=str(version), alias=source.alias, pyfunc=pyfunc, labels=labels,
+        data_version=(mv.tags or {}).get(DATA_VERSION_TAG), run_id=mv.run_id,
+    )  # fmt: skip
+    logger.info("loaded %s (labels %s) in %.1fs", uri, labels, time.monotonic() - started)
+    return loaded
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    switched: bool
+    version: str | None
+    previous_version: str | None
+    message: str
+
+
+class ModelManager:
+    """The version one replica serves, and the switch to a newly promoted one (see the module docstring).
+
+    ``on_switch(old, new)`` and ``on_failure(version, error)`` let the caller update metrics.
+    """
+
+    def __init__(
+        self,
+        source: ModelSource,
+        loader: Callable[[ModelSource, str], LoadedModel] = load_version,
+        on_switch: Callable[[LoadedModel | None, LoadedModel], None] | None = None,
+        on_failure: Callable[[str | None, str], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.current: LoadedModel | None = None
+        self.last_error: str | None = None
+        self._loader = loader
+        self._failed: dict[str, str] = {}  # version -> why it was not switched to
+        self._lock = asyncio.Lock()
+        self._on_switch = on_switch or (lambda old, new: None)
+        self._on_failure = on_failure or (lambda version, error: None)
+
+    async def refresh(self, force: bool = False) -> RefreshResult:
+        """Follow the alias: switch to the version it points at if that differs and loads and warms up.
+
+        ``force`` retries a version that failed before. Never raises for a bad version: the old one stays.
+        """
+        async with self._lock:  # one switch at a time; requests are not blocked by it
+            previous = self.current.version if self.current else None
+            try:
+                target = await asyncio.to_thread(self.source.resolve)
+            except ModelLoadError as exc:
+                return self._failure(None, str(exc), previous)
+            if target == previous:
+                return RefreshResult(False, previous, previous, f"already serving version {target}")
+            if target in self._failed and not force:
+                return RefreshResult(
+                    False, previous, previous, f"version {target} failed before: {self._failed[target]}"
+                )
+            try:
+                loaded = await asyncio.to_thread(self._loader, self.source, target)
+            except ModelLoadError as exc:
+                self._failed[target] = str(exc)
+                return self._failure(target, str(exc), previous)
+            old, self.current = self.current, loaded  # the switch: one assignment
+            self._failed.pop(target, None)
+            self.last_error = None
+            self._on_switch(old, loaded)
+            logger.info("now serving %s version %s (was %s)", self.source.name, target, previous)
+            return RefreshResult(True, target, previous, f"switched from version {previous} to {target}")
+
+    def _failure(self, version: str | None, error: str, previous: str | None) -> RefreshResult:
+        self.last_error = error
+        self._on_failure(version, error)
+        keep = f"; still serving version {previous}" if previous else "; no version is loaded"
+        logger.error("not switching to %s version %s: %s%s", self.source.name, version, error, keep)
+        return RefreshResult(False, previous, previous, error + keep)
+
+    async def poll(self, interval_s: float) -> None:
+        """Refresh every ``interval_s`` seconds, forever (run as a background task; cancel to stop)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.refresh()
+            except Exception:  # noqa: BLE001 - the poller must outlive any one failed refresh
+                logger.exception("polling %s failed", self.source.uri)

@@ -1,0 +1,165 @@
+"""Request and response bodies of the serving API, and the checks that turn bad input into a 4xx.
+
+The predict body is parsed here, by hand rather than by FastAPI's automatic body binding, for two reasons:
+the limits (texts per request, bytes per text) come from ``params.yaml`` at run time, and every rejection
+must carry a message that names the field and what was wrong, e.g.::
+
+    parse_predict_body(b'{"texts": ["ok", 3]}', RequestLimits())
+    # -> BadRequest(422, "texts[1]: expected a string, got number")
+
+Nothing here imports Ray, MLflow or TensorFlow: the module is unit-tested on its own.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class BadRequest(ValueError):
+    """A request the service refuses: ``status`` is the 4xx to answer with, ``message`` says what was wrong."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Per-request bounds from ``serving`` in ``params.yaml``."""
+
+    max_texts: int = 64
+    max_text_bytes: int = 10_000
+    max_body_bytes: int = 1_000_000
+
+
+# ------------------------------------------------------------------------------------------------ bodies
+class PredictRequest(BaseModel):
+    """``POST /predict`` body: the texts to classify (raw text; tokenisation happens inside the model)."""
+
+    texts: list[str] = Field(
+        min_length=1,
+        description="Texts to classify, one prediction each, in order. Limits: serving.max_texts_per_request "
+        "texts, serving.max_text_bytes UTF-8 bytes each. Longer texts are truncated by the model to its "
+        "max_seq_length - 2 word pieces (the first ones are kept).",
+        examples=[["a moving, beautifully acted film", "dull and far too long"]],
+    )
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="The most probable class.")
+    probability: float = Field(description="Probability of `label`.")
+    probabilities: dict[str, float] = Field(description="Probability of every class, in label-map order.")
+
+
+class PredictResponse(BaseModel):
+    model: str = Field(description="Registered model name that answered.")
+    version: str = Field(description="Registered model version that answered (all texts of one request).")
+    predictions: list[Prediction]
+
+
+class ModelMetadata(BaseModel):
+    model: str
+    version: str
+    alias: str
+    labels: list[str]
+    data_version: str | None = Field(description="The version's `bertops.data_version` tag, if set.")
+    run_id: str | None
+    loaded_at: str = Field(description="When this replica loaded the version (UTC, ISO 8601).")
+
+
+class MetadataResponse(BaseModel):
+    ready: bool
+    model: ModelMetadata | None
+    tracking_uri: str
+    poll_interval_s: float
+    last_reload_error: str | None = Field(
+        description="Why the newest switch attempt failed (the old version kept serving), if it did."
+    )
+
+
+class ReloadResponse(BaseModel):
+    switched: bool
+    version: str | None = Field(description="The version served after the reload.")
+    previous_version: str | None
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="What was wrong with the request.")
+    request_id: str | None = None
+
+
+# ------------------------------------------------------------------------------------------------ checks
+def check_content_length(header: str | None, limits: RequestLimits) -> None:
+    """Refuse a body whose declared ``Content-Length`` is over the limit before reading it."""
+    if header is None:
+        return
+    try:
+        declared = int(header)
+    except ValueError:
+        raise BadRequest(400, f"Content-Length header {header!r} is not an integer") from None
+    if declared > limits.max_body_bytes:
+        raise BadRequest(
+            413, f"request body is {declared} bytes; the limit is {limits.max_body_bytes} (serving.max_body_bytes)"
+        )
+
+
+def parse_predict_body(body: bytes, limits: RequestLimits) -> list[str]:
+    """Validate a ``POST /predict`` body and return its texts.
+
+    Raises :class:`BadRequest` (413 for sizes, 400 for unparseable JSON, 422 for a well-formed body with the
+    wrong content) naming the field: ``texts``, ``texts[i]``.
+    """
+    if len(body) > limits.max_body_bytes:
+        raise BadRequest(
+            413, f"request body is over {limits.max_body_bytes} bytes (serving.max_body_bytes)"
+        )
+    if not body.strip():
+        raise BadRequest(400, 'empty request body; send JSON like {"texts": ["some text"]}')
+    try:
+        payload: Any = json.loads(body)
+    except UnicodeDecodeError as exc:
+        raise BadRequest(400, f"request body is not UTF-8: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(400, f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    if not isinstance(payload, dict):
+        raise BadRequest(422, f'the body must be a JSON object like {{"texts": [...]}}, got {_kind(payload)}')
+    unknown = sorted(set(payload) - {"texts"})
+    if unknown:
+        raise BadRequest(422, f"unknown field(s) {unknown}; the only field is 'texts'")
+    if "texts" not in payload:
+        raise BadRequest(422, "missing field 'texts' (a list of strings)")
+    texts = payload["texts"]
+    if not isinstance(texts, list):
+        raise BadRequest(422, f"field 'texts' must be a list of strings, got {_kind(texts)}")
+    if not texts:
+        raise BadRequest(422, "field 'texts' is an empty list; send at least one text")
+    if len(texts) > limits.max_texts:
+        raise BadRequest(
+            413,
+            f"field 'texts' has {len(texts)} items; the limit is {limits.max_texts} "
+            "(serving.max_texts_per_request): split the request",
+        )
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise BadRequest(422, f"texts[{i}]: expected a string, got {_kind(text)}")
+        size = len(text.encode("utf-8"))
+        if size > limits.max_text_bytes:
+            raise BadRequest(
+                413,
+                f"texts[{i}] is {size} UTF-8 bytes; the limit is {limits.max_text_bytes} (serving.max_text_bytes)",
+            )
+    return texts
+
+
+def _kind(value: Any) -> str:
+    """JSON type name of a decoded value, for error messages."""
+    return {
+        type(None): "null", bool: "boolean", int: "number", float: "number",
+        str: "string", list: "array", dict: "object",
+    }.get(type(value), type(value).__name__)  # fmt: skip
