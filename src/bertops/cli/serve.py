@@ -1,9 +1,105 @@
-"""CLI commands for the serve step."""
+"""CLI commands for the serve step: ``bertops serve``, ``bertops predict``, ``bertops serve-reload``."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from bertops.cli.common import ParamsOption, SetOption, console, err_console, load_or_exit, setup_logging
+
+UrlOption = Annotated[
+    str | None, typer.Option("--url", help="Service base URL (default: http://serving.host:serving.port).")
+]
+
+
+def _default_url(params: Path, set_: list[str] | None) -> str:
+    s = load_or_exit(params, set_).serving
+    return f"http://{s.host}:{s.port}{s.route_prefix.rstrip('/')}"
+
+
+def serve_command(
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default serving.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default serving.port, 8000).")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray address (default: config, RAY_ADDRESS, local).")] = None,
+    detach: Annotated[bool, typer.Option(help="Deploy and exit, leaving the app on the Ray cluster.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Serve models:/<registry.model_name>@<serving.model_alias> over HTTP with Ray Serve."""
+    from bertops.serving.app import APP_NAME, start
+    from bertops.serving.client import ServingClientError, wait_ready
+
+    setup_logging(verbose)
+    cfg = load_or_exit(params, set_)
+    url = start(cfg, host=host, port=port, address=address)
+    try:
+        ready = wait_ready(url, timeout=60)
+        console.print(f"[green]serving[/green] {ready['model']} version {ready['version']} at {url}  (docs: {url}/docs)")
+    except ServingClientError as exc:
+        err_console.print(f"[yellow]started at {url}, but no model is ready yet:[/yellow] {exc}")
+    if detach:
+        return
+    console.print("Ctrl-C to stop.")
+    from ray import serve
+
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.delete(APP_NAME)
+
+
+def predict_command(
+    texts: Annotated[list[str], typer.Argument(help="Texts to classify.")],
+    url: UrlOption = None,
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON answer.")] = False,
+) -> None:
+    """Send texts to a running service and print label and probabilities for each."""
+    import json
+
+    from rich.table import Table
+
+    from bertops.serving.client import ServingClientError, predict
+
+    try:
+        answer = predict(url or _default_url(params, set_), texts)
+    except ServingClientError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    if as_json:
+        console.print_json(json.dumps(answer))
+        return
+    table = Table(title=f"{answer['model']} version {answer['version']}")
+    for col in ("text", "label", "probability", "probabilities"):
+        table.add_column(col)
+    for text, p in zip(texts, answer["predictions"], strict=True):
+        probs = ", ".join(f"{k}={v:.3f}" for k, v in p["probabilities"].items())
+        table.add_row(text if len(text) < 60 else text[:57] + "...", p["label"], f"{p['probability']:.3f}", probs)
+    console.print(table)
+
+
+def reload_command(
+    url: UrlOption = None, params: ParamsOption = Path("params.yaml"), set_: SetOption = None
+) -> None:
+    """Tell a running service (on this host) to follow its alias now, e.g. right after a promotion."""
+    from bertops.serving.client import ServingClientError, notify_reload
+
+    try:
+        result = notify_reload(url or _default_url(params, set_))
+    except ServingClientError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(result["message"])
 
 
 def register(app: typer.Typer) -> None:
     """Add this step's commands to the ``bertops`` app."""
+    app.command("serve")(serve_command)
+    app.command("predict")(predict_command)
+    app.command("serve-reload")(reload_command)

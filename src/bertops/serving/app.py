@@ -304,3 +304,21 @@ def config_from_args(args: dict[str, Any]) -> BertopsConfig:
 def build_app(args: dict[str, Any]) -> Application:
     """Application builder for ``serve run`` / a RayService ``import_path`` (see the module docstring)."""
     return app_from_config(config_from_args(args))
+
+
+def start(
+    cfg: BertopsConfig, host: str | None = None, port: int | None = None, address: str | None = None
+) -> str:
+    """Deploy the application on Ray (``address``, else ``cfg.ray_address()``, else a local Ray) and return
+    its base URL. Serve's HTTP proxy binds ``host:port`` (default ``serving.host``/``serving.port``)."""
+    import ray
+
+    s = cfg.serving
+    host, port = host or s.host, port or s.port
+    if not ray.is_initialized():
+        ray.init(address=address or cfg.ray_address(), include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(app_from_config(cfg), name=APP_NAME, route_prefix=s.route_prefix)
+    url = f"http://{host}:{port}{s.route_prefix.rstrip('/')}"
+    logger.info("serving %s@%s at %s", cfg.registry.model_name, s.model_alias, url)
+    return url
