@@ -6,10 +6,14 @@ import pytest
 
 from bertops.registry.gate import LATENCY_METRIC, GateThresholds, decide
 
-T = GateThresholds(metric="accuracy", min_absolute=0.6, min_improvement=0.0, max_regression=0.05, max_latency_ms=200)
+T = GateThresholds(
+    metric="accuracy", min_absolute=0.6, min_improvement=0.0, max_regression=0.05, max_latency_ms=200
+)
 
 
-def metrics(acc: float, f1_neg: float, f1_pos: float, short: float = 0.8, latency: float = 10.0) -> dict[str, float]:
+def metrics(
+    acc: float, f1_neg: float, f1_pos: float, short: float = 0.8, latency: float = 10.0
+) -> dict[str, float]:
     return {
         "accuracy": acc,
         "f1_negative": f1_neg,

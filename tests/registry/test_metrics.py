@@ -53,7 +53,11 @@ def test_length_slices() -> None:
 
 
 def test_bio_spans_and_entity_metrics_exact_match() -> None:
-    assert bio_spans(["B-PER", "I-PER", "O", "I-LOC", "B-LOC"]) == {("PER", 0, 2), ("LOC", 3, 4), ("LOC", 4, 5)}
+    assert bio_spans(["B-PER", "I-PER", "O", "I-LOC", "B-LOC"]) == {
+        ("PER", 0, 2),
+        ("LOC", 3, 4),
+        ("LOC", 4, 5),
+    }
     true = [["B-PER", "I-PER", "O", "B-LOC"]]
     pred = [["B-PER", "O", "O", "B-LOC"]]  # PER span cut short: not an exact match
     m = entity_metrics(true, pred)

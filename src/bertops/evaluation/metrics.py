@@ -13,6 +13,7 @@ Key naming (the gate relies on it): per-class metrics are ``precision_<label>``,
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -34,7 +35,9 @@ def metric_key(text: str) -> str:
 
 def _check_probs(y_true: np.ndarray, probs: np.ndarray, labels: Sequence[str]) -> None:
     if probs.ndim != 2 or probs.shape[1] != len(labels):
-        raise ValueError(f"probabilities must have shape (n, {len(labels)}) for labels {list(labels)}, got {probs.shape}")
+        raise ValueError(
+            f"probabilities must have shape (n, {len(labels)}) for labels {list(labels)}, got {probs.shape}"
+        )
     if y_true.shape != (probs.shape[0],):
         raise ValueError(f"y_true has shape {y_true.shape}, expected ({probs.shape[0]},)")
     if len(y_true) == 0:
@@ -118,7 +121,7 @@ def classification_metrics(
 def bucket_names(boundaries: Sequence[int]) -> list[str]:
     """``[32, 64]`` -> ``["len_0_32", "len_32_64", "len_64_inf"]`` (``[lo, hi)`` in word pieces)."""
     edges = [0, *boundaries]
-    names = [f"len_{lo}_{hi}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    names = [f"len_{lo}_{hi}" for lo, hi in itertools.pairwise(edges)]
     return [*names, f"len_{edges[-1]}_inf"]
 
 
@@ -171,7 +174,9 @@ def bio_spans(tags: Sequence[str]) -> set[tuple[str, int, int]]:
     return spans
 
 
-def entity_metrics(true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]) -> dict[str, float]:
+def entity_metrics(
+    true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]
+) -> dict[str, float]:
     """Entity-level precision/recall/F1 by exact span match (type, start and end), overall and per type."""
     if len(true_tags) != len(pred_tags):
         raise ValueError(f"{len(true_tags)} true sequences but {len(pred_tags)} predicted")

@@ -1,0 +1,19 @@
+"""Errors of evaluation, registry and promotion; each message says what was wrong and where."""
+
+from __future__ import annotations
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot go ahead (unknown model or version, failed gate, lost race)."""
+
+
+class TrackingUnavailable(RegistryError):
+    """The MLflow tracking server (or store) cannot be reached."""
+
+
+class PromotionConflict(RegistryError):
+    """Another promotion moved the champion since this one's gate ran, or holds the promotion lock."""
+
+
+class EvaluationError(ValueError):
+    """An evaluation that cannot run: test data that does not match the model (labels), empty data."""
