@@ -12,8 +12,8 @@ import logging
 import sys
 
 from bertops.config import ConfigError, load_config
-from bertops.data.ingest import run_ingest
 from bertops.data.errors import DataError
+from bertops.data.ingest import run_ingest
 
 
 def main(argv: list[str] | None = None) -> int:

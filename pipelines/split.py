@@ -12,8 +12,8 @@ import logging
 import sys
 
 from bertops.config import ConfigError, load_config
-from bertops.data.split import run_split
 from bertops.data.errors import DataError
+from bertops.data.split import run_split
 
 
 def main(argv: list[str] | None = None) -> int:

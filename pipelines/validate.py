@@ -12,8 +12,8 @@ import logging
 import sys
 
 from bertops.config import ConfigError, load_config
-from bertops.data.validate import run_validate
 from bertops.data.errors import DataError
+from bertops.data.validate import run_validate
 
 
 def main(argv: list[str] | None = None) -> int:

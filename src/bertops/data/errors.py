@@ -31,10 +31,14 @@ class DataError(ValueError):
         super().__init__(self._format())
 
     def _format(self) -> str:
-        where = [part for part in (
-            self.file,
-            f"row {self.row}" if self.row is not None else None,
-            f"field {self.field!r}" if self.field is not None else None,
-        ) if part]
+        where = [
+            part
+            for part in (
+                self.file,
+                f"row {self.row}" if self.row is not None else None,
+                f"field {self.field!r}" if self.field is not None else None,
+            )
+            if part
+        ]
         text = f"{', '.join(where)}: {self.message}" if where else self.message
         return f"{text} ({self.hint})" if self.hint else text

@@ -56,7 +56,10 @@ def _empty(sf: sources.SourceFile, row: int, fld: str, stats: IngestStats, drop:
     """Handle an empty text: drop and count it, or fail naming where it is."""
     if not drop:
         raise DataError(
-            "empty or whitespace-only text", file=sf.name, row=row, field=fld,
+            "empty or whitespace-only text",
+            file=sf.name,
+            row=row,
+            field=fld,
             hint="fix the row, or set ingest.drop_empty: true to drop (and report) such rows",
         )
     stats.drop_empty(sf, row)
@@ -177,12 +180,17 @@ def run_ingest(cfg: BertopsConfig, layout: DataLayout | None = None) -> dict[str
         stats_fh = stack.enter_context(atomic_open(layout.ingested / INGEST_STATS))
         _write_records(
             corpus_fh,
-            iter_corpus(ic.corpus, stats["corpus"], drop_empty=ic.drop_empty, min_chars=ic.min_sentence_chars),
-            "corpus", stats["corpus"],
+            iter_corpus(
+                ic.corpus, stats["corpus"], drop_empty=ic.drop_empty, min_chars=ic.min_sentence_chars
+            ),
+            "corpus",
+            stats["corpus"],
         )
         _write_records(
-            cls_fh, iter_classification(ic.classification, stats["classification"], drop_empty=ic.drop_empty),
-            "classification", stats["classification"],
+            cls_fh,
+            iter_classification(ic.classification, stats["classification"], drop_empty=ic.drop_empty),
+            "classification",
+            stats["classification"],
         )
         _write_records(ner_fh, iter_ner(ic.ner, stats["ner"], drop_empty=ic.drop_empty), "ner", stats["ner"])
         json.dump({k: asdict(v) for k, v in stats.items()}, stats_fh, indent=2, sort_keys=True)

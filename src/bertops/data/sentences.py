@@ -24,23 +24,28 @@ from __future__ import annotations
 
 import re
 
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
 # Titles come before a name: a period after them never ends a sentence.
-TITLES = frozenset(
-    "mr mrs ms messrs mme mlle dr prof rev hon fr gen gov sen rep lt col capt cpt sgt cmdr adm maj pres supt "
-    "insp st mt ft atty sens reps".split()
+TITLES = _words(
+    "mr mrs ms messrs mme mlle dr prof rev hon fr gen gov sen rep lt col capt cpt sgt cmdr adm maj "
+    "pres supt insp st mt ft atty sens reps"
 )
 # Other abbreviations: a period after them ends a sentence only before a common sentence opener.
-ABBREVIATIONS = frozenset(
-    "etc vs v cf viz approx inc ltd co corp llc plc bros jr sr esq dept univ assn est ext fig figs vol vols "
-    "pp ch sec art ave blvd rd hwy jan feb mar apr jun jul aug sep sept oct nov dec mon tue tues wed thu "
-    "thur thurs fri sat sun al ca min max misc govt intl natl op no nos".split()
+ABBREVIATIONS = _words(
+    "etc vs v cf viz approx inc ltd co corp llc plc bros jr sr esq dept univ assn est ext fig figs "
+    "vol vols pp ch sec art ave blvd rd hwy jan feb mar apr jun jul aug sep sept oct nov dec mon tue "
+    "tues wed thu thur thurs fri sat sun al ca min max misc govt intl natl op no nos"
 )
 # Words that commonly open an English sentence: after an ambiguous abbreviation they signal a boundary.
-SENTENCE_OPENERS = frozenset(
+SENTENCE_OPENERS = _words(
     "the a an he she it they we i you this that these those there here his her its their our my your "
-    "but and or so yet in on at for if when while as after before since although though because "
-    "what who why how where which one some many most all each every both neither not however meanwhile "
-    "also then now still thus instead later earlier today yesterday tomorrow mr mrs ms dr".split()
+    "but and or so yet in on at for if when while as after before since although though because what "
+    "who why how where which one some many most all each every both neither not however meanwhile "
+    "also then now still thus instead later earlier today yesterday tomorrow mr mrs ms dr"
 )
 
 _BOUNDARY = re.compile(r"""([.!?…]+)(["'”’»)\]]*)(\s+)""")

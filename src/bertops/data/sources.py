@@ -55,9 +55,18 @@ BUILTINS: dict[str, Builtin] = {
 }
 
 _SUFFIX_FORMATS = {
-    ".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
-    ".parquet": "parquet", ".pq": "parquet", ".txt": "text", ".text": "text",
-    ".conll": "conll", ".bio": "conll", ".iob": "conll",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".txt": "text",
+    ".text": "text",
+    ".conll": "conll",
+    ".bio": "conll",
+    ".iob": "conll",
 }
 
 
@@ -91,7 +100,9 @@ def _builtin_file(name: str) -> SourceFile:
     path = Path(next(iter(spec.submodule_search_locations))) / b.relpath
     if not path.exists():
         raise DataError(f"{BUILTIN_PREFIX}{name}: {path} is missing from {b.requirement}")
-    return SourceFile(path=path, name=f"{BUILTIN_PREFIX}{name} ({path.name})", format=b.format, member=b.member)
+    return SourceFile(
+        path=path, name=f"{BUILTIN_PREFIX}{name} ({path.name})", format=b.format, member=b.member
+    )
 
 
 def resolve_source(cfg: SourceConfig) -> list[SourceFile]:
@@ -117,7 +128,8 @@ def resolve_source(cfg: SourceConfig) -> list[SourceFile]:
             fmt = _SUFFIX_FORMATS.get(suffixes[-1] if suffixes else "", "")
             if not fmt:
                 raise DataError(
-                    f"cannot tell the format from the suffix {p.suffix!r}", file=str(p),
+                    f"cannot tell the format from the suffix {p.suffix!r}",
+                    file=str(p),
                     hint="set format: csv | jsonl | parquet | text | conll",
                 )
         files.append(SourceFile(path=p, name=str(p), format=fmt))
@@ -152,7 +164,8 @@ def decode(sf: SourceFile, data: bytes, encoding: str) -> str:
         bad = data[exc.start : exc.end].hex(" ")
         raise DataError(
             f"line {line} (byte {exc.start}): bytes {bad} are not valid {encoding}",
-            file=sf.name, hint="re-encode the file, or set the source's encoding",
+            file=sf.name,
+            hint="re-encode the file, or set the source's encoding",
         ) from None
     return text.removeprefix("\ufeff")
 
@@ -166,7 +179,9 @@ def _check_columns(sf: SourceFile, available: list[str], columns: list[str]) -> 
     if missing:
         raise DataError(
             f"mapped column(s) {missing} not found; the file has {available}",
-            file=sf.name, field=missing[0], hint="fix the column names under ingest.* in params.yaml",
+            file=sf.name,
+            field=missing[0],
+            hint="fix the column names under ingest.* in params.yaml",
         )
 
 
@@ -213,7 +228,10 @@ def _iter_jsonl(sf: SourceFile, encoding: str, columns: list[str]) -> Iterator[t
         for c in columns:
             if c not in obj:
                 raise DataError(
-                    f"mapped column {c!r} missing; the row has {sorted(obj)}", file=sf.name, row=lineno, field=c,
+                    f"mapped column {c!r} missing; the row has {sorted(obj)}",
+                    file=sf.name,
+                    row=lineno,
+                    field=c,
                     hint="fix the column names under ingest.* in params.yaml",
                 )
         n += 1
@@ -268,7 +286,9 @@ def iter_conll(sf: SourceFile, encoding: str) -> Iterator[tuple[int, list[str], 
             continue
         if len(parts) != 2:
             raise DataError(
-                f"expected 'token<TAB>tag', got {len(parts)} field(s): {line[:80]!r}", file=sf.name, row=lineno,
+                f"expected 'token<TAB>tag', got {len(parts)} field(s): {line[:80]!r}",
+                file=sf.name,
+                row=lineno,
             )
         if not tokens:
             start = lineno

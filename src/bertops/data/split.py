@@ -105,16 +105,25 @@ def run_split(cfg: BertopsConfig, layout: DataLayout | None = None) -> dict[str,
     fractions = {"test": sc.test_fraction, "validation": sc.validation_fraction}
     tasks = {
         "classification": split_records(
-            list(read_jsonl(layout.classification)), key=lambda r: normalise_text(r["text"]),
-            stratum=lambda r: r["label"], fractions=fractions, seed=sc.seed,
+            list(read_jsonl(layout.classification)),
+            key=lambda r: normalise_text(r["text"]),
+            stratum=lambda r: r["label"],
+            fractions=fractions,
+            seed=sc.seed,
         ),
         "ner": split_records(
-            list(read_jsonl(layout.ner)), key=lambda r: normalise_text(" ".join(r["tokens"])),
-            stratum=_ner_stratum, fractions=fractions, seed=sc.seed,
+            list(read_jsonl(layout.ner)),
+            key=lambda r: normalise_text(" ".join(r["tokens"])),
+            stratum=_ner_stratum,
+            fractions=fractions,
+            seed=sc.seed,
         ),
         "corpus": split_records(
-            list(read_jsonl(layout.corpus)), key=lambda r: normalise_text(" ".join(r["sentences"])),
-            stratum=lambda r: "all", fractions={"heldout": sc.corpus_heldout_fraction}, seed=sc.seed,
+            list(read_jsonl(layout.corpus)),
+            key=lambda r: normalise_text(" ".join(r["sentences"])),
+            stratum=lambda r: "all",
+            fractions={"heldout": sc.corpus_heldout_fraction},
+            seed=sc.seed,
         ),
     }
     files: dict[Path, list[dict[str, Any]]] = {}

@@ -65,12 +65,23 @@ class _Problems:
         self.errors: list[DataError] = []
         self.warnings: list[str] = []
 
-    def error(self, message: str, rec: dict[str, Any] | None = None, fld: str | None = None,
-              file: str | None = None, hint: str | None = None) -> None:
-        self.errors.append(DataError(
-            message, file=(rec or {}).get("source", file) if rec else file,
-            row=(rec or {}).get("row") if rec else None, field=fld, hint=hint,
-        ))
+    def error(
+        self,
+        message: str,
+        rec: dict[str, Any] | None = None,
+        fld: str | None = None,
+        file: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.errors.append(
+            DataError(
+                message,
+                file=(rec or {}).get("source", file) if rec else file,
+                row=(rec or {}).get("row") if rec else None,
+                field=fld,
+                hint=hint,
+            )
+        )
 
 
 def _check_fields(rec: dict[str, Any], spec: dict[str, type], path: Path, lineno: int, p: _Problems) -> bool:
@@ -78,8 +89,11 @@ def _check_fields(rec: dict[str, Any], spec: dict[str, type], path: Path, lineno
         value = rec.get(name)
         ok = isinstance(value, typ) and (typ is not list or all(isinstance(v, str) for v in value))
         if not ok:
-            p.error(f"expected {typ.__name__}{' of str' if typ is list else ''}, got {type(value).__name__}",
-                    fld=name, file=f"{path}:{lineno}")
+            p.error(
+                f"expected {typ.__name__}{' of str' if typ is list else ''}, got {type(value).__name__}",
+                fld=name,
+                file=f"{path}:{lineno}",
+            )
             return False
     return True
 
@@ -99,12 +113,19 @@ def check_classification(path: Path, cfg: BertopsConfig, p: _Problems) -> dict[s
             p.error("empty or whitespace-only text", rec, "text")
             continue
         if len(text) > vc.max_text_chars:
-            p.error(f"text has {len(text)} characters, above validate.max_text_chars={vc.max_text_chars}",
-                    rec, "text")
+            p.error(
+                f"text has {len(text)} characters, above validate.max_text_chars={vc.max_text_chars}",
+                rec,
+                "text",
+            )
         if label not in vc.labels:
-            p.error(f"label {label!r} is not one of validate.labels {vc.labels}", rec, "label",
-                    hint="fix the row, map it with ingest.classification.label_mapping, or drop it with "
-                         "exclude_labels")
+            p.error(
+                f"label {label!r} is not one of validate.labels {vc.labels}",
+                rec,
+                "label",
+                hint="fix the row, map it with ingest.classification.label_mapping, or drop it with "
+                "exclude_labels",
+            )
         labels[label] += 1
         chars.append(len(text))
         words.append(len(text.split()))
@@ -113,21 +134,38 @@ def check_classification(path: Path, cfg: BertopsConfig, p: _Problems) -> dict[s
             duplicates += 1
         elif seen:
             first = next(iter(seen.values()))
-            p.error(f"conflicting labels for the same text: {label!r} here, {first['label']!r} at "
-                    f"{first['source']} row {first['row']}", rec, "label")
+            p.error(
+                f"conflicting labels for the same text: {label!r} here, {first['label']!r} at "
+                f"{first['source']} row {first['row']}",
+                rec,
+                "label",
+            )
         seen.setdefault(label, rec)
+    known = {k: v for k, v in labels.items() if k in vc.labels}  # an unknown label is an error of its own
     if n == 0:
         p.error("no classification records", file=str(path))
     elif len(labels) < 2:
-        p.error(f"single-class dataset: every row has label {next(iter(labels))!r}; a classifier needs two "
-                "classes or more", file=str(path), fld="label")
-    elif min(labels.values()) / n < vc.min_class_fraction:
-        rare, count = min(labels.items(), key=lambda kv: kv[1])
-        p.error(f"class {rare!r} has {count} of {n} rows ({count / n:.1%}), below "
-                f"validate.min_class_fraction={vc.min_class_fraction}", file=str(path), fld="label")
+        p.error(
+            f"single-class dataset: every row has label {next(iter(labels))!r}; a classifier needs two "
+            "classes or more",
+            file=str(path),
+            fld="label",
+        )
+    elif known and min(known.values()) / n < vc.min_class_fraction:
+        rare, count = min(known.items(), key=lambda kv: kv[1])
+        p.error(
+            f"class {rare!r} has {count} of {n} rows ({count / n:.1%}), below "
+            f"validate.min_class_fraction={vc.min_class_fraction}",
+            file=str(path),
+            fld="label",
+        )
     if n and duplicates / n > vc.max_duplicate_fraction:
-        p.error(f"{duplicates} of {n} texts are duplicates ({duplicates / n:.1%}), above "
-                f"validate.max_duplicate_fraction={vc.max_duplicate_fraction}", file=str(path), fld="text")
+        p.error(
+            f"{duplicates} of {n} texts are duplicates ({duplicates / n:.1%}), above "
+            f"validate.max_duplicate_fraction={vc.max_duplicate_fraction}",
+            file=str(path),
+            fld="text",
+        )
     missing = [lab for lab in vc.labels if lab not in labels]
     if n and missing:
         p.warnings.append(f"classification: configured labels with no rows: {missing}")
@@ -233,8 +271,10 @@ def build_report(cfg: BertopsConfig, layout: DataLayout) -> tuple[dict[str, Any]
         }
         for k, v in ingest.items():
             if v["dropped_empty"]:
-                p.warnings.append(f"{k}: dropped {v['dropped_empty']} empty texts (ingest.drop_empty), e.g. "
-                                  + ", ".join(v["dropped_empty_rows"][:3]))
+                p.warnings.append(
+                    f"{k}: dropped {v['dropped_empty']} empty texts (ingest.drop_empty), e.g. "
+                    + ", ".join(v["dropped_empty_rows"][:3])
+                )
     report["status"] = "failed" if p.errors else "passed"
     report["errors"] = len(p.errors)
     report["problems"] = [str(e) for e in p.errors[:50]]
@@ -247,22 +287,49 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = ["# Data report", "", f"**Status: {report['status']}** ({report['errors']} errors)", ""]
     c, n, k = report["classification"], report["ner"], report["corpus"]
     lines += ["## Classification", "", "| label | rows | share |", "|---|---:|---:|"]
-    lines += [f"| {lab} | {cnt} | {c['label_fractions'].get(lab, 0):.1%} |" for lab, cnt in c["labels"].items()]
-    lines += ["", f"{c['records']} rows, {c['unique_texts']} distinct texts, {c['duplicates']} duplicates.", ""]
+    lines += [
+        f"| {lab} | {cnt} | {c['label_fractions'].get(lab, 0):.1%} |" for lab, cnt in c["labels"].items()
+    ]
+    lines += [
+        "",
+        f"{c['records']} rows, {c['unique_texts']} distinct texts, {c['duplicates']} duplicates.",
+        "",
+    ]
     lines += ["| length | min | mean | p50 | p95 | max |", "|---|---:|---:|---:|---:|---:|"]
     for name, st in (("characters", c["chars"]), ("words", c["words"])):
         lines.append(f"| {name} | {st['min']} | {st['mean']} | {st['p50']} | {st['p95']} | {st['max']} |")
-    lines += ["", "## NER", "", f"{n['records']} sentences, {n['duplicates']} duplicates, "
-              f"{n['entity_types']} entity types; tokens per sentence p50 {n['tokens']['p50']}, "
-              f"max {n['tokens']['max']}.", "", "| entity | count |", "|---|---:|"]
+    lines += [
+        "",
+        "## NER",
+        "",
+        f"{n['records']} sentences, {n['duplicates']} duplicates, "
+        f"{n['entity_types']} entity types; tokens per sentence p50 {n['tokens']['p50']}, "
+        f"max {n['tokens']['max']}.",
+        "",
+        "| entity | count |",
+        "|---|---:|",
+    ]
     lines += [f"| {e} | {cnt} |" for e, cnt in n["entities"].items()]
-    lines += ["", "## Corpus", "", f"{k['documents']} documents, {k['sentences']} sentences, {k['words']} words, "
-              f"{k['duplicate_documents']} duplicate documents; words per sentence p50 "
-              f"{k['words_per_sentence']['p50']}, p95 {k['words_per_sentence']['p95']}.", ""]
+    lines += [
+        "",
+        "## Corpus",
+        "",
+        f"{k['documents']} documents, {k['sentences']} sentences, {k['words']} words, "
+        f"{k['duplicate_documents']} duplicate documents; words per sentence p50 "
+        f"{k['words_per_sentence']['p50']}, p95 {k['words_per_sentence']['p95']}.",
+        "",
+    ]
     if report.get("ingest"):
-        lines += ["## Ingestion", "", "| data set | rows read | excluded | dropped empty |", "|---|---:|---:|---:|"]
-        lines += [f"| {name} | {v['rows_read']} | {v['excluded']} | {v['dropped_empty']} |"
-                  for name, v in report["ingest"].items()]
+        lines += [
+            "## Ingestion",
+            "",
+            "| data set | rows read | excluded | dropped empty |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {name} | {v['rows_read']} | {v['excluded']} | {v['dropped_empty']} |"
+            for name, v in report["ingest"].items()
+        ]
         lines.append("")
     for title, items in (("Problems", report["problems"]), ("Warnings", report["warnings"])):
         if items:
@@ -278,9 +345,13 @@ def render_html(markdown: str) -> str:
     def flush() -> None:
         if table:
             head, rows = table[0], [r for r in table[2:]]
-            body.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>"
-                        + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-                        + "</table>")
+            body.append(
+                "<table><tr>"
+                + "".join(f"<th>{c}</th>" for c in head)
+                + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+                + "</table>"
+            )
             table.clear()
 
     for line in markdown.splitlines():
@@ -299,8 +370,10 @@ def render_html(markdown: str) -> str:
             body.append(f"<p>{text}</p>")
     flush()
     style = "body{font-family:sans-serif;max-width:60em;margin:2em auto}td,th{padding:2px 8px;border:1px solid #ccc}"
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Data report</title><style>{style}</style>"
-            f"</head><body>{''.join(body)}</body></html>\n")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Data report</title><style>{style}</style>"
+        f"</head><body>{''.join(body)}</body></html>\n"
+    )
 
 
 def write_report(report: dict[str, Any], json_path: Path) -> None:
@@ -320,8 +393,13 @@ def run_validate(cfg: BertopsConfig, layout: DataLayout | None = None) -> dict[s
         write_report(report, failed)
         first = errors[0]
         more = f"{len(errors) - 1} more problem(s) and " if len(errors) > 1 else ""
-        raise DataError(first.message, file=first.file, row=first.row, field=first.field,
-                        hint=f"{first.hint + '; ' if first.hint else ''}{more}the full report: {failed.with_suffix('.md')}")
+        raise DataError(
+            first.message,
+            file=first.file,
+            row=first.row,
+            field=first.field,
+            hint=f"{first.hint + '; ' if first.hint else ''}{more}the full report: {failed.with_suffix('.md')}",
+        )
     write_report(report, layout.data_report_json)
     for w in report["warnings"]:
         log.warning("%s", w)
