@@ -1,0 +1,108 @@
+"""BERT's optimisation recipe on Keras 3: AdamW (or LAMB) with linear warm-up then linear decay to zero.
+
+Weight decay skips LayerNorm parameters and every bias, as in the original BERT (``exclude_from_weight_decay``).
+Gradient clipping (by global norm) and gradient accumulation are done by the train step
+(:mod:`bertops.training.loop`), after the cross-worker all-reduce, so that they see the global gradient::
+
+    schedule = WarmupLinearDecay(peak_learning_rate=1e-4, warmup_steps=100, total_steps=1000)
+    optimizer = build_optimizer(cfg.finetune.optimizer, total_steps=1000, model=model)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+from keras import ops
+
+from bertops.config import OptimizerConfig
+
+
+def warmup_steps_for(opt_cfg: OptimizerConfig, total_steps: int) -> int:
+    """Warm-up length in optimizer steps: ``warmup_fraction`` of the run, rounded up (0 stays 0)."""
+    return math.ceil(opt_cfg.warmup_fraction * total_steps)
+
+
+def learning_rate_at(step: int, peak: float, warmup_steps: int, total_steps: int) -> float:
+    """The schedule in plain Python (for logging and tests): linear 0 -> peak, then linear peak -> 0."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    remaining = max(total_steps - warmup_steps, 1)
+    return peak * max(0.0, 1.0 - (step - warmup_steps) / remaining)
+
+
+@keras.saving.register_keras_serializable(package="bertops")
+class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to ``peak_learning_rate`` over ``warmup_steps``, then linear decay to 0 at
+    ``total_steps``. ``step`` is 0-based; the first step already has a non-zero rate (peak / warmup_steps)."""
+
+    def __init__(self, peak_learning_rate: float, warmup_steps: int, total_steps: int) -> None:
+        self.peak_learning_rate = float(peak_learning_rate)
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+
+    def __call__(self, step: Any) -> Any:
+        step = ops.cast(step, "float32")
+        peak = self.peak_learning_rate
+        remaining = float(max(self.total_steps - self.warmup_steps, 1))
+        decay_lr = peak * ops.maximum(0.0, 1.0 - (step - float(self.warmup_steps)) / remaining)
+        if self.warmup_steps == 0:
+            return decay_lr
+        warmup_lr = peak * (step + 1.0) / float(self.warmup_steps)
+        return ops.where(step < float(self.warmup_steps), warmup_lr, decay_lr)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "peak_learning_rate": self.peak_learning_rate,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+        }
+
+
+def no_decay_variables(model: keras.Model) -> list[Any]:
+    """The variables BERT does not decay: every LayerNormalization parameter and every bias."""
+    excluded: dict[int, Any] = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.LayerNormalization):
+            for v in layer.trainable_variables:
+                excluded[id(v)] = v
+    for v in model.trainable_variables:
+        if v.name.endswith("bias"):
+            excluded[id(v)] = v
+    return list(excluded.values())
+
+
+def build_optimizer(
+    opt_cfg: OptimizerConfig,
+    total_steps: int,
+    model: keras.Model,
+    loss_scaling: bool = False,
+) -> keras.optimizers.Optimizer:
+    """AdamW or LAMB on the warm-up/decay schedule, with LayerNorm and biases excluded from weight decay.
+
+    ``total_steps`` counts optimizer updates (after gradient accumulation). With ``loss_scaling`` (float16
+    compute) the optimizer is wrapped in ``keras.optimizers.LossScaleOptimizer`` (dynamic loss scale).
+    Call under the distribution strategy's scope so that its slots are mirrored like the model's variables.
+    """
+    schedule = WarmupLinearDecay(opt_cfg.learning_rate, warmup_steps_for(opt_cfg, total_steps), total_steps)
+    common: dict[str, Any] = {
+        "learning_rate": schedule,
+        "beta_1": opt_cfg.beta_1,
+        "beta_2": opt_cfg.beta_2,
+        "epsilon": opt_cfg.epsilon,
+        "weight_decay": opt_cfg.weight_decay or None,
+    }
+    if opt_cfg.name == "adamw":
+        optimizer: keras.optimizers.Optimizer = keras.optimizers.AdamW(**common)
+    elif opt_cfg.name == "lamb":
+        optimizer = keras.optimizers.Lamb(**common)
+    else:  # pragma: no cover - the config's Literal already refuses other names
+        raise ValueError(f"optimizer.name={opt_cfg.name!r} is not one of adamw, lamb")
+    if opt_cfg.weight_decay:
+        optimizer.exclude_from_weight_decay(var_list=no_decay_variables(model))
+    optimizer.build(model.trainable_variables)
+    if loss_scaling:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)
+    return optimizer

@@ -1,0 +1,192 @@
+"""MLflow tracking of training runs: the run, its tags, params, metrics and artifacts.
+
+The driver opens the run before Ray starts (so the run id exists even if training fails), logs the resolved
+config as params and the lineage tags, and after training logs the artifacts and closes the run. The rank-0
+worker logs per-step metrics into the same run by id (:class:`MetricLogger`): Ray Train V2 refuses Tune's
+MLflow callback, and logging from inside the loop needs no callback at all.
+
+Tags (``docs/architecture.md``): ``bertops.git_commit``, ``bertops.data_version`` (the dvc.lock hashes of the
+run's inputs), ``bertops.ray_job_id``, ``bertops.airflow_run_id``, ``bertops.pretrain_run_id``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+TAG_GIT_COMMIT = "bertops.git_commit"
+TAG_DATA_VERSION = "bertops.data_version"
+TAG_RAY_JOB_ID = "bertops.ray_job_id"
+TAG_AIRFLOW_RUN_ID = "bertops.airflow_run_id"
+TAG_PRETRAIN_RUN_ID = "bertops.pretrain_run_id"
+TAG_KIND = "bertops.kind"  # pretrain | finetune
+AIRFLOW_RUN_ENV = "BERTOPS_AIRFLOW_RUN_ID"
+UNVERSIONED = "unversioned"
+
+
+def git_commit(cwd: str | Path = ".") -> str:
+    """The checked-out commit (``<sha>-dirty`` with uncommitted changes), or ``unknown`` outside git."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, check=True, timeout=30,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def data_version(inputs: Iterable[str | Path], lock_file: str | Path = "dvc.lock") -> str:
+    """The dvc.lock hashes of the outputs that hold ``inputs``: ``"path@md5;path@md5"`` (sorted).
+
+    An input is matched by the DVC output that contains it (or equals it). Returns ``unversioned`` without a
+    dvc.lock, and ``path@untracked`` for an input no output covers.
+    """
+    lock = Path(lock_file)
+    if not lock.is_file():
+        return UNVERSIONED
+    data = yaml.safe_load(lock.read_text(encoding="utf-8")) or {}
+    outs: dict[str, str] = {}
+    for stage in (data.get("stages") or {}).values():
+        for out in stage.get("outs") or []:
+            digest = out.get("md5") or out.get("etag") or out.get("checksum") or out.get("hash")
+            if out.get("path") and digest:
+                outs[Path(out["path"]).as_posix()] = str(digest)
+    parts = []
+    for item in inputs:
+        p = Path(item).as_posix()
+        match = next(
+            (
+                f"{o}@{h}"
+                for o, h in sorted(outs.items(), key=lambda kv: -len(kv[0]))
+                if p == o or p.startswith(o + "/")
+            ),
+            f"{p}@untracked",
+        )
+        parts.append(match)
+    return ";".join(sorted(set(parts)))
+
+
+def ray_job_id() -> str | None:
+    """The Ray job submission id when running as ``ray job submit``, else the Ray job id of this driver."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if raw:
+        try:
+            sub = json.loads(raw).get("metadata", {}).get("job_submission_id")
+        except json.JSONDecodeError:
+            sub = None
+        if sub:
+            return str(sub)
+    if os.environ.get("RAY_JOB_ID"):
+        return os.environ["RAY_JOB_ID"]
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_job_id()
+    except Exception:  # the id is best effort: a tag, not a requirement
+        log.debug("no Ray runtime context for the job id", exc_info=True)
+    return None
+
+
+def lineage_tags(
+    kind: str, inputs: Iterable[str | Path], pretrain_run_id: str | None = None
+) -> dict[str, str]:
+    """Every tag a training run carries (values that are unknown are left out)."""
+    tags = {TAG_KIND: kind, TAG_GIT_COMMIT: git_commit(), TAG_DATA_VERSION: data_version(inputs)}
+    job = ray_job_id()
+    if job:
+        tags[TAG_RAY_JOB_ID] = job
+    if os.environ.get(AIRFLOW_RUN_ENV):
+        tags[TAG_AIRFLOW_RUN_ID] = os.environ[AIRFLOW_RUN_ENV]
+    if pretrain_run_id:
+        tags[TAG_PRETRAIN_RUN_ID] = pretrain_run_id
+    return tags
+
+
+def open_run(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    params: Mapping[str, str],
+    tags: Mapping[str, str],
+    existing_run_id: str | None = None,
+) -> str:
+    """Create (or, with ``existing_run_id``, reopen) the run; log params and tags; return the run id."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Param, RunTag
+
+    client = MlflowClient(tracking_uri)
+    if existing_run_id:
+        client.update_run(existing_run_id, status="RUNNING")
+        client.set_tag(existing_run_id, "bertops.resumed", "true")
+        return existing_run_id
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    run = client.create_run(exp_id, run_name=run_name, tags=dict(tags))
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow's per-request limit on params
+        client.log_batch(run.info.run_id, params=items[i : i + 100])
+    client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    return run.info.run_id
+
+
+def close_run(
+    tracking_uri: str,
+    run_id: str,
+    *,
+    status: str = "FINISHED",
+    metrics: Mapping[str, float] | None = None,
+    artifacts: Mapping[str, str | Path] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> None:
+    """Log final metrics (``final_*``), artifacts (``{artifact_path: local file or dir}``), tags; end the run."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, RunTag
+
+    client = MlflowClient(tracking_uri)
+    now = int(time.time() * 1000)
+    if metrics:
+        client.log_batch(run_id, metrics=[Metric(f"final_{k}", float(v), now, 0) for k, v in metrics.items()])
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    for artifact_path, local in (artifacts or {}).items():
+        local = Path(local)
+        if local.is_dir():
+            client.log_artifacts(run_id, str(local), artifact_path=artifact_path)
+        elif local.is_file():
+            client.log_artifact(run_id, str(local), artifact_path=artifact_path or None)
+    client.set_terminated(run_id, status=status)
+
+
+class MetricLogger:
+    """Per-step metrics into an existing run, from the rank-0 worker (batched; never raises into training)."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri)
+        self.run_id = run_id
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        try:
+            self.client.log_batch(self.run_id, metrics=batch)
+        except Exception:  # a tracking hiccup must not kill hours of training
+            log.warning("could not log metrics at step %d to MLflow run %s", step, self.run_id, exc_info=True)
