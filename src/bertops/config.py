@@ -174,7 +174,12 @@ class PretrainConfig(_Section):
     log_every_steps: int = Field(default=50, ge=1)
     jit_compile: bool = False
     scaling: ScalingSettings = ScalingSettings()
+    # Where the pretraining bundle (model.keras = BertPretrainer, vocab.txt, bertops.json) is written.
     output_dir: str = "artifacts/pretrain"
+    # Ray Train run name; starting a run under the name of an interrupted one resumes it from its latest
+    # checkpoint. None: "pretrain-<UTC time>" (a fresh run each time).
+    run_name: str | None = None
+    checkpoints_to_keep: int = Field(default=2, ge=1)
 
 
 class FinetuneConfig(_Section):
@@ -184,6 +189,7 @@ class FinetuneConfig(_Section):
     batch_size: int = Field(default=32, ge=1, description="per worker; global = batch_size x num_workers")
     epochs: int = Field(default=3, ge=1)
     max_steps: int | None = Field(default=None, ge=1)
+    # The fine-tuning peak learning rate; it takes precedence over finetune.optimizer.learning_rate.
     learning_rate: float = Field(default=1e-4, gt=0)
     optimizer: OptimizerConfig = OptimizerConfig()
     early_stopping_patience: int = Field(default=2, ge=0)
@@ -192,7 +198,11 @@ class FinetuneConfig(_Section):
     log_every_steps: int = Field(default=20, ge=1)
     jit_compile: bool = False
     scaling: ScalingSettings = ScalingSettings()
+    # Where the task bundle (model.keras, vocab.txt, label_map.json, bertops.json) is written.
     output_dir: str = "artifacts/finetune"
+    # As pretrain.run_name: the same name resumes an interrupted run. None: "finetune-<UTC time>".
+    run_name: str | None = None
+    checkpoints_to_keep: int = Field(default=2, ge=1)
 
     @field_validator("init")
     @classmethod
