@@ -282,6 +282,13 @@ class OrchestrationConfig(_Section):
     task_retries: int = Field(default=2, ge=0)
     retry_delay_s: int = Field(default=30, ge=0)
     ray_job_timeout_s: int = Field(default=3600, ge=1)
+    # How Ray jobs start: the interpreter and the directory on the Ray head that holds this checkout.
+    # None = this machine's venv python and this checkout (the local stack); set both for a remote cluster.
+    job_python: str | None = None
+    job_workdir: str | None = None
+    # The local stack (`bertops stack up`): CPUs the Ray head offers, and how long to wait for each service.
+    stack_ray_cpus: int = Field(default=2, ge=1)
+    stack_start_timeout_s: int = Field(default=300, ge=10)
 
 
 class ProjectConfig(_Section):

@@ -156,10 +156,13 @@ class RayJobRunner:
                 return sid, True
             log.info("previous Ray job %s ended %s; submitting a new attempt", sid, status)
         sid = base_id if not found else f"{base_id}-{len(found) + 1}"
+        # The job learns its own id (training tags its MLflow run with it: bertops.ray_job_id).
+        runtime_env = dict(spec.runtime_env or {})
+        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), "BERTOPS_RAY_JOB_ID": sid}
         self.client.submit_job(
             entrypoint=spec.entrypoint,
             submission_id=sid,
-            runtime_env=spec.runtime_env,
+            runtime_env=runtime_env,
             metadata=spec.metadata or None,
             entrypoint_num_cpus=spec.entrypoint_num_cpus,
         )

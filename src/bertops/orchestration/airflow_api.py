@@ -1,0 +1,173 @@
+"""A small client for Airflow 3's REST API (``/api/v2``), authenticated with a JWT from ``/auth/token``.
+
+Credentials: ``BERTOPS_AIRFLOW_USERNAME`` / ``BERTOPS_AIRFLOW_PASSWORD`` from the environment, else the local
+stack's generated ones (``<state_dir>/airflow/simple_auth_manager_passwords.json.generated``, never printed).
+The simple auth manager and FAB both issue tokens from ``POST /auth/token``.
+
+    client = AirflowClient("http://127.0.0.1:8080", *credentials_for(cfg))
+    run = client.trigger_dag("bert_retrain", conf={"epochs": 3})
+    client.run_url("bert_retrain", run["dag_run_id"])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+log = logging.getLogger(__name__)
+
+USERNAME = "bertops"
+PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
+
+
+class AirflowApiError(RuntimeError):
+    """An Airflow API call that failed; the message has the method, the path, the status and Airflow's detail."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+def passwords_file(airflow_home: Path) -> Path:
+    return airflow_home / PASSWORDS_FILE
+
+
+def read_credentials(airflow_home: Path, username: str = USERNAME) -> tuple[str, str]:
+    """``(username, password)``: the environment's ``BERTOPS_AIRFLOW_*``, else the stack's generated file."""
+    env_user, env_pass = os.environ.get("BERTOPS_AIRFLOW_USERNAME"), os.environ.get("BERTOPS_AIRFLOW_PASSWORD")
+    if env_user and env_pass:
+        return env_user, env_pass
+    path = passwords_file(airflow_home)
+    if not path.exists():
+        raise AirflowApiError(
+            f"no Airflow credentials: {path} does not exist. Start the local stack (`bertops stack up`) or set "
+            "BERTOPS_AIRFLOW_USERNAME and BERTOPS_AIRFLOW_PASSWORD"
+        )
+    try:
+        passwords = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise AirflowApiError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if username not in passwords:
+        raise AirflowApiError(f"{path} has no password for user {username!r}")
+    return username, passwords[username]
+
+
+class AirflowClient:
+    """Airflow REST API v2 with a bearer token fetched on first use (and again when it expires)."""
+
+    def __init__(self, base_url: str, username: str, password: str, timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._username, self._password = username, password
+        self.timeout_s = timeout_s
+        self._token: str | None = None
+
+    def __repr__(self) -> str:  # never show the password
+        return f"AirflowClient({self.base_url!r}, user={self._username!r})"
+
+    def _http(self) -> Any:
+        import httpx
+
+        return httpx.Client(base_url=self.base_url, timeout=self.timeout_s)
+
+    def token(self) -> str:
+        """A JWT access token from ``POST /auth/token``."""
+        import httpx
+
+        try:
+            with self._http() as http:
+                resp = http.post("/auth/token", json={"username": self._username, "password": self._password})
+        except httpx.HTTPError as exc:
+            raise AirflowApiError(f"cannot reach Airflow at {self.base_url}: {exc}") from exc
+        if resp.status_code not in (200, 201):
+            raise AirflowApiError(
+                f"Airflow refused the credentials of {self._username!r} at {self.base_url}/auth/token "
+                f"(HTTP {resp.status_code})",
+                resp.status_code,
+            )
+        self._token = str(resp.json()["access_token"])
+        return self._token
+
+    def request(self, method: str, path: str, json_body: Any = None, params: dict | None = None) -> Any:
+        """Call ``/api/v2<path>``; return the decoded JSON. Retries once with a fresh token on 401."""
+        import httpx
+
+        for attempt in (1, 2):
+            token = self._token or self.token()
+            try:
+                with self._http() as http:
+                    resp = http.request(
+                        method,
+                        f"/api/v2{path}",
+                        json=json_body,
+                        params=params,
+                        headers={"Authorization": f"Bearer {token}"},
+                    )
+            except httpx.HTTPError as exc:
+                raise AirflowApiError(f"cannot reach Airflow at {self.base_url}: {exc}") from exc
+            if resp.status_code == 401 and attempt == 1:
+                self._token = None
+                continue
+            if resp.status_code >= 400:
+                try:
+                    detail = resp.json().get("detail", resp.text)
+                except ValueError:
+                    detail = resp.text
+                raise AirflowApiError(
+                    f"{method} /api/v2{path} -> HTTP {resp.status_code}: {detail}", resp.status_code
+                )
+            return resp.json() if resp.content else None
+        raise AssertionError("unreachable")
+
+    # -- the calls bertops uses
+    def health(self) -> dict[str, Any]:
+        import httpx
+
+        with self._http() as http:
+            return dict(http.get("/api/v2/monitor/health").json())
+
+    def get_dag(self, dag_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/dags/{quote(dag_id, safe='')}"))
+
+    def set_paused(self, dag_id: str, paused: bool) -> dict[str, Any]:
+        return dict(self.request("PATCH", f"/dags/{quote(dag_id, safe='')}", {"is_paused": paused}))
+
+    def trigger_dag(self, dag_id: str, conf: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+        """Create a manual DAG run with ``conf``; Airflow validates it against the DAG's Params (HTTP 400)."""
+        body: dict[str, Any] = {"logical_date": None, "conf": conf}
+        if run_id:
+            body["dag_run_id"] = run_id
+        return dict(self.request("POST", f"/dags/{quote(dag_id, safe='')}/dagRuns", body))
+
+    def get_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}"))
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        path = f"/dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}/taskInstances"
+        return list(self.request("GET", path)["task_instances"])
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        path = (
+            f"/dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}/taskInstances/"
+            f"{quote(task_id, safe='')}/xcomEntries/{quote(key, safe='')}"
+        )
+        return self.request("GET", path, params={"deserialize": "true"}).get("value")
+
+    def wait_run(self, dag_id: str, run_id: str, timeout_s: float, poll_s: float = 3.0) -> dict[str, Any]:
+        """Poll until the run is ``success`` or ``failed``; raise :class:`AirflowApiError` on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            run = self.get_run(dag_id, run_id)
+            if run["state"] in ("success", "failed"):
+                return run
+            if time.monotonic() > deadline:
+                raise AirflowApiError(f"run {run_id} of {dag_id} still {run['state']} after {timeout_s:.0f}s")
+            time.sleep(poll_s)
+
+    def run_url(self, dag_id: str, run_id: str) -> str:
+        """The run's page in the Airflow UI."""
+        return f"{self.base_url}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
