@@ -30,7 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as exc:
         log.error("ingest failed: %s", exc)
         return 1
-    log.info("ingest done: %s", result)
+    for name, st in result.items():
+        log.info(
+            "ingest done: %s: %d records (%d dropped empty, %d excluded)",
+            name,
+            st.records,
+            st.dropped_empty,
+            st.excluded,
+        )
     return 0
 
 
