@@ -52,5 +52,5 @@ def test_mismatched_checkpoint_names_the_variable(tmp_path: Path) -> None:
     with pytest.raises(CheckpointMismatchError, match="token_embedding"):
         load_checkpoint(tmp_path, other, other_opt)
     (tmp_path / "state.json").unlink()
-    with pytest.raises(FileNotFoundError, match="state.json"):
+    with pytest.raises(FileNotFoundError, match=r"state\.json"):
         load_checkpoint(tmp_path, model, opt)

@@ -40,7 +40,7 @@ def test_runs_that_cannot_start_fail_with_a_clear_message(
     repo_root: Path, synthetic_data: DataLayout, tmp_path: Path
 ) -> None:
     empty = DataLayout(tmp_path / "nodata")
-    with pytest.raises(TrainingSetupError, match="vocab.txt does not exist"):
+    with pytest.raises(TrainingSetupError, match=r"vocab\.txt does not exist"):
         make_plan(training_config(repo_root, empty, tmp_path, []), "finetune")
     with pytest.raises(TrainingSetupError, match="fewer than one global batch"):
         make_plan(training_config(repo_root, synthetic_data, tmp_path, ["finetune.init=scratch",
