@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,9 @@ def _k8s_schema_dir(version: str | None) -> tuple[Path, str]:
     from kubernetes_validate.utils import all_versions, latest_version
 
     want = version or latest_version()
-    chosen = [v for v in all_versions() if tuple(map(int, v.split(".")[:2])) <= tuple(map(int, want.split(".")))][-1]
+    chosen = [
+        v for v in all_versions() if tuple(map(int, v.split(".")[:2])) <= tuple(map(int, want.split(".")))
+    ][-1]
     base = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema" / f"v{chosen}-local-strict"
     return base, chosen
 

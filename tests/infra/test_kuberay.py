@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.infra.infra_helpers import INFRA, REPO, load_docs
 
 from bertops.config import load_config
-from tests.infra.infra_helpers import INFRA, REPO, load_docs
 
 KUBERAY_FILES = sorted((INFRA / "kuberay").glob("*.yaml"))
 IMAGE_DIR = "/opt/bertops"  # WORKDIR of the images (infra/docker/Dockerfile)
@@ -31,7 +31,9 @@ def _cluster_specs(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _containers(cluster: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    groups = [("head", cluster["headGroupSpec"])] + [(g["groupName"], g) for g in cluster.get("workerGroupSpecs", [])]
+    groups = [("head", cluster["headGroupSpec"])] + [
+        (g["groupName"], g) for g in cluster.get("workerGroupSpecs", [])
+    ]
     return [(name, c) for name, g in groups for c in g["template"]["spec"]["containers"]]
 
 
@@ -79,10 +81,16 @@ def test_raycluster_autoscaling_as_ray_reads_it() -> None:
     assert cpu["resources"].get("GPU", 0) == 0 and cpu["min_workers"] >= 1
     assert config["max_workers"] == gpu["max_workers"] + cpu["max_workers"]
     # A fine-tuning job as configured in rayjob-finetune.yaml fits on the GPU group once it has scaled up.
-    job = _entrypoint_overrides(load_docs(INFRA / "kuberay" / "rayjob-finetune.yaml")[0]["spec"]["entrypoint"])
+    job = _entrypoint_overrides(
+        load_docs(INFRA / "kuberay" / "rayjob-finetune.yaml")[0]["spec"]["entrypoint"]
+    )
     cfg = load_config(REPO / "params.yaml", job[2])
     s = cfg.finetune.scaling
-    assert s.use_gpu and s.gpus_per_worker <= gpu["resources"]["GPU"] and s.cpus_per_worker <= gpu["resources"]["CPU"]
+    assert (
+        s.use_gpu
+        and s.gpus_per_worker <= gpu["resources"]["GPU"]
+        and s.cpus_per_worker <= gpu["resources"]["CPU"]
+    )
     assert s.num_workers <= gpu["max_workers"]
 
 
