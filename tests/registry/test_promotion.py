@@ -1,0 +1,174 @@
+"""Promotion, rollback, idempotency and races against a real MLflow server (no models needed: versions only).
+
+The gate's outcome is written as the tags ``run_gate`` writes, so these tests exercise the registry mechanics
+(aliases, the lock, the champion re-check) on their own; test_gate_e2e.py runs the real gate.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bertops.config import BertopsConfig, TrackingConfig
+from bertops.registry import registry as reg
+from bertops.registry.errors import PromotionConflict, RegistryError, TrackingUnavailable
+from bertops.registry.promote import promote, rollback
+
+pytestmark = pytest.mark.slow
+
+
+def make_model(uri: str, n_versions: int, tmp_path: Path) -> tuple[str, object]:
+    from bertops.registry.client import connect
+
+    client = connect(uri)
+    name = f"m-{uuid.uuid4().hex[:8]}"
+    client.create_registered_model(name)
+    for i in range(n_versions):
+        src = tmp_path / f"v{i + 1}"
+        src.mkdir()
+        client.create_model_version(name, source=str(src))
+    return name, client
+
+
+def gate_passed(client: object, name: str, version: str, against: str | None) -> None:
+    reg.set_tags(client, name, version, {reg.TAG_GATE: "passed", reg.TAG_GATE_CHAMPION: against or "none"})
+
+
+def aliases(client: object, name: str) -> dict[str, str]:
+    return {k: str(v) for k, v in client.get_registered_model(name).aliases.items()}
+
+
+@pytest.fixture
+def cfg(mlflow_server: object) -> BertopsConfig:
+    return BertopsConfig(tracking=TrackingConfig(uri=mlflow_server.uri))
+
+
+def test_first_promotion_idempotent_retry_then_rollback(cfg: BertopsConfig, tmp_path: Path) -> None:
+    name, client = make_model(cfg.tracking_uri(), 2, tmp_path)
+    gate_passed(client, name, "1", None)
+    first = promote(cfg, name, "1")
+    assert first == {
+        "name": name,
+        "version": "1",
+        "changed": True,
+        "champion": "1",
+        "previous_champion": None,
+    }
+    assert promote(cfg, name, "1")["changed"] is False  # retried promotion: nothing changes
+    assert aliases(client, name) == {"champion": "1"}
+
+    gate_passed(client, name, "2", "1")
+    second = promote(cfg, name, "2")
+    assert second["changed"] and second["previous_champion"] == "1"
+    assert aliases(client, name) == {"champion": "2", "previous-champion": "1"}
+    assert client.get_model_version(name, "2").tags[reg.TAG_PREVIOUS] == "1"
+
+    back = rollback(cfg, name)
+    assert back == {"name": name, "champion": "1", "rolled_back": "2", "previous_champion": None}
+    assert aliases(client, name) == {"champion": "1"}
+    assert reg.TAG_ROLLED_BACK_AT in client.get_model_version(name, "2").tags
+    with pytest.raises(RegistryError, match="no previous-champion"):
+        rollback(cfg, name)
+
+
+def test_failed_stale_and_unknown_versions_leave_the_registry_as_it_was(
+    cfg: BertopsConfig, tmp_path: Path
+) -> None:
+    name, client = make_model(cfg.tracking_uri(), 3, tmp_path)
+    gate_passed(client, name, "1", None)
+    promote(cfg, name, "1")
+    reg.set_tags(client, name, "2", {reg.TAG_GATE: "failed", reg.TAG_GATE_REASON: "accuracy 0.5 < 0.6"})
+    with pytest.raises(RegistryError, match=r"v2 failed its gate: accuracy 0.5 < 0.6"):
+        promote(cfg, name, "2")
+    with pytest.raises(RegistryError, match="has not been through the gate"):
+        promote(cfg, name, "3")
+    gate_passed(client, name, "3", "2")  # gated against a champion that is not the champion
+    with pytest.raises(PromotionConflict, match="another promotion won"):
+        promote(cfg, name, "3")
+    with pytest.raises(RegistryError, match="has no version '9'"):
+        promote(cfg, name, "9")
+    with pytest.raises(RegistryError, match="'no-such-model' does not exist"):
+        promote(cfg, "no-such-model", "1")
+    assert aliases(client, name) == {"champion": "1"}
+    assert not any(m.name.endswith(".promotion-lock") for m in client.search_registered_models())
+
+
+def test_pending_approval_waits_for_the_reviewer_tag(cfg: BertopsConfig, tmp_path: Path) -> None:
+    name, client = make_model(cfg.tracking_uri(), 1, tmp_path)
+    reg.set_tags(client, name, "1", {reg.TAG_GATE: "pending-approval", reg.TAG_GATE_CHAMPION: "none"})
+    with pytest.raises(RegistryError, match="waits for approval"):
+        promote(cfg, name, "1")
+    cfg.promotion.approval_timeout_s = 1
+    with pytest.raises(RegistryError, match="approval timeout"):
+        promote(cfg, name, "1", wait_for_review=True)
+    client.set_model_version_tag(name, "1", "approval", "approved")
+    assert promote(cfg, name, "1", wait_for_review=True)["changed"]
+
+
+WORKER = """
+import json, sys, time
+from bertops.config import BertopsConfig, TrackingConfig
+from bertops.registry.promote import promote
+uri, name, version, start = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+cfg = BertopsConfig(tracking=TrackingConfig(uri=uri))
+time.sleep(max(0.0, start - time.time()))
+try:
+    print(json.dumps({"ok": promote(cfg, name, version)}))
+except Exception as exc:
+    print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+"""
+
+
+def race(uri: str, name: str, versions: list[str], repo_root: Path) -> list[dict]:
+    start = time.time() + 12  # every process has imported MLflow by then; they call promote together
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, uri, name, v, str(start)],
+            cwd=repo_root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for v in versions
+    ]
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=240)
+        assert p.returncode == 0, stderr[-2000:]
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
+
+
+def test_concurrent_promotions_exactly_one_wins(cfg: BertopsConfig, tmp_path: Path, repo_root: Path) -> None:
+    name, client = make_model(cfg.tracking_uri(), 3, tmp_path)
+    gate_passed(client, name, "1", None)
+    promote(cfg, name, "1")
+    gate_passed(client, name, "2", "1")
+    gate_passed(client, name, "3", "1")  # both gated against champion v1: only one may replace it
+
+    results = race(cfg.tracking_uri(), name, ["2", "3", "2"], repo_root)
+    winners = [r["ok"]["version"] for r in results if "ok" in r and r["ok"]["changed"]]
+    assert len(winners) == 1, results
+    champion = aliases(client, name)["champion"]
+    assert champion == winners[0]
+    assert aliases(client, name)["previous-champion"] == "1"
+    for r in results:
+        if "error" in r:
+            assert r["error"] == "PromotionConflict", r
+        elif not r["ok"]["changed"]:
+            assert r["ok"]["version"] == champion  # the same version retried: an idempotent no-op
+    assert not any(m.name.endswith(".promotion-lock") for m in client.search_registered_models())
+
+
+def test_unreachable_tracking_server_is_a_clear_error() -> None:
+    from tests.conftest import free_port
+
+    cfg = BertopsConfig(tracking=TrackingConfig(uri=f"http://127.0.0.1:{free_port()}"))
+    with pytest.raises(TrackingUnavailable, match="unreachable"):
+        promote(cfg, "bert-sentiment", "1")
