@@ -1,0 +1,107 @@
+"""
+### bert_retrain: data -> pretraining -> fine-tuning -> evaluation -> registry -> gate -> serving
+
+Runs weekly (`orchestration.retrain_schedule`), whenever `bert_data` publishes a new data version (the
+`bertops_data` Asset), and by hand (`bertops retrain --set finetune.epochs=3`, or *Trigger* in the UI) with
+Params validated by one JSON schema (`bertops.orchestration.retrain_params`).
+
+| task | what |
+|---|---|
+| `check_params` | refuse bad params (schema, then every config key) before any work |
+| `prepare_data` | `dvc pull` / `dvc repro` / `dvc push` (pool `dvc`, one slot) |
+| `pretrain` | Ray job `ray_jobs/pretrain.py`, only when the corpus changed or asked (`pretraining`) |
+| `finetune` | Ray job `ray_jobs/finetune.py` |
+| `evaluate` | MLflow evaluation run on the held-out test split |
+| `register` | new registered model version, alias `challenger`, lineage tags |
+| `promotion_gate` | gate against the champion; promote per `promotion`: auto / require_approval / never |
+| `update_serving` | tell Ray Serve to follow `champion` now |
+| `summary` | what ran, metrics, the decision, MLflow links |
+
+Ray jobs go through the Ray Jobs API with a submission id derived from the run and the task: a retried task
+re-attaches to its job; a killed or timed-out task stops it. XCom carries ids only.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
+
+from bertops.orchestration import retrain as steps
+from bertops.orchestration.dag_defaults import START_DATE, TAGS, dag_config, default_args, ray_task_timeout
+from bertops.orchestration.operators import RayJobOperator
+from bertops.orchestration.retrain_params import airflow_params
+
+CFG = dag_config()
+
+
+@dag(
+    dag_id=steps.DAG_ID,
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(CFG.orchestration.retrain_schedule, timezone="UTC"),
+        assets=[Asset(steps.DATA_ASSET)],
+    ),
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(CFG),
+    params=airflow_params(),
+    tags=[*TAGS, "training", "ray", "mlflow"],
+    doc_md=__doc__,
+)
+def bert_retrain() -> None:
+    @task
+    def check_params() -> dict:
+        return steps.check_params(dict(get_current_context()["params"]))
+
+    @task(pool=CFG.orchestration.dvc_pool)
+    def prepare_data() -> dict:
+        from bertops.orchestration.tasks import data_cycle
+
+        return data_cycle()
+
+    pretrain = RayJobOperator(
+        task_id="pretrain",
+        build=steps.build_pretrain,
+        on_result=steps.after_pretrain,
+        execution_timeout=ray_task_timeout(CFG),
+    )
+    finetune = RayJobOperator(
+        task_id="finetune",
+        build=steps.build_finetune,
+        on_result=steps.after_finetune,
+        execution_timeout=ray_task_timeout(CFG),
+        trigger_rule="none_failed",
+    )
+
+    @task
+    def evaluate(trained: dict) -> dict:
+        ctx = get_current_context()
+        return steps.evaluate(dict(ctx["params"]), trained, ctx["run_id"])
+
+    @task
+    def register(trained: dict, prepared: dict, _evaluated: dict) -> dict:
+        ctx = get_current_context()
+        return steps.register(dict(ctx["params"]), trained, prepared, ctx["run_id"])
+
+    @task
+    def promotion_gate(registered: dict) -> dict:
+        return steps.promotion_gate(dict(get_current_context()["params"]), registered)
+
+    @task
+    def update_serving(gate: dict) -> dict:
+        return steps.update_serving(dict(get_current_context()["params"]), gate)
+
+    @task(trigger_rule="none_failed")
+    def summary() -> dict:
+        ctx = get_current_context()
+        ids = ("prepare_data", "pretrain", "finetune", "evaluate", "register", "promotion_gate", "update_serving")
+        xcoms = {t: ctx["ti"].xcom_pull(task_ids=t) for t in ids}
+        return steps.summary(dict(ctx["params"]), ctx["run_id"], xcoms)
+
+    prepared = prepare_data()
+    check_params() >> prepared >> pretrain >> finetune
+    evaluated = evaluate(finetune.output)
+    gate = promotion_gate(register(finetune.output, prepared, evaluated))
+    update_serving(gate) >> summary()
+
+
+bert_retrain()

@@ -1,0 +1,39 @@
+"""What every bertops DAG shares: the config it is scheduled by, default task arguments, tags, start date.
+
+Read at DAG-parse time, so it only reads ``params.yaml`` (YAML + pydantic): no Airflow operators, Ray,
+MLflow or TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from bertops.config import BertopsConfig, load_config
+from bertops.orchestration.tasks import PARAMS_FILE, project_root
+
+OWNER = "bertops"
+TAGS = ["bertops", "bert"]
+START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def dag_config() -> BertopsConfig:
+    """``params.yaml`` of the checkout the DAGs run in (schedules, retries, pool, timeouts)."""
+    return load_config(project_root() / PARAMS_FILE)
+
+
+def default_args(cfg: BertopsConfig) -> dict[str, Any]:
+    """Retries with exponential backoff on every task; the owner shown in the UI."""
+    o = cfg.orchestration
+    return {
+        "owner": OWNER,
+        "retries": o.task_retries,
+        "retry_delay": dt.timedelta(seconds=o.retry_delay_s),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": dt.timedelta(seconds=max(o.retry_delay_s * 10, 60)),
+    }
+
+
+def ray_task_timeout(cfg: BertopsConfig) -> dt.timedelta:
+    """Airflow's execution_timeout for a Ray-job task: the job's own limit plus a margin to stop it cleanly."""
+    return dt.timedelta(seconds=cfg.orchestration.ray_job_timeout_s + 120)

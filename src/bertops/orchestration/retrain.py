@@ -1,0 +1,237 @@
+"""The ``bert_retrain`` steps as they see Airflow: read the run's params and upstream XComs, call the library.
+
+Every function takes the task ``context`` (or XCom ids) and returns small ids for XCom. Airflow is imported
+inside functions only (its exceptions), so that this module imports fast for DAG parsing.
+
+prepare data -> pretrain (when needed) -> fine-tune -> evaluate -> register -> promotion gate ->
+update serving -> summary.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from bertops.orchestration import tasks
+from bertops.orchestration.ray_jobs import JobOutcome, JobSpec, RayJobError
+from bertops.orchestration.retrain_params import RetrainParamsError
+
+log = logging.getLogger(__name__)
+
+DAG_ID = "bert_retrain"
+DATA_DAG_ID = "bert_data"
+DATA_ASSET = "bertops_data"
+
+
+def _fail(message: str) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    raise AirflowFailException(message)
+
+
+def _skip(message: str) -> None:
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    raise AirflowSkipException(message)
+
+
+def check_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Refuse bad params without retrying: a schema error or a bad config key fails the run at once."""
+    from bertops.config import ConfigError
+
+    try:
+        return tasks.check_params(params)
+    except (RetrainParamsError, ConfigError) as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail raises
+
+
+# ------------------------------------------------------------------------------------------- Ray jobs
+def _prepared(context: Any) -> dict[str, Any]:
+    return dict(context["ti"].xcom_pull(task_ids="prepare_data") or {})
+
+
+def build_pretrain(context: Any) -> tuple[str, JobSpec, float]:
+    """The pretraining job, or a skip when the corpus did not change (or the run said skip)."""
+    params = dict(context["params"])
+    cfg = tasks.run_config(params)
+    needed, why = tasks.pretrain_decision(cfg, params.get("pretraining", "auto"), _prepared(context).get("corpus_version"))
+    if not needed:
+        _skip(f"pretraining not needed: {why}")
+    log.info("pretraining: %s", why)
+    spec = tasks.training_job("pretrain", cfg, tasks.run_overrides(params), context["run_id"])
+    return tasks.ray_dashboard_url(cfg), spec, float(cfg.orchestration.ray_job_timeout_s)
+
+
+def after_pretrain(outcome: JobOutcome, context: Any) -> dict[str, Any]:
+    result = tasks.require_result("pretrain", outcome.result, outcome.submission_id)
+    cfg = tasks.run_config(dict(context["params"]))
+    tasks.record_pretraining(cfg, result, _prepared(context).get("corpus_version"))
+    return {"run_id": result["run_id"], "bundle_dir": result["bundle_dir"], "ray_job_id": outcome.submission_id}
+
+
+def build_finetune(context: Any) -> tuple[str, JobSpec, float]:
+    params = dict(context["params"])
+    cfg = tasks.run_config(params)
+    pre = context["ti"].xcom_pull(task_ids="pretrain") or {}
+    env = {"BERTOPS_PRETRAIN_RUN_ID": pre["run_id"]} if pre.get("run_id") else {}
+    spec = tasks.training_job("finetune", cfg, tasks.run_overrides(params), context["run_id"], extra_env=env)
+    return tasks.ray_dashboard_url(cfg), spec, float(cfg.orchestration.ray_job_timeout_s)
+
+
+def after_finetune(outcome: JobOutcome, context: Any) -> dict[str, Any]:
+    result = tasks.require_result("finetune", outcome.result, outcome.submission_id)
+    out = {"run_id": result["run_id"], "bundle_dir": result["bundle_dir"], "ray_job_id": outcome.submission_id}
+    if result.get("model_uri"):
+        out["model_uri"] = result["model_uri"]
+    return out
+
+
+# ------------------------------------------------------------------------------------------- registry
+def evaluate(params: dict[str, Any], trained: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
+    """Evaluate the fine-tuned bundle on the held-out test split (an MLflow evaluation run)."""
+    from bertops.evaluation.evaluate import evaluate as run_evaluation
+    from bertops.paths import DataLayout
+
+    cfg = tasks.run_config(params)
+    root = tasks.project_root()
+    test_file = root / DataLayout(root=Path(cfg.project.data_dir)).split_file(cfg.finetune.task, "test")
+    result = run_evaluation(
+        trained["bundle_dir"],
+        test_file,
+        cfg.evaluation,
+        output_dir=root / cfg.evaluation.output_dir,
+        tracking_uri=cfg.tracking_uri(),
+        experiment=cfg.tracking.evaluation_experiment,
+        run_name=f"evaluate-{airflow_run_id}"[:200],
+        tags={"bertops.training_run_id": trained["run_id"], "bertops.airflow_run_id": airflow_run_id},
+    )
+    return {"evaluation_run_id": result.run_id, "metrics": {k: float(v) for k, v in result.metrics.items()}}
+
+
+def _model_uri(cfg: Any, trained: dict[str, Any]) -> str:
+    """The logged MLflow model of the fine-tuning run; logged here from the bundle when training did not."""
+    if trained.get("model_uri"):
+        return str(trained["model_uri"])
+    import mlflow
+
+    from bertops.model.pyfunc import log_classifier
+    from bertops.registry.client import connect
+
+    connect(cfg.tracking_uri())
+    with mlflow.start_run(run_id=trained["run_id"]):
+        info = log_classifier(trained["bundle_dir"], name="model")
+    return str(getattr(info, "model_uri", None) or f"runs:/{trained['run_id']}/model")
+
+
+def register(
+    params: dict[str, Any], trained: dict[str, Any], prepared: dict[str, Any], airflow_run_id: str
+) -> dict[str, Any]:
+    """Register the candidate as a new version (alias ``challenger``) with its lineage tags."""
+    from bertops.registry.registry import register_candidate
+
+    cfg = tasks.run_config(params)
+    ref = register_candidate(
+        _model_uri(cfg, trained),
+        tracking_uri=cfg.tracking_uri(),
+        model_name=model_name(cfg),
+        training_run_id=trained["run_id"],
+        data_version=prepared.get("data_version"),
+        ray_job_id=trained.get("ray_job_id"),
+        airflow_run_id=airflow_run_id,
+    )
+    return {"name": ref["name"], "version": str(ref["version"])}
+
+
+def model_name(cfg: Any) -> str:
+    return str(cfg.registry.model_name if cfg.finetune.task == "classification" else cfg.registry.ner_model_name)
+
+
+def promotion_gate(params: dict[str, Any], registered: dict[str, Any]) -> dict[str, Any]:
+    """Gate the candidate against the champion, then promote by the run's mode (auto / require_approval / never).
+
+    ``require_approval`` waits here (up to ``promotion.approval_timeout_s``) for a reviewer's ``approval`` tag.
+    """
+    from bertops.paths import DataLayout
+    from bertops.registry.promote import promote, run_gate
+
+    cfg = tasks.run_config(params)
+    root = tasks.project_root()
+    name, version = registered["name"], registered["version"]
+    test_file = root / DataLayout(root=Path(cfg.project.data_dir)).split_file(cfg.finetune.task, "test")
+    decision = run_gate(cfg, name, version, test_file)
+    out = {"name": name, "version": version, "gate": decision.status, "reason": decision.reason,
+           "champion_before": decision.champion_version, "promoted": False}  # fmt: skip
+    mode = cfg.promotion.mode
+    if not decision.passed:
+        out["decision"] = "rejected by the gate"
+    elif mode == "never":
+        out["decision"] = "gate passed; not promoted (promotion mode 'never')"
+    else:
+        result = promote(cfg, name, version, wait_for_review=(mode == "require_approval"))
+        out["promoted"] = bool(result.get("changed", True))
+        out["decision"] = f"promoted to champion (mode {mode})"
+    log.info("%s v%s: %s (%s)", name, version, out["decision"], decision.reason)
+    return out
+
+
+def update_serving(params: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
+    """Tell the running service to follow ``champion`` now (it also polls); skipped when nothing was promoted."""
+    from bertops.serving.client import ServingClientError, notify_reload
+
+    if not gate.get("promoted"):
+        _skip(f"nothing promoted ({gate.get('decision')}); serving keeps its model")
+    cfg = tasks.run_config(params)
+    url = tasks.serving_url(cfg)
+    try:
+        answer = notify_reload(url, timeout=300)
+    except ServingClientError as exc:
+        if exc.status is None:  # nobody listening: no service to update (it loads the champion when it starts)
+            log.warning("no serving application answers at %s (%s); it will load the champion on start", url, exc)
+            return {"serving_url": url, "version": None}
+        raise
+    return {"serving_url": url, "version": answer.get("version")}
+
+
+def summary(params: dict[str, Any], run_id: str, xcoms: dict[str, Any]) -> dict[str, Any]:
+    """What ran, the metrics, the decision, and links to the MLflow run and model version (logged and returned)."""
+    cfg = tasks.run_config(params)
+    tracking = cfg.tracking_uri()
+    ui = tracking.rstrip("/") if tracking.startswith("http") else None
+    trained = xcoms.get("finetune") or {}
+    gate = xcoms.get("promotion_gate") or {}
+    evaluation = xcoms.get("evaluate") or {}
+    out: dict[str, Any] = {
+        "airflow_run_id": run_id,
+        "data_version": (xcoms.get("prepare_data") or {}).get("data_version"),
+        "pretrained": bool(xcoms.get("pretrain")),
+        "training_run_id": trained.get("run_id"),
+        "metrics": evaluation.get("metrics", {}),
+        "model": gate.get("name"),
+        "version": gate.get("version"),
+        "gate": gate.get("gate"),
+        "decision": gate.get("decision"),
+        "serving_version": (xcoms.get("update_serving") or {}).get("version"),
+    }
+    if ui and trained.get("run_id"):
+        out["mlflow_run_url"] = f"{ui}/#/experiments/0/runs/{trained['run_id']}"
+    if ui and gate.get("version"):
+        out["model_version_url"] = f"{ui}/#/models/{gate['name']}/versions/{gate['version']}"
+    for key, value in out.items():
+        log.info("summary %-18s %s", key, value)
+    return out
+
+
+__all__ = [
+    "DAG_ID",
+    "DATA_ASSET",
+    "DATA_DAG_ID",
+    "RayJobError",
+    "after_finetune",
+    "after_pretrain",
+    "build_finetune",
+    "build_pretrain",
+    "check_params",
+    "evaluate",
+]

@@ -1,0 +1,390 @@
+"""The local stack: ``bertops stack up|down|status`` (``make up`` / ``make down``).
+
+Starts, bound to 127.0.0.1, each in its own process group (so ``down`` stops exactly what ``up`` started):
+
+- an MLflow tracking server: SQLite ``<state>/mlflow/mlflow.db`` + artifacts ``<state>/mlflow/artifacts``;
+- a Ray head with the dashboard (Jobs API), temp dir ``/tmp/bertops_ray_<hash>`` (Ray needs a short path);
+- Airflow standalone (scheduler, dag-processor, API server, triggerer; LocalExecutor; SQLite) with
+  ``AIRFLOW_HOME=<state>/airflow`` and ``dags/`` of this checkout; the pool ``dvc`` (one slot);
+- the serving application (Ray Serve on that Ray head), following ``models:/<name>@champion``.
+
+The configured ports are used when free, otherwise a free one; the URLs in use are in ``<state>/stack.json``.
+Credentials (Airflow user password, JWT secret, Fernet key) are generated on first start into
+``<state>/secrets.json`` and the simple auth manager's password file (mode 0600, git-ignored, never logged).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from bertops.config import BertopsConfig
+from bertops.orchestration.airflow_api import USERNAME, passwords_file
+
+log = logging.getLogger(__name__)
+
+VENV_BIN = Path(sys.executable).parent
+MLFLOW_PORT = 5000
+
+
+class StackError(RuntimeError):
+    """A service that did not start (the message has its log tail) or a stack in an unexpected state."""
+
+
+# ------------------------------------------------------------------------------------------- layout
+@dataclass(frozen=True)
+class StackPaths:
+    root: Path  # the checkout
+    state: Path  # <root>/.bertops
+
+    @classmethod
+    def of(cls, cfg: BertopsConfig, root: Path) -> StackPaths:
+        state = cfg.state_dir if cfg.state_dir.is_absolute() else root / cfg.state_dir
+        return cls(root=root.resolve(), state=state.resolve())
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.state / "airflow"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.state / "mlflow"
+
+    @property
+    def logs(self) -> Path:
+        return self.state / "logs"
+
+    @property
+    def stack_file(self) -> Path:
+        return self.state / "stack.json"
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.state / "secrets.json"
+
+    @property
+    def ray_temp(self) -> Path:
+        digest = hashlib.sha256(str(self.state).encode()).hexdigest()[:8]
+        return Path(f"/tmp/bertops_ray_{digest}")
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    tmp.replace(path)
+
+
+def ensure_secrets(paths: StackPaths) -> dict[str, str]:
+    """Generate the stack's credentials on first start; later starts reuse them. Never logged."""
+    if paths.secrets_file.exists():
+        data = json.loads(paths.secrets_file.read_text(encoding="utf-8"))
+    else:
+        data = {
+            "airflow_password": secrets.token_urlsafe(18),
+            "jwt_secret": secrets.token_urlsafe(32),
+            "fernet_key": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+        }
+        _write_private(paths.secrets_file, json.dumps(data, indent=1))
+        log.info("generated local stack credentials in %s", paths.secrets_file)
+    # Written before Airflow starts, so the simple auth manager finds the user and never prints a password.
+    _write_private(passwords_file(paths.airflow_home), json.dumps({USERNAME: data["airflow_password"]}) + "\n")
+    return data
+
+
+def airflow_settings(
+    home: Path, root: Path, api_port: int, secret: dict[str, str] | None = None
+) -> dict[str, str]:
+    """``AIRFLOW__*`` settings of a bertops Airflow: its own home and SQLite DB, our dags/, LocalExecutor."""
+    env = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USERNAME}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file(home)),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "BERTOPS_PROJECT_DIR": str(root),
+    }
+    if api_port:
+        env["AIRFLOW__API__PORT"] = str(api_port)
+        env["AIRFLOW__API__BASE_URL"] = f"http://127.0.0.1:{api_port}"
+        env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://127.0.0.1:{api_port}/execution/"
+    if secret:
+        env["AIRFLOW__API_AUTH__JWT_SECRET"] = secret["jwt_secret"]
+        env["AIRFLOW__CORE__FERNET_KEY"] = secret["fernet_key"]
+    return env
+
+
+# ------------------------------------------------------------------------------------------- processes
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_or_free(port: int) -> int:
+    """``port`` when nothing listens on it, else any free port (a shared machine may have it taken)."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            return free_port()
+
+
+def http_ok(url: str, timeout: float = 3) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except Exception:  # noqa: BLE001 - any failure means "not answering"
+        return False
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+def spawn(name: str, cmd: list[str], env: dict[str, str], paths: StackPaths) -> subprocess.Popen:
+    """Start ``cmd`` in its own session (process group), output to ``<state>/logs/<name>.log``."""
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    log_file = paths.logs / f"{name}.log"
+    with open(log_file, "ab") as fh:
+        return subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env=env, cwd=paths.root,
+        )  # fmt: skip
+
+
+def wait_until(name: str, check: Callable[[], bool], timeout: float, proc: subprocess.Popen | None, paths: StackPaths) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(1)
+    log_file = paths.logs / f"{name}.log"
+    tail = log_file.read_text(errors="replace")[-3000:] if log_file.exists() else ""
+    raise StackError(f"{name} did not come up within {timeout:.0f}s; log {log_file}:\n{tail}")
+
+
+def stop_group(pid: int, timeout: float = 30) -> bool:
+    """SIGTERM the process group ``pid`` leads, then SIGKILL after ``timeout``. True when it was running."""
+    if not alive(pid):
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive(pid):
+        time.sleep(0.5)
+    if alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return True
+
+
+# ------------------------------------------------------------------------------------------- the stack
+def read_state(paths: StackPaths) -> dict[str, Any]:
+    if not paths.stack_file.exists():
+        return {}
+    return dict(json.loads(paths.stack_file.read_text(encoding="utf-8")))
+
+
+def _save_state(paths: StackPaths, state: dict[str, Any]) -> None:
+    paths.state.mkdir(parents=True, exist_ok=True)
+    tmp = paths.stack_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
+    tmp.replace(paths.stack_file)
+
+
+def service_env(state: dict[str, Any], paths: StackPaths) -> dict[str, str]:
+    """What every stack process (and a client of the stack) needs to find the others."""
+    env = {
+        "BERTOPS_PROJECT_DIR": str(paths.root),
+        "PYTHONPATH": os.pathsep.join([str(paths.root / "src"), str(paths.root)]),
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    services = state.get("services", {})
+    if "mlflow" in services:
+        env["MLFLOW_TRACKING_URI"] = services["mlflow"]["url"]
+    if "ray" in services:
+        env["BERTOPS_RAY_DASHBOARD_URL"] = services["ray"]["url"]
+        env["RAY_ADDRESS"] = services["ray"]["address"]
+    if "serving" in services:
+        env["BERTOPS_SERVING_URL"] = services["serving"]["url"]
+    if "airflow" in services:
+        env["BERTOPS_AIRFLOW_URL"] = services["airflow"]["url"]
+    return env
+
+
+def up(
+    cfg: BertopsConfig,
+    root: Path,
+    serving: bool = True,
+    on_step: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Start whatever of the stack is not running yet; return the state (service URLs and process ids)."""
+    note = on_step or (lambda msg: log.info("%s", msg))
+    paths = StackPaths.of(cfg, root)
+    state = read_state(paths)
+    services: dict[str, Any] = {
+        k: v for k, v in state.get("services", {}).items() if k == "serving" or alive(v.get("pid"))
+    }
+    state["services"] = services
+    secret = ensure_secrets(paths)
+    timeout = float(cfg.orchestration.stack_start_timeout_s)
+    base_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+
+    if "mlflow" not in services:
+        port = port_or_free(MLFLOW_PORT)
+        paths.mlflow_dir.mkdir(parents=True, exist_ok=True)
+        note(f"starting MLflow on 127.0.0.1:{port}")
+        cmd = [
+            str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{paths.mlflow_dir / 'mlflow.db'}",
+            "--artifacts-destination", str(paths.mlflow_dir / "artifacts"), "--workers", "1",
+        ]  # fmt: skip
+        proc = spawn("mlflow", cmd, {**base_env, **service_env(state, paths)}, paths)
+        url = f"http://127.0.0.1:{port}"
+        services["mlflow"] = {"pid": proc.pid, "url": url}
+        _save_state(paths, state)
+        wait_until("mlflow", lambda: http_ok(f"{url}/health"), timeout, proc, paths)
+
+    if "ray" not in services:
+        dash = port_or_free(urlparse(cfg.orchestration.ray_dashboard_url).port or 8265)
+        gcs = free_port()
+        note(f"starting a Ray head (dashboard 127.0.0.1:{dash})")
+        cmd = [
+            str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+            "--port", str(gcs), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+            "--dashboard-port", str(dash), "--ray-client-server-port", str(free_port()),
+            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+            "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
+            "--num-cpus", str(cfg.orchestration.stack_ray_cpus), "--temp-dir", str(paths.ray_temp),
+            "--disable-usage-stats",
+        ]  # fmt: skip
+        proc = spawn("ray", cmd, {**base_env, **service_env(state, paths)}, paths)
+        url = f"http://127.0.0.1:{dash}"
+        services["ray"] = {"pid": proc.pid, "url": url, "address": f"127.0.0.1:{gcs}"}
+        _save_state(paths, state)
+        wait_until("ray", lambda: http_ok(f"{url}/api/version"), timeout, proc, paths)
+
+    if serving and not (services.get("serving") and http_ok(f"{services['serving']['url']}/healthz")):
+        port = port_or_free(cfg.serving.port)
+        url = f"http://127.0.0.1:{port}{cfg.serving.route_prefix.rstrip('/')}"
+        services["serving"] = {"pid": None, "url": url}
+        note(f"deploying the serving application on Ray (127.0.0.1:{port})")
+        cmd = [str(VENV_BIN / "bertops"), "serve", "--detach", "--host", "127.0.0.1", "--port", str(port),
+               "--address", services["ray"]["address"]]  # fmt: skip
+        env = {**base_env, **service_env(state, paths)}
+        with open(paths.logs / "serving.log", "ab") as fh:
+            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=paths.root,
+                                timeout=timeout, check=False).returncode  # fmt: skip
+        if rc != 0:
+            raise StackError(f"`bertops serve` failed (exit {rc}); see {paths.logs / 'serving.log'}")
+        _save_state(paths, state)
+
+    if "airflow" not in services:
+        port = port_or_free(urlparse(cfg.orchestration.airflow_url).port or 8080)
+        note(f"starting Airflow standalone on 127.0.0.1:{port}")
+        env = {**base_env, **service_env(state, paths), **airflow_settings(paths.airflow_home, paths.root, port, secret)}
+        proc = spawn("airflow", [str(VENV_BIN / "airflow"), "standalone"], env, paths)
+        url = f"http://127.0.0.1:{port}"
+        services["airflow"] = {"pid": proc.pid, "url": url}
+        _save_state(paths, state)
+        wait_until("airflow", lambda: http_ok(f"{url}/api/v2/monitor/health"), timeout, proc, paths)
+        _ensure_pool(cfg, paths, url)
+    _save_state(paths, state)
+    return state
+
+
+def airflow_client(cfg: BertopsConfig, root: Path) -> Any:
+    """An :class:`AirflowClient` for the running stack (or ``orchestration.airflow_url`` when none runs)."""
+    from bertops.orchestration.airflow_api import AirflowClient, read_credentials
+
+    paths = StackPaths.of(cfg, root)
+    services = read_state(paths).get("services", {})
+    url = os.environ.get("BERTOPS_AIRFLOW_URL") or services.get("airflow", {}).get("url") or cfg.orchestration.airflow_url
+    return AirflowClient(url, *read_credentials(paths.airflow_home))
+
+
+def _ensure_pool(cfg: BertopsConfig, paths: StackPaths, url: str) -> None:
+    from bertops.orchestration.airflow_api import AirflowApiError, AirflowClient, read_credentials
+
+    client = AirflowClient(url, *read_credentials(paths.airflow_home))
+    name = cfg.orchestration.dvc_pool
+    try:
+        client.request("GET", f"/pools/{name}")
+    except AirflowApiError as exc:
+        if exc.status_code != 404:
+            raise
+        client.request("POST", "/pools", {"name": name, "slots": 1, "description": "DVC work, one at a time"})
+
+
+def down(cfg: BertopsConfig, root: Path, on_step: Callable[[str], None] | None = None) -> list[str]:
+    """Stop every process ``up`` started (their process groups only); return the names stopped."""
+    note = on_step or (lambda msg: log.info("%s", msg))
+    paths = StackPaths.of(cfg, root)
+    state = read_state(paths)
+    stopped = []
+    for name in ("airflow", "ray", "mlflow"):
+        pid = state.get("services", {}).get(name, {}).get("pid")
+        if pid and alive(pid):
+            note(f"stopping {name} (process group {pid})")
+            stop_group(int(pid), timeout=60 if name == "ray" else 30)
+            stopped.append(name)
+    if paths.stack_file.exists():
+        paths.stack_file.unlink()
+    return stopped
+
+
+def status(cfg: BertopsConfig, root: Path) -> dict[str, dict[str, Any]]:
+    """Each service's URL, whether its process runs and whether it answers its health check."""
+    paths = StackPaths.of(cfg, root)
+    services = read_state(paths).get("services", {})
+    health = {"mlflow": "/health", "ray": "/api/version", "airflow": "/api/v2/monitor/health", "serving": "/healthz"}
+    out: dict[str, dict[str, Any]] = {}
+    for name in ("airflow", "ray", "mlflow", "serving"):
+        svc = services.get(name)
+        if not svc:
+            out[name] = {"url": None, "running": False, "healthy": False}
+            continue
+        running = alive(svc.get("pid")) if svc.get("pid") else None
+        out[name] = {"url": svc["url"], "running": running, "healthy": http_ok(svc["url"] + health[name])}
+    return out

@@ -1,0 +1,96 @@
+"""DAG integrity: the DAG files import cleanly and fast, every task retries, tags/owners/docs are set,
+nothing heavy (TensorFlow, Ray, MLflow, Keras) is imported while parsing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.orchestration.conftest import REPO_ROOT, airflow_env
+
+HEAVY = ("tensorflow", "keras", "ray", "mlflow", "torch")
+
+PROBE = textwrap.dedent(
+    """
+    import json, sys, time
+    from airflow.dag_processing.dagbag import DagBag
+    t0 = time.perf_counter()
+    bag = DagBag(dag_folder=sys.argv[1])
+    total = time.perf_counter() - t0
+    out = {"import_errors": {k: str(v) for k, v in bag.import_errors.items()},
+           "stats": [{"file": s.file, "duration": s.duration.total_seconds()} for s in bag.dagbag_stats],
+           "heavy": sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[2].split(","))),
+           "total": total, "dags": {}}
+    for dag_id, dag in bag.dags.items():
+        out["dags"][dag_id] = {
+            "tags": sorted(dag.tags), "doc_md": dag.doc_md or "", "catchup": dag.catchup,
+            "max_active_runs": dag.max_active_runs, "owner": dag.owner,
+            "params": sorted(dag.params.keys()),
+            "tasks": {t.task_id: {"retries": t.retries, "pool": t.pool, "owner": t.owner,
+                                  "retry_exponential_backoff": bool(t.retry_exponential_backoff),
+                                  "execution_timeout": t.execution_timeout.total_seconds() if t.execution_timeout else None,
+                                  "upstream": sorted(t.upstream_task_ids), "trigger_rule": getattr(t.trigger_rule, "value", str(t.trigger_rule))}
+                      for t in dag.tasks},
+        }
+    print("PROBE " + json.dumps(out))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    home = tmp_path_factory.mktemp("airflow_parse")
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, str(REPO_ROOT / "dags"), ",".join(HEAVY)],
+        env=airflow_env(home), capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+    )  # fmt: skip
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("PROBE ")), None)
+    assert line, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(line.removeprefix("PROBE "))
+
+
+def test_no_import_errors_and_both_dags_load(probe: dict) -> None:
+    assert probe["import_errors"] == {}
+    assert {"bert_data", "bert_retrain"} <= set(probe["dags"])
+
+
+def test_each_dag_file_parses_in_under_a_second(probe: dict) -> None:
+    files = {Path(s["file"]).name: s["duration"] for s in probe["stats"]}
+    assert {"bert_data.py", "bert_retrain.py"} <= set(files)
+    slow = {f: d for f, d in files.items() if d >= 1.0}
+    assert not slow, f"DAG files parse too slowly: {slow}"
+
+
+def test_no_heavy_imports_while_parsing(probe: dict) -> None:
+    assert probe["heavy"] == []
+
+
+def test_every_task_retries_with_backoff_and_dags_are_documented(probe: dict) -> None:
+    for dag_id, dag in probe["dags"].items():
+        assert "bertops" in dag["tags"], dag_id
+        assert dag["doc_md"].strip().startswith(f"### {dag_id}"), dag_id
+        assert dag["catchup"] is False, dag_id
+        assert dag["owner"] == "bertops", dag_id
+        for task_id, t in dag["tasks"].items():
+            assert t["retries"] >= 1, (dag_id, task_id)
+            assert t["retry_exponential_backoff"], (dag_id, task_id)
+
+
+def test_retrain_shape_pool_timeouts_and_params(probe: dict) -> None:
+    dag = probe["dags"]["bert_retrain"]
+    assert dag["max_active_runs"] == 1
+    tasks = dag["tasks"]
+    assert set(tasks) == {"check_params", "prepare_data", "pretrain", "finetune", "evaluate", "register",
+                          "promotion_gate", "update_serving", "summary"}  # fmt: skip
+    assert tasks["prepare_data"]["pool"] == "dvc"
+    assert probe["dags"]["bert_data"]["tasks"]["repro"]["pool"] == "dvc"
+    assert tasks["prepare_data"]["upstream"] == ["check_params"]
+    assert tasks["finetune"]["upstream"] == ["pretrain"] and tasks["finetune"]["trigger_rule"] == "none_failed"
+    assert tasks["pretrain"]["execution_timeout"] and tasks["finetune"]["execution_timeout"]
+    assert {"task", "model_size", "init_checkpoint", "learning_rate", "epochs", "workers", "use_gpu",
+            "pretraining", "promotion", "overrides"} <= set(dag["params"])  # fmt: skip
