@@ -20,6 +20,7 @@ Special tokens are always looked up by name (:func:`special_ids`): a vocabulary 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,49 @@ def tokenize_ids(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
     """Word-piece ids of each text, without special tokens, batched in Rust."""
     encodings = tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
     return [e.ids for e in encodings]
+
+
+class WordPieceCache:
+    """Word-piece ids of many texts, each distinct word tokenised once (and remembered across calls).
+
+    Gives exactly what tokenising each text gives: BERT tokenises every space-separated word on its own
+    (normalisation works per character, pre-tokenisation only splits further, WordPiece works per word), so
+    a word's pieces can be cached. A corpus has far fewer distinct words than words (news: ~1 in 20 after
+    the first megabytes), and the texts are assembled from the cached pieces with NumPy. The cache is
+    cleared when it holds ``max_words`` words, which bounds its memory.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, max_words: int = 500_000) -> None:
+        self.tokenizer = tokenizer
+        self.max_words = max_words
+        self._pieces: dict[str, list[int]] = {}
+
+    def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """All texts' word pieces as one flat int32 array, and each text's piece count (no special tokens)."""
+        if not texts:
+            return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
+        counts = np.fromiter((t.count(" ") + 1 for t in texts), dtype=np.int64, count=len(texts))
+        words = " ".join(texts).split(" ")
+        index = {w: i for i, w in enumerate(dict.fromkeys(words))}
+        word_ids = np.fromiter(map(index.__getitem__, words), dtype=np.int64, count=len(words))
+        cache = self._pieces
+        missing = [w for w in index if w not in cache]
+        if len(cache) + len(missing) > self.max_words:
+            cache.clear()
+            missing = list(index)
+        if missing:
+            cache.update(zip(missing, tokenize_ids(self.tokenizer, missing), strict=True))
+        pieces = [cache[w] for w in index]
+        piece_len = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+        piece_off = np.zeros(len(pieces) + 1, dtype=np.int64)
+        np.cumsum(piece_len, out=piece_off[1:])
+        piece_flat = np.fromiter(itertools.chain.from_iterable(pieces), dtype=np.int32, count=int(piece_off[-1]))
+        # Ragged gather: the pieces of word_ids[0], word_ids[1], ... back to back.
+        lengths = piece_len[word_ids]
+        out_off = np.cumsum(lengths) - lengths
+        src = np.repeat(piece_off[word_ids] - out_off, lengths) + np.arange(int(lengths.sum()))
+        text_len = np.add.reduceat(lengths, np.cumsum(counts) - counts)
+        return piece_flat[src], text_len
 
 
 def pack_single(
