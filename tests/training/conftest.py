@@ -56,7 +56,11 @@ def pretraining_features(n: int, rng: np.random.Generator) -> dict[str, np.ndarr
         real = [i for i in range(1, len(a) + len(b) + 3) if token_ids[i] not in (CLS, SEP)]
         k = min(PREDS, max(1, round(0.15 * len(real))))
         pos = np.sort(rng.choice(real, size=k, replace=False))
-        positions, ids, weights = np.zeros(PREDS, np.int64), np.zeros(PREDS, np.int64), np.zeros(PREDS, np.float32)
+        positions, ids, weights = (
+            np.zeros(PREDS, np.int64),
+            np.zeros(PREDS, np.int64),
+            np.zeros(PREDS, np.float32),
+        )
         positions[:k], ids[:k], weights[:k] = pos, token_ids[pos], 1.0
         token_ids = token_ids.copy()
         token_ids[pos] = MASK
@@ -129,7 +133,9 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> DataLayout:
     return write_synthetic_data(tmp_path_factory.mktemp("bertops-train-data") / "data")
 
 
-def training_config(repo_root: Path, data: DataLayout, state_dir: Path, overrides: list[str]) -> BertopsConfig:
+def training_config(
+    repo_root: Path, data: DataLayout, state_dir: Path, overrides: list[str]
+) -> BertopsConfig:
     """The repository's params.yaml on the synthetic data, a small model and short runs."""
     base = [
         f"project.data_dir={data.root}",

