@@ -57,11 +57,17 @@ class DvcRepo:
 
     def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [sys.executable, "-m", "dvc", *args], cwd=self.root, env=dvc_env(),
-            capture_output=True, text=True, timeout=600,
+            [sys.executable, "-m", "dvc", *args],
+            cwd=self.root,
+            env=dvc_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         if check and proc.returncode != 0:
-            raise AssertionError(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+            raise AssertionError(
+                f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
         return proc
 
     def repro(self, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -88,7 +94,9 @@ class DvcRepo:
                 for p in sorted(base.rglob("*")) if base.exists() else []:
                     if p.is_file() and p.name != ".gitignore":
                         out[str(p.relative_to(self.root))] = (
-                            hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+                            hashlib.sha256(p.read_bytes()).hexdigest(),
+                            p.stat().st_mtime_ns,
+                        )
         return out
 
 
@@ -125,8 +133,13 @@ def test_repro_builds_every_output_and_splits_never_cross(repo: DvcRepo) -> None
     from bertops.data.validate import normalise_text
 
     snap = repo.snapshot()
-    for rel in ("data/ingested/corpus.jsonl", "data/reports/data_report.json", "data/reports/data_report.html",
-                "data/split/classification/test.jsonl", "data/split/corpus/heldout.jsonl"):
+    for rel in (
+        "data/ingested/corpus.jsonl",
+        "data/reports/data_report.json",
+        "data/reports/data_report.html",
+        "data/split/classification/test.jsonl",
+        "data/split/corpus/heldout.jsonl",
+    ):
         assert rel in snap, rel
     report = json.loads((repo.root / "data/reports/data_report.json").read_text())
     assert report["status"] == "passed" and report["classification"]["records"] == 300
@@ -154,22 +167,27 @@ def test_noop_repro_changes_nothing(repo: DvcRepo) -> None:
 
 
 def test_changed_param_reruns_only_dependent_stages(repo: DvcRepo) -> None:
+    # The last stage's own param: only that stage runs (split's seed when finetune_data is not there yet).
+    key, value, stage = (
+        ("finetune_data.max_seq_length", 48, "finetune_data") if FULL else ("split.seed", 99, "split")
+    )
     before = repo.snapshot()
-    repo.write_params({"split.seed": 99})
+    repo.write_params({key: value})
     out = repo.repro().stdout
-    assert "Running stage 'split'" in out
-    assert "Running stage 'ingest'" not in out and "Running stage 'validate'" not in out
+    assert [line for line in out.splitlines() if line.startswith("Running stage")] == [
+        f"Running stage '{stage}':"
+    ]
     after = repo.snapshot()
-    for stage in ("ingest", "validate"):
-        assert {k: v for k, v in after.items() if k in repo.snapshot([stage])} == repo.snapshot([stage])
-        assert all(after[k] == before[k] for k in repo.snapshot([stage]))
-    assert any(after[k] != before[k] for k in repo.snapshot(["split"]))
-    # A validate-only param re-runs validate; its report is unchanged, so split does not run again.
-    repo.write_params({"split.seed": 99, "validate.max_text_chars": 5000})
+    others = [s for s in STAGES if s != stage]
+    assert {k: after[k] for k in repo.snapshot(others)} == {k: before[k] for k in repo.snapshot(others)}
+    assert any(after[k] != before[k] for k in repo.snapshot([stage]))
+    # A validate-only param re-runs validate; its report is unchanged, so split (and the rest) do not run again.
+    repo.write_params({key: value, "validate.max_text_chars": 5000})
     out = repo.repro().stdout
-    assert "Running stage 'validate'" in out and "Running stage 'split'" not in out
-    repo.write_params()
-    repo.repro()
+    assert [line for line in out.splitlines() if line.startswith("Running stage")] == [
+        "Running stage 'validate':"
+    ]
+    repo.write_params()  # back to the base params (the next repro re-runs the changed stage)
 
 
 def test_push_and_pull_with_the_default_local_remote(repo: DvcRepo) -> None:
@@ -191,16 +209,20 @@ class Bad:
 
     params: dict[str, Any]
     expect: tuple[str, ...]
-    fails_at: str  # the first stage that must fail; its outputs and all later ones must stay untouched
+    keeps: str  # outputs of this stage and all later ones must stay untouched (ingest: every output)
     files: dict[str, bytes] = field(default_factory=dict)
     raw: str | None = None
     extra: tuple[str, ...] = ()
 
 
 def cls_source(name: str, **kw: Any) -> dict[str, Any]:
-    base = {"ingest.classification.source": f"data/raw/{name}", "ingest.classification.label_column": "label",
-            "ingest.classification.exclude_labels": [], "ingest.classification.label_mapping": {},
-            "ingest.classification.max_records": None}
+    base = {
+        "ingest.classification.source": f"data/raw/{name}",
+        "ingest.classification.label_column": "label",
+        "ingest.classification.exclude_labels": [],
+        "ingest.classification.label_mapping": {},
+        "ingest.classification.max_records": None,
+    }
     return base | {f"ingest.classification.{k}": v for k, v in kw.items()}
 
 
@@ -210,28 +232,62 @@ def rows(n: int, label: Callable[[int], str] = lambda i: "positive" if i % 2 els
 
 BAD = {
     "missing-file": Bad(cls_source("nope.csv"), ("data/raw/nope.csv", "does not exist"), "ingest"),
-    "empty-file": Bad(cls_source("empty.csv"), ("data/raw/empty.csv", "input file is empty"), "ingest",
-                      files={"empty.csv": b""}),
-    "missing-column": Bad(cls_source("r.csv", label_column="sentiment"),
-                          ("data/raw/r.csv", "field 'sentiment'", "not found"), "ingest", files={"r.csv": rows(20)}),
-    "not-utf8": Bad(cls_source("latin.csv"), ("data/raw/latin.csv", "line 4", "not valid utf-8"), "ingest",
-                    files={"latin.csv": rows(2) + b"caf\xe9 review,positive\n"}),
-    "empty-text": Bad(cls_source("blank.csv") | {"ingest.drop_empty": False},
-                      ("data/raw/blank.csv", "row 3", "field 'text'", "empty or whitespace-only"), "ingest",
-                      files={"blank.csv": rows(2) + b"   ,positive\n"}),
-    "label-outside-set": Bad(cls_source("neutral.csv"),
-                             ("data/raw/neutral.csv", "row 21", "field 'label'", "'neutral' is not one of"),
-                             "validate", files={"neutral.csv": rows(20) + b"so-so,neutral\n"}),
-    "single-class": Bad(cls_source("one.csv"), ("classification.jsonl", "single-class dataset"), "validate",
-                        files={"one.csv": rows(20, lambda i: "positive")}),
-    "conflicting-labels": Bad(cls_source("conflict.csv"),
-                              ("data/raw/conflict.csv", "row 21", "conflicting labels", "row 4"), "validate",
-                              files={"conflict.csv": rows(20) + b"Review number 3 is here,negative\n"}),
-    "max-seq-above-position-limit": Bad({"pretrain_data.max_seq_length": 1024, "model.max_sequence_length": 512},
-                                        ("pretrain_data.max_seq_length=1024", "max_sequence_length=512"),
-                                        "vocab" if FULL else "split", extra=() if FULL else ("--force", "split")),
-    "unknown-key": Bad({}, ("split.sed", "unknown key"), "split", raw=None),
-    "wrong-type": Bad({"split.seed": "abc"}, ("split.seed", "integer"), "split"),
+    "empty-file": Bad(
+        cls_source("empty.csv"),
+        ("data/raw/empty.csv", "input file is empty"),
+        "ingest",
+        files={"empty.csv": b""},
+    ),
+    "missing-column": Bad(
+        cls_source("r.csv", label_column="sentiment"),
+        ("data/raw/r.csv", "field 'sentiment'", "not found"),
+        "ingest",
+        files={"r.csv": rows(20)},
+    ),
+    "not-utf8": Bad(
+        cls_source("latin.csv"),
+        ("data/raw/latin.csv", "line 4", "not valid utf-8"),
+        "ingest",
+        files={"latin.csv": rows(2) + b"caf\xe9 review,positive\n"},
+    ),
+    "empty-text": Bad(
+        cls_source("blank.csv")
+        | {
+            "ingest.drop_empty": False,
+            "ingest.corpus.source": "data/raw/c.txt",
+            "ingest.corpus.title_column": None,
+        },
+        ("data/raw/blank.csv", "row 3", "field 'text'", "empty or whitespace-only"),
+        "ingest",
+        files={"blank.csv": rows(2) + b"   ,positive\n", "c.txt": b"One doc. Two.\n\nAnother.\n"},
+    ),
+    "label-outside-set": Bad(
+        cls_source("neutral.csv"),
+        ("data/raw/neutral.csv", "row 21", "field 'label'", "'neutral' is not one of"),
+        "validate",
+        files={"neutral.csv": rows(20) + b"so-so,neutral\n"},
+    ),
+    "single-class": Bad(
+        cls_source("one.csv"),
+        ("classification.jsonl", "single-class dataset"),
+        "validate",
+        files={"one.csv": rows(20, lambda i: "positive")},
+    ),
+    "conflicting-labels": Bad(
+        cls_source("conflict.csv"),
+        ("data/raw/conflict.csv", "row 21", "conflicting labels", "row 4"),
+        "validate",
+        files={"conflict.csv": rows(20) + b"Review number 3 is here,negative\n"},
+    ),
+    "max-seq-above-position-limit": Bad(
+        {"pretrain_data.max_seq_length": 1024, "model.max_sequence_length": 512},
+        ("pretrain_data.max_seq_length=1024", "max_sequence_length=512"),
+        "ingest",
+        extra=() if FULL else ("--force", "--single-item", "split"),
+    ),
+    # A config error stops whichever stage runs first (each validates the whole config): nothing changes.
+    "unknown-key": Bad({}, ("split.sed", "unknown key"), "ingest"),
+    "wrong-type": Bad({"split.seed": "abc"}, ("split.seed", "integer"), "ingest"),
 }
 
 
@@ -240,7 +296,7 @@ def test_bad_input_fails_naming_where_and_keeps_outputs(repo: DvcRepo, case: str
     bad = BAD[case]
     for name, content in bad.files.items():
         (repo.root / "data" / "raw" / name).write_bytes(content)
-    later = STAGES[STAGES.index(bad.fails_at):]
+    later = STAGES[STAGES.index(bad.keeps) :]
     before = repo.snapshot(later)
     try:
         if case == "unknown-key":
@@ -249,13 +305,14 @@ def test_bad_input_fails_naming_where_and_keeps_outputs(repo: DvcRepo, case: str
             del repo.params["split"]["sed"]
         else:
             repo.write_params(bad.params)
-        args = ["repro", "--single-item", *bad.extra[1:]] if bad.extra else ["repro", *TARGETS]
+        # Every stage validates the whole config; --force makes the run happen when no dep of it changed.
+        args = ["repro", *bad.extra] if bad.extra else ["repro", *TARGETS]
         proc = repo.dvc(*args, check=False)
         output = proc.stdout + proc.stderr
         assert proc.returncode != 0, output
         for text in bad.expect:
             assert text in output, f"{text!r} not in:\n{output}"
-        assert f"Running stage '{bad.fails_at}'" in output or bad.extra
+        assert "Running stage 'split'" not in output or bad.extra  # no stage after the failure ran
         assert repo.snapshot(later) == before  # nothing the failing stage or any later one wrote survived
     finally:
         repo.write_params()
