@@ -1,0 +1,89 @@
+"""Fixtures of the serving tests: registering classifier versions in the real MLflow server, and a real
+Ray Serve deployment of bertops' serving app on a free port (started once per module)."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+KEYWORD_MODEL = HERE / "keyword_model.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Registry:
+    """Registers pyfunc versions under one model name and moves its aliases (real MlflowClient calls)."""
+
+    tracking_uri: str
+    name: str
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def register_keyword(self, **model_config) -> str:
+        """Log and register a keyword pyfunc version (see keyword_model.py); return its version."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        mlflow.set_experiment("serving-tests")
+        with mlflow.start_run():
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(KEYWORD_MODEL), model_config=model_config or None,
+                registered_model_name=self.name, pip_requirements=["mlflow", "pandas"],
+            )  # fmt: skip
+        return str(info.registered_model_version)
+
+    def set_alias(self, version: str, alias: str = "champion") -> None:
+        self.client().set_registered_model_alias(self.name, alias, version)
+
+
+@pytest.fixture(scope="module")
+def registry(mlflow_server) -> Registry:
+    return Registry(tracking_uri=mlflow_server.uri, name=f"serving-test-{uuid.uuid4().hex[:8]}")
+
+
+@dataclass
+class Service:
+    url: str
+    registry: Registry
+
+
+def start_service(ray_cluster, registry: Registry, **serving) -> Iterator[Service]:
+    """Deploy the app with ``serving`` overrides on the session's Ray head; tear down Serve afterwards."""
+    import ray
+    from ray import serve
+
+    from bertops.config import load_config
+    from bertops.serving.app import APP_NAME, app_from_config
+    from bertops.serving.client import wait_ready
+
+    port = free_port()
+    overrides = [f"tracking.uri={registry.tracking_uri}", f"registry.model_name={registry.name}"]
+    overrides += [f"serving.{k}={v}" for k, v in serving.items()]
+    cfg = load_config(Path(__file__).resolve().parents[2] / "params.yaml", overrides)
+    ray.init(address=ray_cluster.address, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(app_from_config(cfg), name=APP_NAME, route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, timeout=120)
+        yield Service(url=url, registry=registry)
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
