@@ -87,7 +87,8 @@ def test_matches_the_checkpoints_own_hf_tokenizer(bert) -> None:
 
 def test_word_cache_gives_the_same_pieces_as_direct_tokenisation(bert) -> None:
     texts = ["Betsy DeVos was confirmed today.", "", "  double  space ", "ΣΑΣ naïve\tTab\u00a0nbsp 中文字",
-             "x\x00y \u0301alone", "a" * 150 + " b", "Betsy again, DeVos again!"]
+             "x\x00y \u0301alone", "a" * 150 + " b", "Betsy again, DeVos again!", "... (said) \"quoted,\" U.S.",
+             "a" * 100 + ", " + "b" * 99 + "!!", ",\u0301x a,\u0301 --", "said, said; 'said'"]
     cache = WordPieceCache(bert)
     for _ in range(2):  # second pass: from the cache
         flat, lengths = cache.encode_flat(texts)
