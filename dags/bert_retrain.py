@@ -26,7 +26,7 @@ from __future__ import annotations
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
 
 from bertops.orchestration import retrain as steps
-from bertops.orchestration.dag_defaults import START_DATE, TAGS, dag_config, default_args, ray_task_timeout
+from bertops.orchestration.dag_defaults import TAGS, dag_config, default_args, ray_task_timeout
 from bertops.orchestration.operators import RayJobOperator
 from bertops.orchestration.retrain_params import airflow_params
 
@@ -36,10 +36,10 @@ CFG = dag_config()
 @dag(
     dag_id=steps.DAG_ID,
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable(CFG.orchestration.retrain_schedule, timezone="UTC"),
+        # No start_date and run_immediately=False: unpausing does not start a run for a past week.
+        timetable=CronTriggerTimetable(CFG.orchestration.retrain_schedule, timezone="UTC", run_immediately=False),
         assets=[Asset(steps.DATA_ASSET)],
     ),
-    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
     default_args=default_args(CFG),

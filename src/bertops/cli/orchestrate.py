@@ -1,9 +1,129 @@
-"""CLI commands for the orchestrate step."""
+"""CLI commands for orchestration: ``bertops retrain`` (trigger through Airflow's REST API) and
+``bertops stack up|down|status`` (the local stack; ``make up`` / ``make down``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from bertops.cli.common import ParamsOption, SetOption, console, err_console, load_or_exit, setup_logging
+
+stack_app = typer.Typer(help="The local stack: Airflow, Ray, MLflow and serving on 127.0.0.1.", no_args_is_help=True)
+
+
+def retrain_command(
+    set_: SetOption = None,
+    params: ParamsOption = Path("params.yaml"),
+    pretraining: Annotated[
+        str | None, typer.Option(help="auto (when the corpus changed) | always | skip")
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="Airflow base URL (default: the local stack's).")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the run to finish and print its summary.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 3600,
+) -> None:
+    """Trigger a bert_retrain run, e.g. ``bertops retrain --set finetune.learning_rate=3e-5 --set finetune.epochs=3``.
+
+    The parameters are checked against the DAG's JSON schema and every key against params.yaml before anything
+    is sent; a bad one is refused with a message naming it (exit 2).
+    """
+    from bertops.config import ConfigError
+    from bertops.orchestration.airflow_api import AirflowApiError
+    from bertops.orchestration.retrain import DAG_ID
+    from bertops.orchestration.retrain_params import (
+        RetrainParamsError,
+        conf_from_sets,
+        conf_to_overrides,
+        validate_conf,
+    )
+    from bertops.orchestration.stack import airflow_client
+
+    cfg = load_or_exit(params, None)
+    try:
+        conf = conf_from_sets(set_ or [])
+        if pretraining is not None:
+            conf["pretraining"] = pretraining
+        full = validate_conf(conf)
+        load_or_exit(params, conf_to_overrides(full))  # every key and value, as the DAG will resolve them
+    except (RetrainParamsError, ConfigError) as exc:
+        err_console.print(f"[red]refused:[/red] {exc}")
+        raise typer.Exit(2) from None
+    try:
+        client = airflow_client(cfg, Path.cwd(), url=url)
+        run = client.trigger_dag(DAG_ID, conf)
+    except AirflowApiError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2 if exc.status_code == 400 else 1) from None
+    run_id = run["dag_run_id"]
+    console.print(f"triggered [bold]{DAG_ID}[/bold] run [cyan]{run_id}[/cyan]")
+    console.print(f"  {client.run_url(DAG_ID, run_id)}")
+    if wait:
+        final = client.wait_run(DAG_ID, run_id, timeout)
+        console.print(f"run {run_id}: [bold]{final['state']}[/bold]")
+        if final["state"] == "success":
+            console.print_json(data=client.xcom(DAG_ID, run_id, "summary"))
+        else:
+            raise typer.Exit(1)
+
+
+@stack_app.command("up")
+def stack_up(
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+    serving: Annotated[bool, typer.Option(help="Also deploy the serving application.")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Start Airflow, Ray, MLflow and the serving application (what is not running yet)."""
+    from bertops.orchestration.stack import StackError, up
+
+    setup_logging(verbose)
+    cfg = load_or_exit(params, set_)
+    try:
+        with console.status("starting the local stack...") as status:
+            state = up(cfg, Path.cwd(), serving=serving, on_step=lambda m: status.update(m))
+    except StackError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    _print_services(cfg)
+    console.print(f"{len(state.get('services', {}))} services up; stop them with `make down`")
+
+
+@stack_app.command("down")
+def stack_down(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
+    """Stop everything `stack up` started (its own processes only)."""
+    from bertops.orchestration.stack import down
+
+    cfg = load_or_exit(params, set_)
+    stopped = down(cfg, Path.cwd(), on_step=console.print)
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@stack_app.command("status")
+def stack_status(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
+    """Each service's URL and health."""
+    cfg = load_or_exit(params, set_)
+    _print_services(cfg)
+
+
+def _print_services(cfg: object) -> None:
+    from rich.table import Table
+
+    from bertops.orchestration.stack import StackPaths, status
+
+    info = status(cfg, Path.cwd())  # type: ignore[arg-type]
+    table = Table(title="bertops local stack")
+    for col in ("service", "url", "healthy"):
+        table.add_column(col)
+    for name, svc in info.items():
+        mark = "[green]yes[/green]" if svc["healthy"] else "[red]no[/red]"
+        table.add_row(name, svc["url"] or "-", mark)
+    console.print(table)
+    paths = StackPaths.of(cfg, Path.cwd())  # type: ignore[arg-type]
+    console.print(f"Airflow login: user 'bertops', password in {paths.secrets_file} (airflow_password)")
 
 
 def register(app: typer.Typer) -> None:
     """Add this step's commands to the ``bertops`` app."""
+    app.command("retrain")(retrain_command)
+    app.add_typer(stack_app, name="stack")

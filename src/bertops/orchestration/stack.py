@@ -334,13 +334,19 @@ def up(
     return state
 
 
-def airflow_client(cfg: BertopsConfig, root: Path) -> Any:
-    """An :class:`AirflowClient` for the running stack (or ``orchestration.airflow_url`` when none runs)."""
+def airflow_client(cfg: BertopsConfig, root: Path, url: str | None = None) -> Any:
+    """An :class:`AirflowClient`: ``url``, else ``BERTOPS_AIRFLOW_URL``, else the running stack's, else
+    ``orchestration.airflow_url``; credentials from the environment or the stack's generated ones."""
     from bertops.orchestration.airflow_api import AirflowClient, read_credentials
 
     paths = StackPaths.of(cfg, root)
     services = read_state(paths).get("services", {})
-    url = os.environ.get("BERTOPS_AIRFLOW_URL") or services.get("airflow", {}).get("url") or cfg.orchestration.airflow_url
+    url = (
+        url
+        or os.environ.get("BERTOPS_AIRFLOW_URL")
+        or services.get("airflow", {}).get("url")
+        or cfg.orchestration.airflow_url
+    )
     return AirflowClient(url, *read_credentials(paths.airflow_home))
 
 
