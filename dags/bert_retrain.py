@@ -37,7 +37,9 @@ CFG = dag_config()
     dag_id=steps.DAG_ID,
     schedule=AssetOrTimeSchedule(
         # No start_date and run_immediately=False: unpausing does not start a run for a past week.
-        timetable=CronTriggerTimetable(CFG.orchestration.retrain_schedule, timezone="UTC", run_immediately=False),
+        timetable=CronTriggerTimetable(
+            CFG.orchestration.retrain_schedule, timezone="UTC", run_immediately=False
+        ),
         assets=[Asset(steps.DATA_ASSET)],
     ),
     catchup=False,
@@ -93,7 +95,15 @@ def bert_retrain() -> None:
     @task(trigger_rule="none_failed")
     def summary() -> dict:
         ctx = get_current_context()
-        ids = ("prepare_data", "pretrain", "finetune", "evaluate", "register", "promotion_gate", "update_serving")
+        ids = (
+            "prepare_data",
+            "pretrain",
+            "finetune",
+            "evaluate",
+            "register",
+            "promotion_gate",
+            "update_serving",
+        )
         xcoms = {t: ctx["ti"].xcom_pull(task_ids=t) for t in ids}
         return steps.summary(dict(ctx["params"]), ctx["run_id"], xcoms)
 

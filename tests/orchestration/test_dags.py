@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from tests.orchestration.conftest import REPO_ROOT, airflow_env
 
 HEAVY = ("tensorflow", "keras", "ray", "mlflow", "torch")
@@ -99,7 +98,9 @@ def test_retrain_shape_pool_timeouts_and_params(probe: dict) -> None:
     assert tasks["prepare_data"]["pool"] == "dvc"
     assert probe["dags"]["bert_data"]["tasks"]["repro"]["pool"] == "dvc"
     assert tasks["prepare_data"]["upstream"] == ["check_params"]
-    assert tasks["finetune"]["upstream"] == ["pretrain"] and tasks["finetune"]["trigger_rule"] == "none_failed"
+    assert (
+        tasks["finetune"]["upstream"] == ["pretrain"] and tasks["finetune"]["trigger_rule"] == "none_failed"
+    )
     assert tasks["pretrain"]["execution_timeout"] and tasks["finetune"]["execution_timeout"]
     assert {"task", "model_size", "init_checkpoint", "learning_rate", "epochs", "workers", "use_gpu",
             "pretraining", "promotion", "overrides"} <= set(dag["params"])  # fmt: skip

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from bertops.orchestration.airflow_api import USERNAME, AirflowApiError, AirflowClient, passwords_file
 from tests.conftest import free_port, stop_group, wait_http
 from tests.orchestration.conftest import REPO_ROOT, VENV_BIN, airflow_env
+
+from bertops.orchestration.airflow_api import USERNAME, AirflowApiError, AirflowClient, passwords_file
 
 pytestmark = pytest.mark.slow
 

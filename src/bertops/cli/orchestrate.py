@@ -10,7 +10,9 @@ import typer
 
 from bertops.cli.common import ParamsOption, SetOption, console, err_console, load_or_exit, setup_logging
 
-stack_app = typer.Typer(help="The local stack: Airflow, Ray, MLflow and serving on 127.0.0.1.", no_args_is_help=True)
+stack_app = typer.Typer(
+    help="The local stack: Airflow, Ray, MLflow and serving on 127.0.0.1.", no_args_is_help=True
+)
 
 
 def retrain_command(

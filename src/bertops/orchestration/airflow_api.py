@@ -39,7 +39,10 @@ def passwords_file(airflow_home: Path) -> Path:
 
 def read_credentials(airflow_home: Path, username: str = USERNAME) -> tuple[str, str]:
     """``(username, password)``: the environment's ``BERTOPS_AIRFLOW_*``, else the stack's generated file."""
-    env_user, env_pass = os.environ.get("BERTOPS_AIRFLOW_USERNAME"), os.environ.get("BERTOPS_AIRFLOW_PASSWORD")
+    env_user, env_pass = (
+        os.environ.get("BERTOPS_AIRFLOW_USERNAME"),
+        os.environ.get("BERTOPS_AIRFLOW_PASSWORD"),
+    )
     if env_user and env_pass:
         return env_user, env_pass
     path = passwords_file(airflow_home)
@@ -125,7 +128,6 @@ class AirflowClient:
 
     # -- the calls bertops uses
     def health(self) -> dict[str, Any]:
-        import httpx
 
         with self._http() as http:
             return dict(http.get("/api/v2/monitor/health").json())

@@ -57,7 +57,10 @@ class RayJobOperator(BaseOperator):
         )
         outcome = self._runner.run(self.submission_id(context), spec, timeout_s)
         self.log.info(
-            "Ray job %s %s (%s)", outcome.submission_id, outcome.status, "re-attached" if outcome.attached else "new"
+            "Ray job %s %s (%s)",
+            outcome.submission_id,
+            outcome.status,
+            "re-attached" if outcome.attached else "new",
         )
         if self.on_result is not None:
             return self.on_result(outcome, context)

@@ -187,7 +187,9 @@ class RayJobRunner:
                 return status, logs
             if time.monotonic() > deadline:
                 self.stop(submission_id)
-                raise RayJobError(f"Ray job {submission_id} did not finish within {timeout_s:.0f}s; stopped it")
+                raise RayJobError(
+                    f"Ray job {submission_id} did not finish within {timeout_s:.0f}s; stopped it"
+                )
             time.sleep(self.poll_interval_s)
 
     def stop(self, submission_id: str | None = None) -> bool:

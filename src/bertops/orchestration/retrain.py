@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bertops.orchestration import tasks
-from bertops.orchestration.ray_jobs import JobOutcome, JobSpec, RayJobError
+from bertops.orchestration.ray_jobs import JobOutcome, JobSpec, RayJobError, submission_id_for
 from bertops.orchestration.retrain_params import RetrainParamsError
 
 log = logging.getLogger(__name__)
@@ -52,15 +52,24 @@ def _prepared(context: Any) -> dict[str, Any]:
     return dict(context["ti"].xcom_pull(task_ids="prepare_data") or {})
 
 
+def _run_name(context: Any) -> str:
+    ti = context["ti"]
+    return submission_id_for(ti.dag_id, context["run_id"], ti.task_id)
+
+
 def build_pretrain(context: Any) -> tuple[str, JobSpec, float]:
     """The pretraining job, or a skip when the corpus did not change (or the run said skip)."""
     params = dict(context["params"])
     cfg = tasks.run_config(params)
-    needed, why = tasks.pretrain_decision(cfg, params.get("pretraining", "auto"), _prepared(context).get("corpus_version"))
+    needed, why = tasks.pretrain_decision(
+        cfg, params.get("pretraining", "auto"), _prepared(context).get("corpus_version")
+    )
     if not needed:
         _skip(f"pretraining not needed: {why}")
     log.info("pretraining: %s", why)
-    spec = tasks.training_job("pretrain", cfg, tasks.run_overrides(params), context["run_id"])
+    spec = tasks.training_job(
+        "pretrain", cfg, tasks.run_overrides(params), context["run_id"], run_name=_run_name(context)
+    )
     return tasks.ray_dashboard_url(cfg), spec, float(cfg.orchestration.ray_job_timeout_s)
 
 
@@ -68,7 +77,11 @@ def after_pretrain(outcome: JobOutcome, context: Any) -> dict[str, Any]:
     result = tasks.require_result("pretrain", outcome.result, outcome.submission_id)
     cfg = tasks.run_config(dict(context["params"]))
     tasks.record_pretraining(cfg, result, _prepared(context).get("corpus_version"))
-    return {"run_id": result["run_id"], "bundle_dir": result["bundle_dir"], "ray_job_id": outcome.submission_id}
+    return {
+        "run_id": result["run_id"],
+        "bundle_dir": result["bundle_dir"],
+        "ray_job_id": outcome.submission_id,
+    }
 
 
 def build_finetune(context: Any) -> tuple[str, JobSpec, float]:
@@ -76,13 +89,24 @@ def build_finetune(context: Any) -> tuple[str, JobSpec, float]:
     cfg = tasks.run_config(params)
     pre = context["ti"].xcom_pull(task_ids="pretrain") or {}
     env = {"BERTOPS_PRETRAIN_RUN_ID": pre["run_id"]} if pre.get("run_id") else {}
-    spec = tasks.training_job("finetune", cfg, tasks.run_overrides(params), context["run_id"], extra_env=env)
+    spec = tasks.training_job(
+        "finetune",
+        cfg,
+        tasks.run_overrides(params),
+        context["run_id"],
+        extra_env=env,
+        run_name=_run_name(context),
+    )
     return tasks.ray_dashboard_url(cfg), spec, float(cfg.orchestration.ray_job_timeout_s)
 
 
 def after_finetune(outcome: JobOutcome, context: Any) -> dict[str, Any]:
     result = tasks.require_result("finetune", outcome.result, outcome.submission_id)
-    out = {"run_id": result["run_id"], "bundle_dir": result["bundle_dir"], "ray_job_id": outcome.submission_id}
+    out = {
+        "run_id": result["run_id"],
+        "bundle_dir": result["bundle_dir"],
+        "ray_job_id": outcome.submission_id,
+    }
     if result.get("model_uri"):
         out["model_uri"] = result["model_uri"]
     return out
@@ -145,7 +169,9 @@ def register(
 
 
 def model_name(cfg: Any) -> str:
-    return str(cfg.registry.model_name if cfg.finetune.task == "classification" else cfg.registry.ner_model_name)
+    return str(
+        cfg.registry.model_name if cfg.finetune.task == "classification" else cfg.registry.ner_model_name
+    )
 
 
 def promotion_gate(params: dict[str, Any], registered: dict[str, Any]) -> dict[str, Any]:
@@ -187,8 +213,12 @@ def update_serving(params: dict[str, Any], gate: dict[str, Any]) -> dict[str, An
     try:
         answer = notify_reload(url, timeout=300)
     except ServingClientError as exc:
-        if exc.status is None:  # nobody listening: no service to update (it loads the champion when it starts)
-            log.warning("no serving application answers at %s (%s); it will load the champion on start", url, exc)
+        if (
+            exc.status is None
+        ):  # nobody listening: no service to update (it loads the champion when it starts)
+            log.warning(
+                "no serving application answers at %s (%s); it will load the champion on start", url, exc
+            )
             return {"serving_url": url, "version": None}
         raise
     return {"serving_url": url, "version": answer.get("version")}

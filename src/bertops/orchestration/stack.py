@@ -105,7 +105,9 @@ def ensure_secrets(paths: StackPaths) -> dict[str, str]:
         _write_private(paths.secrets_file, json.dumps(data, indent=1))
         log.info("generated local stack credentials in %s", paths.secrets_file)
     # Written before Airflow starts, so the simple auth manager finds the user and never prints a password.
-    _write_private(passwords_file(paths.airflow_home), json.dumps({USERNAME: data["airflow_password"]}) + "\n")
+    _write_private(
+        passwords_file(paths.airflow_home), json.dumps({USERNAME: data["airflow_password"]}) + "\n"
+    )
     return data
 
 
@@ -158,7 +160,7 @@ def http_ok(url: str, timeout: float = 3) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return bool(resp.status == 200)
-    except Exception:  # noqa: BLE001 - any failure means "not answering"
+    except Exception:
         return False
 
 
@@ -186,7 +188,9 @@ def spawn(name: str, cmd: list[str], env: dict[str, str], paths: StackPaths) -> 
         )  # fmt: skip
 
 
-def wait_until(name: str, check: Callable[[], bool], timeout: float, proc: subprocess.Popen | None, paths: StackPaths) -> None:
+def wait_until(
+    name: str, check: Callable[[], bool], timeout: float, proc: subprocess.Popen | None, paths: StackPaths
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -323,7 +327,11 @@ def up(
     if "airflow" not in services:
         port = port_or_free(urlparse(cfg.orchestration.airflow_url).port or 8080)
         note(f"starting Airflow standalone on 127.0.0.1:{port}")
-        env = {**base_env, **service_env(state, paths), **airflow_settings(paths.airflow_home, paths.root, port, secret)}
+        env = {
+            **base_env,
+            **service_env(state, paths),
+            **airflow_settings(paths.airflow_home, paths.root, port, secret),
+        }
         proc = spawn("airflow", [str(VENV_BIN / "airflow"), "standalone"], env, paths)
         url = f"http://127.0.0.1:{port}"
         services["airflow"] = {"pid": proc.pid, "url": url}
@@ -384,7 +392,12 @@ def status(cfg: BertopsConfig, root: Path) -> dict[str, dict[str, Any]]:
     """Each service's URL, whether its process runs and whether it answers its health check."""
     paths = StackPaths.of(cfg, root)
     services = read_state(paths).get("services", {})
-    health = {"mlflow": "/health", "ray": "/api/version", "airflow": "/api/v2/monitor/health", "serving": "/healthz"}
+    health = {
+        "mlflow": "/health",
+        "ray": "/api/version",
+        "airflow": "/api/v2/monitor/health",
+        "serving": "/healthz",
+    }
     out: dict[str, dict[str, Any]] = {}
     for name in ("airflow", "ray", "mlflow", "serving"):
         svc = services.get(name)

@@ -148,10 +148,17 @@ def training_job(
     airflow_run_id: str | None,
     extra_env: Mapping[str, str] | None = None,
     root: Path | None = None,
+    run_name: str | None = None,
 ) -> JobSpec:
-    """The Ray job of ``ray_jobs/<kind>.py`` with this run's overrides and the tracking/lineage environment."""
+    """The Ray job of ``ray_jobs/<kind>.py`` with this run's overrides and the tracking/lineage environment.
+
+    ``run_name`` (the task's submission id): a job re-submitted after a failure resumes that Ray Train run
+    from its latest checkpoint instead of starting over.
+    """
     root = root or project_root()
     args = ["--params", PARAMS_FILE]
+    if run_name:
+        args += ["--run-name", run_name]
     for text in overrides:
         args += ["--set", text]
     env = {
