@@ -7,6 +7,7 @@ seconds until it separates the synthetic classes; ``weak_bundle`` is the same ar
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -52,19 +53,34 @@ def build_bundle(path: Path, train: list[dict[str, str]] | None, seed: int) -> P
     vocab = path.parent / f"{path.name}-vocab.txt"
     vocab.write_text("\n".join(SPECIAL + POSITIVE + NEGATIVE + FILLER) + "\n", encoding="utf-8")
     keras.utils.set_random_seed(seed)
-    backbone = BertBackbone(vocabulary_size=len(SPECIAL + POSITIVE + NEGATIVE + FILLER), num_layers=1,
-                            num_heads=2, hidden_dim=32, intermediate_dim=64, dropout=0.0,
-                            max_sequence_length=64)  # fmt: skip
+    backbone = BertBackbone(
+        vocabulary_size=len(SPECIAL + POSITIVE + NEGATIVE + FILLER),
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=32,
+        intermediate_dim=64,
+        dropout=0.0,
+        max_sequence_length=64,
+    )
     model = BertClassifier(backbone, num_classes=2, dropout=0.0)
     if train:
         tok = load_tokenizer(vocab)
         x = encode_texts(tok, [r["text"] for r in train], MAX_SEQ)
         y = np.asarray([LABELS.index(r["label"]) for r in train])
-        model.compile(optimizer=keras.optimizers.Adam(3e-3),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+        model.compile(
+            optimizer=keras.optimizers.Adam(3e-3),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
         model.fit(x, y, batch_size=32, epochs=6, verbose=0)
-    return save_bundle(path, model, vocab_file=vocab, task="classification", max_seq_length=MAX_SEQ,
-                       labels=LABELS, data_version="synthetic-v1")  # fmt: skip
+    return save_bundle(
+        path,
+        model,
+        vocab_file=vocab,
+        task="classification",
+        max_seq_length=MAX_SEQ,
+        labels=LABELS,
+        data_version="synthetic-v1",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -89,3 +105,16 @@ def good_bundle(registry_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def weak_bundle(registry_data: Path) -> Path:
     return build_bundle(registry_data / "weak-bundle", None, seed=8)
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(request: pytest.FixtureRequest) -> str:
+    """The real MLflow server of the session (``mlflow_server``), or ``BERTOPS_TEST_MLFLOW_URI`` when set.
+
+    The variable lets a developer point the tests at an already running ``mlflow server`` on a loaded machine
+    (starting one can take minutes there); CI leaves it unset and gets the shared fixture's fresh server.
+    """
+    env = os.environ.get("BERTOPS_TEST_MLFLOW_URI")
+    if env:
+        return env
+    return request.getfixturevalue("mlflow_server").uri

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -23,16 +22,18 @@ from bertops.registry.promote import promote, rollback
 pytestmark = pytest.mark.slow
 
 
-def make_model(uri: str, n_versions: int, tmp_path: Path) -> tuple[str, object]:
+def make_model(uri: str, n_versions: int) -> tuple[str, object]:
+    """A fresh registered model with ``n_versions`` versions (sources: artifact paths of one run)."""
+    import mlflow
+
     from bertops.registry.client import connect
 
     client = connect(uri)
     name = f"m-{uuid.uuid4().hex[:8]}"
+    run = client.create_run(mlflow.set_experiment("registry-tests").experiment_id)
     client.create_registered_model(name)
     for i in range(n_versions):
-        src = tmp_path / f"v{i + 1}"
-        src.mkdir()
-        client.create_model_version(name, source=str(src))
+        client.create_model_version(name, source=f"{run.info.artifact_uri}/v{i + 1}", run_id=run.info.run_id)
     return name, client
 
 
@@ -45,12 +46,12 @@ def aliases(client: object, name: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def cfg(mlflow_server: object) -> BertopsConfig:
-    return BertopsConfig(tracking=TrackingConfig(uri=mlflow_server.uri))
+def cfg(tracking_uri: str) -> BertopsConfig:
+    return BertopsConfig(tracking=TrackingConfig(uri=tracking_uri))
 
 
 def test_first_promotion_idempotent_retry_then_rollback(cfg: BertopsConfig, tmp_path: Path) -> None:
-    name, client = make_model(cfg.tracking_uri(), 2, tmp_path)
+    name, client = make_model(cfg.tracking_uri(), 2)
     gate_passed(client, name, "1", None)
     first = promote(cfg, name, "1")
     assert first == {
@@ -80,7 +81,7 @@ def test_first_promotion_idempotent_retry_then_rollback(cfg: BertopsConfig, tmp_
 def test_failed_stale_and_unknown_versions_leave_the_registry_as_it_was(
     cfg: BertopsConfig, tmp_path: Path
 ) -> None:
-    name, client = make_model(cfg.tracking_uri(), 3, tmp_path)
+    name, client = make_model(cfg.tracking_uri(), 3)
     gate_passed(client, name, "1", None)
     promote(cfg, name, "1")
     reg.set_tags(client, name, "2", {reg.TAG_GATE: "failed", reg.TAG_GATE_REASON: "accuracy 0.5 < 0.6"})
@@ -100,7 +101,7 @@ def test_failed_stale_and_unknown_versions_leave_the_registry_as_it_was(
 
 
 def test_pending_approval_waits_for_the_reviewer_tag(cfg: BertopsConfig, tmp_path: Path) -> None:
-    name, client = make_model(cfg.tracking_uri(), 1, tmp_path)
+    name, client = make_model(cfg.tracking_uri(), 1)
     reg.set_tags(client, name, "1", {reg.TAG_GATE: "pending-approval", reg.TAG_GATE_CHAMPION: "none"})
     with pytest.raises(RegistryError, match="waits for approval"):
         promote(cfg, name, "1")
@@ -112,12 +113,13 @@ def test_pending_approval_waits_for_the_reviewer_tag(cfg: BertopsConfig, tmp_pat
 
 
 WORKER = """
-import json, sys, time
+import json, sys
 from bertops.config import BertopsConfig, TrackingConfig
 from bertops.registry.promote import promote
-uri, name, version, start = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+uri, name, version = sys.argv[1:4]
 cfg = BertopsConfig(tracking=TrackingConfig(uri=uri))
-time.sleep(max(0.0, start - time.time()))
+print("ready", flush=True)
+sys.stdin.readline()  # the go signal: every worker has imported everything and calls promote at once
 try:
     print(json.dumps({"ok": promote(cfg, name, version)}))
 except Exception as exc:
@@ -126,27 +128,34 @@ except Exception as exc:
 
 
 def race(uri: str, name: str, versions: list[str], repo_root: Path) -> list[dict]:
-    start = time.time() + 12  # every process has imported MLflow by then; they call promote together
+    """Run ``promote`` for each version in its own process, released together once all are ready."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, uri, name, v, str(start)],
+            [sys.executable, "-c", WORKER, uri, name, v],
             cwd=repo_root,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for v in versions
     ]
+    for p in procs:
+        line = p.stdout.readline()
+        assert line.strip() == "ready", (line, p.stderr.read()[-2000:] if p.poll() is not None else "")
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
     out = []
     for p in procs:
-        stdout, stderr = p.communicate(timeout=240)
+        stdout, stderr = p.communicate(timeout=300)
         assert p.returncode == 0, stderr[-2000:]
         out.append(json.loads(stdout.strip().splitlines()[-1]))
     return out
 
 
 def test_concurrent_promotions_exactly_one_wins(cfg: BertopsConfig, tmp_path: Path, repo_root: Path) -> None:
-    name, client = make_model(cfg.tracking_uri(), 3, tmp_path)
+    name, client = make_model(cfg.tracking_uri(), 3)
     gate_passed(client, name, "1", None)
     promote(cfg, name, "1")
     gate_passed(client, name, "2", "1")

@@ -99,8 +99,11 @@ def write_artifacts(
 
     keep(out_dir / METRICS_FILE).write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
     keep(out_dir / TABLE_FILE).write_text(metrics_table(metrics))
-    _write_csv(keep(out_dir / PREDICTIONS_FILE), ["actual", "predicted"],
-               [(labels[a], labels[p]) for a, p in zip(y, pred, strict=True)])  # fmt: skip
+    _write_csv(
+        keep(out_dir / PREDICTIONS_FILE),
+        ["actual", "predicted"],
+        [(labels[a], labels[p]) for a, p in zip(y, pred, strict=True)],
+    )
 
     roc_rows, pr_rows = [], []
     fig_roc, ax_roc = plt.subplots(figsize=(5, 5))
@@ -131,9 +134,16 @@ def write_artifacts(
 
     table = reliability(y, probs, calibration_bins)
     filled = table.count > 0
-    _write_csv(keep(out_dir / CALIBRATION_FILE), ["confidence", "accuracy", "count"],
-               [(round(float(c), 6), round(float(a), 6), int(n)) for c, a, n in
-                zip(table.confidence[filled], table.accuracy[filled], table.count[filled], strict=True)])  # fmt: skip
+    _write_csv(
+        keep(out_dir / CALIBRATION_FILE),
+        ["confidence", "accuracy", "count"],
+        [
+            (round(float(c), 6), round(float(a), 6), int(n))
+            for c, a, n in zip(
+                table.confidence[filled], table.accuracy[filled], table.count[filled], strict=True
+            )
+        ],
+    )
     fig_cal, ax_cal = plt.subplots(figsize=(5, 5))
     ax_cal.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="perfectly calibrated")
     ax_cal.plot(table.confidence[filled], table.accuracy[filled], "o-", label="model")

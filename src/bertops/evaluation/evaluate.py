@@ -86,8 +86,9 @@ def _from_bundle(path: Path) -> Candidate:
     bundle = load_bundle(path)
     if bundle.task != "classification" or not bundle.labels:
         raise EvaluationError(f"{path}: a {bundle.task!r} bundle cannot be evaluated as a classifier")
-    return Candidate(str(path), list(bundle.labels), bundle.predict_proba, _piece_counter(bundle.tokenizer),
-                     bundle.meta)  # fmt: skip
+    return Candidate(
+        str(path), list(bundle.labels), bundle.predict_proba, _piece_counter(bundle.tokenizer), bundle.meta
+    )
 
 
 def _from_mlflow(uri: str, workdir: Path) -> Candidate:
@@ -105,8 +106,9 @@ def _from_mlflow(uri: str, workdir: Path) -> Candidate:
     bundle_dir = metas[0].parent
     meta = read_meta(bundle_dir)
     labels = read_labels(bundle_dir) or []
-    tokenizer = load_tokenizer(bundle_dir / VOCAB_FILE, lowercase=meta["lowercase"],
-                               strip_accents=meta["strip_accents"])  # fmt: skip
+    tokenizer = load_tokenizer(
+        bundle_dir / VOCAB_FILE, lowercase=meta["lowercase"], strip_accents=meta["strip_accents"]
+    )
     columns = [f"{PROB_PREFIX}{label}" for label in labels]
 
     def predict_proba(texts: Sequence[str]) -> np.ndarray:
@@ -176,8 +178,10 @@ def compute_metrics(
     y = label_indices(test, candidate.labels, candidate.source)
     probs = np.asarray(candidate.predict_proba(test.texts), dtype=np.float64)
     if probs.shape != (len(test.texts), len(candidate.labels)):
-        raise EvaluationError(f"{candidate.source}: predicted shape {probs.shape}, expected "
-                              f"({len(test.texts)}, {len(candidate.labels)})")  # fmt: skip
+        raise EvaluationError(
+            f"{candidate.source}: predicted shape {probs.shape}, expected "
+            f"({len(test.texts)}, {len(candidate.labels)})"
+        )
     metrics = classification_metrics(y, probs, candidate.labels, cfg.calibration_bins)
     metrics.update(slice_metrics(y, probs, candidate.count_pieces(test.texts), cfg.length_buckets))
     metrics.update(measure_latency(candidate.predict_proba, test.texts, (1, 32), cfg.latency_repeats))
@@ -204,15 +208,22 @@ def evaluate(
     with tempfile.TemporaryDirectory(prefix="bertops-eval-") as tmp:
         candidate = load_candidate(source, Path(tmp))
         metrics, y, probs = compute_metrics(candidate, test, cfg)
-        logger.info("evaluated %s on %s (%d examples): accuracy=%.4f macro_f1=%.4f",
-                    candidate.source, test.path, len(y), metrics["accuracy"], metrics["macro_f1"])  # fmt: skip
+        logger.info(
+            "evaluated %s on %s (%d examples): accuracy=%.4f macro_f1=%.4f",
+            candidate.source,
+            test.path,
+            len(y),
+            metrics["accuracy"],
+            metrics["macro_f1"],
+        )
 
         from bertops.evaluation.artifacts import write_artifacts
 
         art_dir = Path(tmp) / "artifacts"
         art_dir.mkdir()
-        write_artifacts(art_dir, test.texts, y, probs, candidate.labels, metrics,
-                        cfg.calibration_bins, cfg.worst_examples)  # fmt: skip
+        write_artifacts(
+            art_dir, test.texts, y, probs, candidate.labels, metrics, cfg.calibration_bins, cfg.worst_examples
+        )
         run_id = None
         if tracking_uri is not None:
             run_id = _log_run(art_dir, metrics, candidate, test, experiment, run_name, tags or {})
@@ -240,8 +251,14 @@ def _log_run(
     mlflow.set_experiment(experiment)
     all_tags = {TAG_MODEL: candidate.source, TAG_TEST_SHA: test.sha256, **tags}
     with mlflow.start_run(run_name=run_name, tags=all_tags) as run:
-        mlflow.log_params({"model": candidate.source, "test_file": str(test.path),
-                           "num_examples": len(test.texts), "labels": ",".join(candidate.labels)})  # fmt: skip
+        mlflow.log_params(
+            {
+                "model": candidate.source,
+                "test_file": str(test.path),
+                "num_examples": len(test.texts),
+                "labels": ",".join(candidate.labels),
+            }
+        )
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(art_dir), artifact_path="evaluation")
         return run.info.run_id

@@ -137,31 +137,60 @@ def decide(
     value = _finite(candidate, m, "candidate")
     ok = value <= t.min_absolute if lower else value >= t.min_absolute
     op = "<=" if lower else ">="
-    checks.append(Check("absolute", ok, value, t.min_absolute,
-                        f"{m}={value:.4f} {'meets' if ok else 'misses'} the minimum {op} {t.min_absolute}"))  # fmt: skip
+    checks.append(
+        Check(
+            "absolute",
+            ok,
+            value,
+            t.min_absolute,
+            f"{m}={value:.4f} {'meets' if ok else 'misses'} the minimum {op} {t.min_absolute}",
+        )
+    )
 
     if champion is not None:
         base = _finite(champion, m, "champion")
         gain = _better(m, value, base)
         ok = gain >= t.min_improvement - 1e-12
-        checks.append(Check("improvement", ok, gain, t.min_improvement,
-                            f"{m} {value:.4f} vs champion {base:.4f}: change {gain:+.4f} "
-                            f"({'>=' if ok else '<'} required {t.min_improvement:+.4f})"))  # fmt: skip
+        checks.append(
+            Check(
+                "improvement",
+                ok,
+                gain,
+                t.min_improvement,
+                f"{m} {value:.4f} vs champion {base:.4f}: change {gain:+.4f} "
+                f"({'>=' if ok else '<'} required {t.min_improvement:+.4f})",
+            )
+        )
         for key in _regression_keys(candidate, champion):
             drop = -_better(key, float(candidate[key]), float(champion[key]))
             ok = drop <= t.max_regression + 1e-12
-            checks.append(Check(f"regression:{key}", ok, drop, t.max_regression,
-                                f"{key} {float(candidate[key]):.4f} vs champion {float(champion[key]):.4f}: "
-                                f"drop {drop:.4f} {'<=' if ok else '>'} allowed {t.max_regression}"))  # fmt: skip
+            checks.append(
+                Check(
+                    f"regression:{key}",
+                    ok,
+                    drop,
+                    t.max_regression,
+                    f"{key} {float(candidate[key]):.4f} vs champion {float(champion[key]):.4f}: "
+                    f"drop {drop:.4f} {'<=' if ok else '>'} allowed {t.max_regression}",
+                )
+            )
 
     if LATENCY_METRIC in candidate:
         latency = float(candidate[LATENCY_METRIC])
         ok = latency <= t.max_latency_ms
-        checks.append(Check("latency", ok, latency, t.max_latency_ms,
-                            f"p50 batch-1 latency {latency:.1f} ms {'<=' if ok else '>'} {t.max_latency_ms} ms"))  # fmt: skip
+        checks.append(
+            Check(
+                "latency",
+                ok,
+                latency,
+                t.max_latency_ms,
+                f"p50 batch-1 latency {latency:.1f} ms {'<=' if ok else '>'} {t.max_latency_ms} ms",
+            )
+        )
     else:
-        checks.append(Check("latency", False, None, t.max_latency_ms,
-                            f"no {LATENCY_METRIC} measured for the candidate"))  # fmt: skip
+        checks.append(
+            Check("latency", False, None, t.max_latency_ms, f"no {LATENCY_METRIC} measured for the candidate")
+        )
 
     return GateDecision(
         passed=all(c.passed for c in checks),

@@ -45,9 +45,13 @@ class PromotionLock:
     """An exclusive, expiring lock on promotions of one registered model (context manager)."""
 
     def __init__(
-        self, client: MlflowClient, model_name: str, timeout_s: float = 120.0, ttl_s: float = 300.0,
+        self,
+        client: MlflowClient,
+        model_name: str,
+        timeout_s: float = 120.0,
+        ttl_s: float = 300.0,
         poll_s: float = 0.2,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.client = client
         self.name = lock_name(model_name)
         self.timeout_s = timeout_s

@@ -77,17 +77,23 @@ def run_gate(
     version = str(version)
     reg.get_version(client, name, version)
     champion = reg.alias_version(client, name, reg.CHAMPION)
-    if champion == version:
-        raise RegistryError(f"{name} v{version} is already the champion; nothing to gate")
+    if champion == version:  # a retried gate after a successful promotion: nothing to re-decide
+        from bertops.registry.gate import Check
+
+        check = Check("already-champion", True, None, None, f"v{version} is already the champion")
+        return GateDecision(True, [check], champion_version=champion, candidate_version=version)
     try:
         cand = _evaluate_version(cfg, name, version, Path(test_file), "candidate")
         champ = _evaluate_version(cfg, name, champion, Path(test_file), "champion") if champion else None
         if champ is not None and champ.labels != cand.labels:
-            raise RegistryError(f"{name} v{version} has labels {cand.labels} but champion v{champion} has "
-                                f"{champ.labels}: they cannot be compared")  # fmt: skip
+            raise RegistryError(
+                f"{name} v{version} has labels {cand.labels} but champion v{champion} has "
+                f"{champ.labels}: they cannot be compared"
+            )
     except Exception as exc:
-        reg.set_tags(client, name, version, {reg.TAG_GATE: FAILED,
-                                             reg.TAG_GATE_REASON: f"evaluation failed: {exc}"})  # fmt: skip
+        reg.set_tags(
+            client, name, version, {reg.TAG_GATE: FAILED, reg.TAG_GATE_REASON: f"evaluation failed: {exc}"}
+        )
         raise
     decision = decide(
         cand.metrics,
@@ -99,13 +105,18 @@ def run_gate(
     status = decision.status
     if decision.passed and _needs_approval(cfg):
         status = PENDING
-    reg.set_tags(client, name, version, {
-        reg.TAG_GATE: status,
-        reg.TAG_GATE_REASON: decision.reason,
-        reg.TAG_GATE_CHAMPION: champion or NO_CHAMPION,
-        reg.TAG_EVAL_RUN: cand.run_id,
-        reg.TAG_TEST_SHA: cand.test_sha256,
-    })  # fmt: skip
+    reg.set_tags(
+        client,
+        name,
+        version,
+        {
+            reg.TAG_GATE: status,
+            reg.TAG_GATE_REASON: decision.reason,
+            reg.TAG_GATE_CHAMPION: champion or NO_CHAMPION,
+            reg.TAG_EVAL_RUN: cand.run_id,
+            reg.TAG_TEST_SHA: cand.test_sha256,
+        },
+    )
     info = reg.card_info(client, name, version)
     info.labels = cand.labels
     info.metrics = cand.metrics
@@ -172,8 +183,10 @@ def _check_promotable(client: MlflowClient, cfg: BertopsConfig, name: str, versi
         raise RegistryError(f"{name} v{version} was rejected by a reviewer (tag approval=rejected)")
     if gate == PENDING and approval != APPROVED:
         if not wait:
-            raise RegistryError(f"{name} v{version} passed the gate but waits for approval: a reviewer sets the "
-                                f"tag approval=approved on the version in the MLflow UI")  # fmt: skip
+            raise RegistryError(
+                f"{name} v{version} passed the gate but waits for approval: a reviewer sets the "
+                f"tag approval=approved on the version in the MLflow UI"
+            )
         outcome = wait_for_approval(client, name, version, cfg.promotion.approval_timeout_s)
         if outcome != APPROVED:
             raise RegistryError(
@@ -202,8 +215,13 @@ def promote(
         current = reg.alias_version(client, name, reg.CHAMPION)
         if current == version:
             logger.info("%s v%s is already the champion: nothing to do", name, version)
-            return {"name": name, "version": version, "changed": False, "champion": version,
-                    "previous_champion": reg.alias_version(client, name, reg.PREVIOUS)}  # fmt: skip
+            return {
+                "name": name,
+                "version": version,
+                "changed": False,
+                "champion": version,
+                "previous_champion": reg.alias_version(client, name, reg.PREVIOUS),
+            }
         if (current or NO_CHAMPION) != expected:
             raise PromotionConflict(
                 f"the champion of {name} is v{current} but the gate of v{version} compared against "
@@ -213,8 +231,15 @@ def promote(
         if current is not None:
             client.set_registered_model_alias(name, reg.PREVIOUS, current)
         client.set_registered_model_alias(name, reg.CHAMPION, version)
-        reg.set_tags(client, name, version, {reg.TAG_PREVIOUS: current or NO_CHAMPION,
-                                             reg.TAG_PROMOTED_AT: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})  # fmt: skip
+        reg.set_tags(
+            client,
+            name,
+            version,
+            {
+                reg.TAG_PREVIOUS: current or NO_CHAMPION,
+                reg.TAG_PROMOTED_AT: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+        )
         if reg.alias_version(client, name, reg.CHALLENGER) == version:
             client.delete_registered_model_alias(name, reg.CHALLENGER)
     logger.info("promoted %s v%s to champion (previous champion: %s)", name, version, current)
@@ -255,7 +280,12 @@ def rollback(
         elif reg.alias_version(client, name, reg.PREVIOUS) is not None:
             client.delete_registered_model_alias(name, reg.PREVIOUS)
         if current is not None:
-            reg.set_tags(client, name, current, {reg.TAG_ROLLED_BACK_AT: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})  # fmt: skip
+            reg.set_tags(
+                client,
+                name,
+                current,
+                {reg.TAG_ROLLED_BACK_AT: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+            )
     new_prev = reg.alias_version(client, name, reg.PREVIOUS)
     logger.info("rolled %s back from v%s to v%s", name, current, target)
     return {"name": name, "champion": target, "rolled_back": current, "previous_champion": new_prev}
