@@ -283,10 +283,10 @@ def test_bad_spec_and_missing_files(tmp_path) -> None:
 
     with pytest.raises(CheckpointError, match="hf:<dir>"):
         import_checkpoint("torch:/x")
-    with pytest.raises(CheckpointError, match="config.json does not exist"):
+    with pytest.raises(CheckpointError, match=r"config\.json does not exist"):
         import_checkpoint(f"hf:{tmp_path}")
     (tmp_path / "bert_config.json").write_text(json.dumps(TINY_CONFIG))
-    with pytest.raises(CheckpointError, match="bert_model.ckpt.index does not exist"):
+    with pytest.raises(CheckpointError, match=r"bert_model\.ckpt\.index does not exist"):
         import_checkpoint(f"google:{tmp_path}")
     (tmp_path / "config.json").write_text(json.dumps({**TINY_CONFIG, "hidden_act": "relu"}))
     with pytest.raises(CheckpointError, match="hidden_act='relu'"):

@@ -95,12 +95,9 @@ class BertBackbone(keras.Model):
         for layer in self.transformer_layers:
             x = layer(x, padding_mask=inputs["padding_mask"])
         pooled = self.pooled_dense(x[:, 0, :])  # [CLS] -> (B, H)
-        super().__init__(
-            inputs=inputs,
-            outputs={"sequence_output": x, "pooled_output": pooled},
-            dtype=policy,
-            **kwargs,
-        )
+        super().__init__(inputs=inputs, outputs={"sequence_output": x, "pooled_output": pooled}, **kwargs)
+        # Functional.__init__ does not take a dtype: set the policy afterwards (what get_config reports).
+        self.dtype_policy = policy
 
         # === config ===
         self.vocabulary_size = vocabulary_size

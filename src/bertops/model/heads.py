@@ -63,7 +63,10 @@ class MaskedLMHead(keras.layers.Layer):
         self.transform_dense.build((None, None, hidden_dim))
         self.transform_layer_norm.build((None, None, hidden_dim))
         self.output_bias = self.add_weight(
-            name="output_bias", shape=(self.token_embedding.input_dim,), initializer="zeros"
+            name="output_bias",
+            shape=(self.token_embedding.input_dim,),
+            initializer="zeros",
+            autocast=False,  # added to float32 logits: keep it float32 under mixed policies
         )
 
     def call(self, sequence_output: Any, masked_positions: Any) -> Any:
