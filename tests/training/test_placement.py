@@ -10,87 +10,40 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import REPO_ROOT, free_port, stop_group
 
 from bertops.config import ScalingSettings
 
+from .ray_nodes import start_head
+
 pytestmark = pytest.mark.slow
-RAY = str(Path(sys.executable).parent / "ray")
-
-
-def _node_ports() -> list[str]:
-    return [
-        "--node-ip-address", "127.0.0.1",
-        "--node-manager-port", str(free_port()),
-        "--object-manager-port", str(free_port()),
-        "--dashboard-agent-listen-port", str(free_port()),
-        "--dashboard-agent-grpc-port", str(free_port()),
-        "--metrics-export-port", str(free_port()),
-        "--runtime-env-agent-port", str(free_port()),
-        "--object-store-memory", str(100 * 1024**2),
-        "--disable-usage-stats",
-    ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def three_node_cluster() -> Iterator[dict[str, Any]]:
+def three_node_cluster() -> Iterator[Any]:
+    """A CPU-only head plus two worker nodes that declare one GPU each."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
-    temp_dir = Path(tempfile.mkdtemp(prefix="ray_pl_", dir="/tmp"))
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": f"{REPO_ROOT / 'src'}:{REPO_ROOT}"}
-    env.pop("RAY_ADDRESS", None)
-    gcs = f"127.0.0.1:{free_port()}"
-    procs: list[subprocess.Popen] = []
-
-    def start(args: list[str], name: str) -> None:
-        with open(temp_dir / f"{name}.log", "wb") as log:
-            procs.append(
-                subprocess.Popen(
-                    [RAY, "start", "--block", *args, *_node_ports()],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    env=env,
-                )
-            )
-
+    nodes = start_head(num_cpus=1)
     try:
-        start(
-            ["--head", "--port", gcs.split(":")[1], "--include-dashboard", "false", "--num-cpus", "1",
-             "--num-gpus", "0", "--temp-dir", str(temp_dir), "--ray-client-server-port", str(free_port())],
-            "head",
-        )  # fmt: skip
-        deadline = time.monotonic() + 240
-        while True:  # the head is up when a driver can connect
-            try:
-                ray.init(address=gcs, log_to_driver=False)
-                break
-            except Exception:
-                if time.monotonic() > deadline or procs[0].poll() is not None:
-                    raise
-                time.sleep(2)
         for i in range(2):
-            start(["--address", gcs, "--num-cpus", "1", "--num-gpus", "1"], f"gpu{i}")
+            nodes.add_node("--num-cpus", "1", "--num-gpus", "1", name=f"gpu{i}")
+        deadline = time.monotonic() + 240
         while len([n for n in ray.nodes() if n["Alive"]]) < 3:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"worker nodes did not join; logs in {temp_dir}")
+                raise RuntimeError(f"the GPU nodes did not join; logs in {nodes.temp_dir}")
             time.sleep(1)
-        yield {"address": gcs, "temp_dir": temp_dir}
+        yield nodes
     finally:
         ray.shutdown()
-        for p in reversed(procs):
-            stop_group(p, timeout=60)
+        nodes.stop()
 
 
 def report_placement(config: dict[str, Any]) -> None:

@@ -19,19 +19,22 @@ import pytest
 from bertops.paths import DataLayout
 
 from .conftest import training_config
+from .ray_nodes import RayNodes, start_head
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ray_driver(ray_cluster: Any) -> Any:
+def ray_driver() -> Any:
+    """A 4-CPU Ray head owned by this module (no dashboard: the Jobs API is not needed here)."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(address=ray_cluster.address, log_to_driver=False)
-    yield ray_cluster
+    nodes = start_head(num_cpus=4)
+    yield nodes
     ray.shutdown()
+    nodes.stop()
 
 
 def _history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -40,18 +43,23 @@ def _history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
 
 
-def _kill_worker_after_first_checkpoint(run_dir: Path, stop: threading.Event, killed: list[int]) -> None:
-    """Wait for a checkpoint of the run, then SIGKILL its Ray Train worker process."""
-    from ray.util.state import list_actors
+def _kill_worker_after_first_checkpoint(
+    run_dir: Path, nodes: RayNodes, stop: threading.Event, killed: list[int]
+) -> None:
+    """Wait for a checkpoint of the run, then SIGKILL its Ray Train worker process (one of our nodes')."""
+    import psutil
 
     while not stop.is_set():
         if run_dir.is_dir() and any(p.name.startswith("checkpoint_") for p in run_dir.iterdir()):
-            actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-            if actors:
-                pid = int(actors[0]["pid"])
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-                return
+            for pid in nodes.pids():
+                try:
+                    title = " ".join(psutil.Process(pid).cmdline())
+                except psutil.Error:
+                    continue
+                if "RayTrainWorker" in title:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
         time.sleep(0.2)
 
 
@@ -81,7 +89,8 @@ def pretrained(
     cfg = training_config(repo_root, synthetic_data, state, overrides)
     stop, killed = threading.Event(), []
     killer = threading.Thread(
-        target=_kill_worker_after_first_checkpoint, args=(state / "ray_results" / "pt-kill", stop, killed)
+        target=_kill_worker_after_first_checkpoint,
+        args=(state / "ray_results" / "pt-kill", ray_driver, stop, killed),
     )
     killer.start()
     try:

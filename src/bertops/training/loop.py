@@ -140,6 +140,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from bertops.training.optimization import build_optimizer, learning_rate_at, warmup_steps_for
     from bertops.training.tracking import MetricLogger
 
+    # Ray sets OMP_NUM_THREADS to the worker's CPUs; hold TensorFlow's op pool to it as well, so that workers
+    # sharing a node do not oversubscribe its cores (must happen before TensorFlow's context starts).
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
+    if threads > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
+
     plan = RunPlan.from_dict(config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
