@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
+from tests.registry.helpers import aliases, gate_passed, make_model
 
 from bertops.config import BertopsConfig, TrackingConfig
 from bertops.registry import registry as reg
@@ -20,29 +20,6 @@ from bertops.registry.errors import PromotionConflict, RegistryError, TrackingUn
 from bertops.registry.promote import promote, rollback
 
 pytestmark = pytest.mark.slow
-
-
-def make_model(uri: str, n_versions: int) -> tuple[str, object]:
-    """A fresh registered model with ``n_versions`` versions (sources: artifact paths of one run)."""
-    import mlflow
-
-    from bertops.registry.client import connect
-
-    client = connect(uri)
-    name = f"m-{uuid.uuid4().hex[:8]}"
-    run = client.create_run(mlflow.set_experiment("registry-tests").experiment_id)
-    client.create_registered_model(name)
-    for i in range(n_versions):
-        client.create_model_version(name, source=f"{run.info.artifact_uri}/v{i + 1}", run_id=run.info.run_id)
-    return name, client
-
-
-def gate_passed(client: object, name: str, version: str, against: str | None) -> None:
-    reg.set_tags(client, name, version, {reg.TAG_GATE: "passed", reg.TAG_GATE_CHAMPION: against or "none"})
-
-
-def aliases(client: object, name: str) -> dict[str, str]:
-    return {k: str(v) for k, v in client.get_registered_model(name).aliases.items()}
 
 
 @pytest.fixture
@@ -181,3 +158,22 @@ def test_unreachable_tracking_server_is_a_clear_error() -> None:
     cfg = BertopsConfig(tracking=TrackingConfig(uri=f"http://127.0.0.1:{free_port()}"))
     with pytest.raises(TrackingUnavailable, match="unreachable"):
         promote(cfg, "bert-sentiment", "1")
+
+
+def test_embedded_sqlite_store_promotes_and_races_safely(tmp_path: Path, repo_root: Path) -> None:
+    """The default embedded store (a SQLite file, no server): the same lock and champion re-check hold."""
+    cfg = BertopsConfig(project={"state_dir": str(tmp_path / "state")})
+    uri = cfg.tracking_uri()
+    assert uri.startswith("sqlite:///") and str(tmp_path) in uri
+    name, client = make_model(uri, 3)
+    gate_passed(client, name, "1", None)
+    assert promote(cfg, name, "1")["changed"]
+    gate_passed(client, name, "2", "1")
+    gate_passed(client, name, "3", "1")
+    results = race(uri, name, ["2", "3"], repo_root)
+    winners = [r["ok"]["version"] for r in results if "ok" in r and r["ok"]["changed"]]
+    assert len(winners) == 1 and [r["error"] for r in results if "error" in r] == ["PromotionConflict"], (
+        results
+    )
+    assert aliases(client, name) == {"champion": winners[0], "previous-champion": "1"}
+    assert rollback(cfg, name)["champion"] == "1"
