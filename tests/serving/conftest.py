@@ -47,6 +47,51 @@ class Registry:
             )  # fmt: skip
         return str(info.registered_model_version)
 
+    def register_bertops_classifier(self, workdir: Path) -> str:
+        """Build a tiny (untrained) bertops classifier bundle, log it with bertops' own pyfunc
+        (``bertops.model.pyfunc.log_classifier``) and register it; return the version."""
+        import mlflow
+
+        from bertops.config import ModelConfig
+        from bertops.model.bundle import save_bundle
+        from bertops.model.heads import BertClassifier
+        from bertops.model.presets import backbone_from_config
+        from bertops.model.pyfunc import log_classifier
+
+        words = [
+            "a",
+            "the",
+            "film",
+            "good",
+            "bad",
+            "dull",
+            "fine",
+            "moving",
+            "long",
+            "##s",
+            "##ly",
+            ",",
+            ".",
+            "!",
+        ]
+        vocab = workdir / "vocab.txt"
+        vocab.write_text(
+            "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n", encoding="utf-8"
+        )
+        backbone = backbone_from_config(
+            ModelConfig(preset="tiny", max_sequence_length=64), vocab_size=5 + len(words)
+        )
+        bundle = save_bundle(
+            workdir / "bundle", BertClassifier(backbone, num_classes=2), vocab_file=vocab, task="classification",
+            max_seq_length=32, labels=["negative", "positive"], data_version="test-data-v1",
+        )  # fmt: skip
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        mlflow.set_experiment("serving-tests")
+        with mlflow.start_run():
+            info = log_classifier(bundle, name="model", registered_model_name=self.name)
+        return str(info.registered_model_version)
+
     def set_alias(self, version: str, alias: str = "champion") -> None:
         self.client().set_registered_model_alias(self.name, alias, version)
 

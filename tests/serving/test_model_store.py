@@ -60,7 +60,10 @@ def test_warm_up_accepts_a_contract_keeping_model() -> None:
             FixedModel(("positive", 0.1, 0.9), columns=["label", "prob_negative", "prob_positive"]),
             "lacks column",
         ),
-        (FixedModel(("positive", 0.1, 0.9), columns=["label", "probability", "prob_positive"]), r"2\+ classes"),
+        (
+            FixedModel(("positive", 0.1, 0.9), columns=["label", "probability", "prob_positive"]),
+            r"2\+ classes",
+        ),
     ],
 )
 def test_warm_up_refuses_a_contract_breaking_model(model: FixedModel, message: str) -> None:

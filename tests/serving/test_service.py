@@ -260,3 +260,22 @@ def test_push_reload_switches_immediately(service: Service) -> None:
     assert all(status == 200 for status, _ in seen)
     assert seen[-1][1] == new
     assert predict(service.url, ["fine"])["predictions"][0]["label"] == "negative"  # bias -3 outweighs "fine"
+
+
+# ------------------------------------------------------------------------------ bertops' own model pyfunc
+def test_switch_to_a_real_bertops_classifier(service: Service, tmp_path: Path) -> None:
+    """The pyfunc the pipeline registers (Keras BERT + tokenizer inside) is served through the same path."""
+    reg = service.registry
+    real = reg.register_bertops_classifier(tmp_path)
+    reg.set_alias(real)
+    result = notify_reload(service.url)
+    assert result["version"] == real, result
+    long_text = "a good film " * 100  # far over the bundle's max_seq_length 32: truncated by the model
+    answer = predict(service.url, ["a good film", "dull and long", long_text, ""])
+    assert answer["version"] == real
+    for p in answer["predictions"]:
+        assert p["label"] in ("negative", "positive")
+        assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    meta = httpx.get(f"{service.url}/metadata").json()["model"]
+    assert meta["version"] == real and meta["labels"] == ["negative", "positive"]
+    assert meta["data_version"] == "test-data-v1"

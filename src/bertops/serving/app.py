@@ -108,7 +108,9 @@ class BertopsService:
         self.limits = self.settings.limits
         self.metrics = ServingMetrics()
         source = ModelSource(self.settings.tracking_uri, self.settings.model_name, self.settings.alias)
-        self.manager = ModelManager(source, on_switch=self.metrics.model_switched, on_failure=self.metrics.switch_failed)
+        self.manager = ModelManager(
+            source, on_switch=self.metrics.model_switched, on_failure=self.metrics.switch_failed
+        )
         self._predict_batch.set_max_batch_size(self.settings.max_batch_size)
         self._predict_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         self._model_call = asyncio.Lock()  # one model call at a time per replica: it uses every core anyway
@@ -116,7 +118,9 @@ class BertopsService:
         # later is enough to bring it up, with no redeploy.
         result = await self.manager.refresh()
         logger.info("start-up: %s", result.message)
-        self._poller = asyncio.get_running_loop().create_task(self.manager.poll(self.settings.poll_interval_s))
+        self._poller = asyncio.get_running_loop().create_task(
+            self.manager.poll(self.settings.poll_interval_s)
+        )
 
     def check_health(self) -> None:
         """Ray Serve's replica health check: the replica is unhealthy when its poller died."""
@@ -173,13 +177,19 @@ class BertopsService:
         except BadRequest as exc:
             return self._error("/predict", exc.status, exc.message, request_id, started)
         except _NotReady:
-            return self._error("/predict", 503, "no model version is loaded yet; see GET /metadata", request_id, started)
+            return self._error(
+                "/predict", 503, "no model version is loaded yet; see GET /metadata", request_id, started
+            )
         payload = {"model": model.name, "version": model.version, "predictions": predictions}
         elapsed = time.perf_counter() - started
         self.metrics.observe_request("/predict", 200, elapsed)
         logger.info(
             "predict",
-            extra={"texts": len(texts), "model_version": model.version, "latency_ms": round(elapsed * 1000, 2)},
+            extra={
+                "texts": len(texts),
+                "model_version": model.version,
+                "latency_ms": round(elapsed * 1000, 2),
+            },
         )
         return JSONResponse(payload, headers={REQUEST_ID_HEADER: request_id})
 
@@ -193,7 +203,9 @@ class BertopsService:
         """Readiness: 200 when a model version is loaded and warmed up, else 503."""
         model = self.manager.current
         if model is None:
-            return JSONResponse({"ready": False, "error": self.manager.last_error or "loading"}, status_code=503)
+            return JSONResponse(
+                {"ready": False, "error": self.manager.last_error or "loading"}, status_code=503
+            )
         return JSONResponse({"ready": True, "model": model.name, "version": model.version})
 
     @api.get("/metadata", response_model=MetadataResponse)
@@ -229,7 +241,9 @@ class BertopsService:
         logger.info("reload requested: %s", result.message)
         return result
 
-    def _error(self, route: str, status: int, message: str, request_id: str | None, started: float) -> Response:
+    def _error(
+        self, route: str, status: int, message: str, request_id: str | None, started: float
+    ) -> Response:
         reason = {413: "too_large", 503: "not_ready", 403: "forbidden"}.get(status, "bad_request")
         self.metrics.observe_request(route, status, time.perf_counter() - started, reason=reason)
         logger.info("refused %s: %d %s", route, status, message, extra={"status": status})

@@ -37,7 +37,9 @@ def _check(resp: httpx.Response) -> dict[str, Any]:
     return resp.json()
 
 
-def predict(url: str, texts: list[str], timeout: float = 30.0, request_id: str | None = None) -> dict[str, Any]:
+def predict(
+    url: str, texts: list[str], timeout: float = 30.0, request_id: str | None = None
+) -> dict[str, Any]:
     """``POST /predict``: labels and probabilities for ``texts`` from the service at ``url``."""
     headers = {"X-Request-ID": request_id} if request_id else {}
     try:

@@ -34,8 +34,12 @@ class ServingMetrics:
 
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter(f"{PREFIX}_requests", "HTTP requests answered", ["route", "status"], registry=r)
-        self.errors = Counter(f"{PREFIX}_errors", "Requests refused or failed", ["route", "reason"], registry=r)
+        self.requests = Counter(
+            f"{PREFIX}_requests", "HTTP requests answered", ["route", "status"], registry=r
+        )
+        self.errors = Counter(
+            f"{PREFIX}_errors", "Requests refused or failed", ["route", "reason"], registry=r
+        )
         self.latency = Histogram(
             f"{PREFIX}_request_latency_seconds", "Request handling time in the replica", ["route"],
             buckets=LATENCY_BUCKETS, registry=r,
@@ -44,10 +48,17 @@ class ServingMetrics:
             f"{PREFIX}_batch_texts", "Texts per model call", buckets=BATCH_BUCKETS, registry=r
         )
         self.batch_requests = Histogram(
-            f"{PREFIX}_batch_requests", "Requests merged into one model call", buckets=BATCH_BUCKETS, registry=r
+            f"{PREFIX}_batch_requests",
+            "Requests merged into one model call",
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
-        self.model_info = Gauge(f"{PREFIX}_model_info", "1 for the version served", ["model", "version"], registry=r)
-        self.switches = Counter(f"{PREFIX}_model_switches", "Alias changes followed or refused", ["outcome"], registry=r)
+        self.model_info = Gauge(
+            f"{PREFIX}_model_info", "1 for the version served", ["model", "version"], registry=r
+        )
+        self.switches = Counter(
+            f"{PREFIX}_model_switches", "Alias changes followed or refused", ["outcome"], registry=r
+        )
 
     def observe_request(self, route: str, status: int, seconds: float, reason: str | None = None) -> None:
         self.requests.labels(route=route, status=str(status)).inc()

@@ -104,7 +104,9 @@ def predictions_from_frame(frame: Any, labels: list[str], expected_rows: int) ->
 
     Raises :class:`ModelLoadError` naming the row and column that break the contract.
     """
-    missing = [c for c in ("label", "probability", *(f"prob_{lab}" for lab in labels)) if c not in frame.columns]
+    missing = [
+        c for c in ("label", "probability", *(f"prob_{lab}" for lab in labels)) if c not in frame.columns
+    ]
     if missing:
         raise ModelLoadError(f"model output lacks column(s) {missing}; it has {list(frame.columns)}")
     if len(frame) != expected_rows:
@@ -131,13 +133,15 @@ def warm_up(pyfunc: Any) -> list[str]:
 
     try:
         frame = pyfunc.predict(pd.DataFrame({"text": list(WARMUP_TEXTS)}))
-    except Exception as exc:  # noqa: BLE001 - any failure of an unknown model means "do not serve it"
+    except Exception as exc:  # any failure of an unknown model means "do not serve it"
         raise ModelLoadError(f"warm-up prediction failed: {type(exc).__name__}: {exc}") from exc
     if not hasattr(frame, "columns"):
         raise ModelLoadError(f"model output is a {type(frame).__name__}, not a DataFrame")
     labels = labels_of(frame)
     if len(labels) < 2:
-        raise ModelLoadError(f"model output has no prob_<label> columns for 2+ classes: {list(frame.columns)}")
+        raise ModelLoadError(
+            f"model output has no prob_<label> columns for 2+ classes: {list(frame.columns)}"
+        )
     predictions_from_frame(frame, labels, expected_rows=len(WARMUP_TEXTS))
     return labels
 
@@ -154,12 +158,15 @@ def load_version(source: ModelSource, version: str) -> LoadedModel:
         mlflow.set_tracking_uri(source.tracking_uri)
         mlflow.set_registry_uri(source.tracking_uri)
         pyfunc = mlflow.pyfunc.load_model(uri)
-    except Exception as exc:  # noqa: BLE001 - load errors of any kind keep the old version serving
+    except Exception as exc:  # load errors of any kind keep the old version serving
         raise ModelLoadError(f"loading {uri} failed: {type(exc).__name__}: {exc}") from exc
     labels = warm_up(pyfunc)
+    # The registry's version tag first; else what bertops' pyfunc carries in its MLmodel metadata.
+    model_meta = getattr(getattr(pyfunc, "metadata", None), "metadata", None) or {}
+    data_version = (mv.tags or {}).get(DATA_VERSION_TAG) or model_meta.get("data_version")
     loaded = LoadedModel(
         name=source.name, version=str(version), alias=source.alias, pyfunc=pyfunc, labels=labels,
-        data_version=(mv.tags or {}).get(DATA_VERSION_TAG), run_id=mv.run_id,
+        data_version=data_version, run_id=mv.run_id,
     )  # fmt: skip
     logger.info("loaded %s (labels %s) in %.1fs", uri, labels, time.monotonic() - started)
     return loaded
@@ -237,5 +244,5 @@ class ModelManager:
             await asyncio.sleep(interval_s)
             try:
                 await self.refresh()
-            except Exception:  # noqa: BLE001 - the poller must outlive any one failed refresh
+            except Exception:  # the poller must outlive any one failed refresh
                 logger.exception("polling %s failed", self.source.uri)

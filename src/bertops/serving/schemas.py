@@ -105,7 +105,8 @@ def check_content_length(header: str | None, limits: RequestLimits) -> None:
         raise BadRequest(400, f"Content-Length header {header!r} is not an integer") from None
     if declared > limits.max_body_bytes:
         raise BadRequest(
-            413, f"request body is {declared} bytes; the limit is {limits.max_body_bytes} (serving.max_body_bytes)"
+            413,
+            f"request body is {declared} bytes; the limit is {limits.max_body_bytes} (serving.max_body_bytes)",
         )
 
 
@@ -116,9 +117,7 @@ def parse_predict_body(body: bytes, limits: RequestLimits) -> list[str]:
     wrong content) naming the field: ``texts``, ``texts[i]``.
     """
     if len(body) > limits.max_body_bytes:
-        raise BadRequest(
-            413, f"request body is over {limits.max_body_bytes} bytes (serving.max_body_bytes)"
-        )
+        raise BadRequest(413, f"request body is over {limits.max_body_bytes} bytes (serving.max_body_bytes)")
     if not body.strip():
         raise BadRequest(400, 'empty request body; send JSON like {"texts": ["some text"]}')
     try:
