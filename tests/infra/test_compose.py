@@ -85,7 +85,7 @@ def test_compose_runs_the_whole_stack(resolved: dict[str, Any]) -> None:
     ray_head, worker = services["ray-head"]["command"], services["ray-worker"]["command"]
     assert "--head" in ray_head and "--address=ray-head:6379" in worker
     mlflow = services["mlflow"]["environment"]
-    assert mlflow["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+    assert mlflow["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
     assert mlflow["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
     assert mlflow["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert "--serve-artifacts" in services["mlflow"]["command"]

@@ -226,3 +226,18 @@ def test_helm_values_kubernetes_parts_validate(values: dict[str, Any], path: str
     sample = copy.deepcopy(node[0] if many else node)
     sample["bogusField"] = 1
     assert errors_of(validator, sample)
+
+
+def test_database_uris_use_an_installed_driver() -> None:
+    """Every SQLAlchemy URI in infra/ names a DBAPI the lock installs (a bare postgresql:// means psycopg 3)."""
+    from sqlalchemy.engine import make_url
+
+    uri = re.compile(r"postgresql[+\w]*://[^\s\"']+")
+    found = []
+    for path in sorted(INFRA.rglob("*.y*ml")):
+        text = re.sub(r"\$\{[^}]*\}", "x", path.read_text(encoding="utf-8"))  # ${VAR:?msg} -> x
+        for m in uri.finditer(text):
+            found.append(m.group(0))
+            url = make_url(m.group(0))
+            url.get_dialect().import_dbapi()  # ImportError when the driver is not installed
+    assert len(found) >= 3
