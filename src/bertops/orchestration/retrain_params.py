@@ -12,6 +12,7 @@ resolved config is validated once more by :func:`bertops.config.load_config`, wh
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from bertops.config import ConfigError, parse_override
@@ -164,10 +165,8 @@ def conf_from_sets(sets: list[str], base: dict[str, Any] | None = None) -> dict[
             continue
         if isinstance(value, str) and name in ("learning_rate",):
             # YAML 1.1 reads "3e-5" as a string; accept it as the number it means.
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         conf[name] = value
     if extra:
         conf["overrides"] = extra

@@ -1,0 +1,107 @@
+"""``bert_retrain`` end to end with ``dag.test()`` against real components: DVC in a temp git repo, the shared Ray
+head (Jobs API), the shared MLflow server. Afterwards the registry has the new version as ``champion``.
+
+Small on purpose (a few hundred records, tens of steps, pretraining skipped: its path is the same Ray job
+machinery as fine-tuning, tested in test_ray_jobs.py); the gate's absolute threshold is 0 so that this
+tiny model is promoted: the test checks the orchestration, not the model's quality.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from tests.orchestration.conftest import REPO_ROOT, airflow_env
+
+pytestmark = pytest.mark.slow
+
+SMALL = {
+    "ingest": {
+        "corpus": {"max_records": 40},
+        "classification": {"max_records": 400},
+        "ner": {"max_records": 100},
+    },
+    "vocab": {"vocab_size": 400, "min_frequency": 1},
+    "pretrain_data": {"dupe_factor": 1, "max_seq_length": 64, "num_workers": 1},
+    "finetune_data": {"max_seq_length": 64},
+    "finetune": {"batch_size": 16, "checkpoint_every_steps": 20, "log_every_steps": 5},
+    "evaluation": {"latency_repeats": 2, "worst_examples": 5},
+    "promotion": {"min_absolute": 0.0, "max_latency_ms": 100000.0},
+    "orchestration": {"task_retries": 1, "retry_delay_s": 1, "ray_job_timeout_s": 900},
+}
+CONF = {"pretraining": "skip", "init_checkpoint": "scratch", "max_steps": 20, "epochs": 1, "workers": 1}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        base[key] = _merge(base.get(key) or {}, value) if isinstance(value, dict) else value
+    return base
+
+
+def _git(root: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root, check=True,
+                   capture_output=True)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small copy of the checkout: git + DVC, the pipelines, ray_jobs, dags and a tiny params.yaml."""
+    root = tmp_path_factory.mktemp("retrain_project")
+    for name in ("dvc.yaml", ".dvcignore", "pyproject.toml"):
+        shutil.copy2(REPO_ROOT / name, root / name)
+    (root / ".dvc").mkdir()
+    for name in ("config", ".gitignore"):
+        shutil.copy2(REPO_ROOT / ".dvc" / name, root / ".dvc" / name)
+    ignore = shutil.ignore_patterns("__pycache__")
+    for name in ("pipelines", "src", "ray_jobs", "dags"):
+        shutil.copytree(REPO_ROOT / name, root / name, ignore=ignore)
+    (root / "data" / "raw").mkdir(parents=True)
+    shutil.copy2(REPO_ROOT / "data" / "raw" / "README.md", root / "data" / "raw" / "README.md")
+    params = _merge(yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8")), SMALL)
+    params["project"]["state_dir"] = str(root / ".bertops")
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    _git(root, "init", "-q")
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "init")
+    return root
+
+
+def test_bert_retrain_end_to_end_registers_and_promotes(
+    project: Path, airflow_home: Path, ray_cluster, mlflow_server
+) -> None:
+    env = airflow_env(airflow_home, {
+        "AIRFLOW__CORE__DAGS_FOLDER": str(project / "dags"),
+        "BERTOPS_PROJECT_DIR": str(project),
+        "MLFLOW_TRACKING_URI": mlflow_server.uri,
+        "BERTOPS_RAY_DASHBOARD_URL": ray_cluster.dashboard_url,
+        "RAY_ADDRESS": ray_cluster.address,
+        "BERTOPS_SERVING_URL": "http://127.0.0.1:9",  # nothing serves here: update_serving must cope
+    })  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("retrain_driver.py")), json.dumps(CONF)],
+        env=env, cwd=project, capture_output=True, text=True, timeout=1500,
+    )  # fmt: skip
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("DRIVER ")), None)
+    assert line, (proc.stdout + proc.stderr)[-6000:]
+    result = json.loads(line.removeprefix("DRIVER "))
+    assert result["state"] == "success", (result, (proc.stdout + proc.stderr)[-6000:])
+    tasks = result["tasks"]
+    assert tasks["pretrain"] == "skipped"
+    assert all(tasks[t] == "success" for t in ("check_params", "prepare_data", "finetune", "evaluate",
+                                                "register", "promotion_gate", "update_serving", "summary"))  # fmt: skip
+    assert (project / "dvc.lock").exists()
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server.uri, registry_uri=mlflow_server.uri)
+    champion = client.get_model_version_by_alias("bert-sentiment", "champion")
+    assert champion.tags["bertops.airflow_run_id"] == result["run_id"]
+    assert champion.tags["bertops.gate"] == "passed"
+    assert champion.tags.get("bertops.ray_job_id", "").startswith("bert_retrain-finetune-")
+    run = client.get_run(champion.tags["bertops.training_run_id"])
+    assert run.data.tags.get("bertops.airflow_run_id") == result["run_id"]
