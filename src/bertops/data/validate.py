@@ -72,12 +72,14 @@ class _Problems:
         fld: str | None = None,
         file: str | None = None,
         hint: str | None = None,
+        row: int | None = None,
     ) -> None:
+        """Record a problem, located by the record's raw ``source``/``row``, else by ``file``/``row``."""
         self.errors.append(
             DataError(
                 message,
-                file=(rec or {}).get("source", file) if rec else file,
-                row=(rec or {}).get("row") if rec else None,
+                file=rec.get("source", file) if rec else file,
+                row=rec.get("row") if rec else row,
                 field=fld,
                 hint=hint,
             )
@@ -92,7 +94,8 @@ def _check_fields(rec: dict[str, Any], spec: dict[str, type], path: Path, lineno
             p.error(
                 f"expected {typ.__name__}{' of str' if typ is list else ''}, got {type(value).__name__}",
                 fld=name,
-                file=f"{path}:{lineno}",
+                file=str(path),
+                row=lineno,
             )
             return False
     return True
