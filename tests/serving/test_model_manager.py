@@ -1,0 +1,101 @@
+"""The switching rules of ModelManager, with an in-memory alias and loader (the real MLflow path is covered by
+test_service.py): switch only to a loaded version, keep the old one on failure, remember failures, retry on force."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from bertops.serving.model_store import LoadedModel, ModelLoadError, ModelManager, ModelSource
+
+
+@dataclass
+class MemoryRegistry:
+    """Where the alias points, and which versions fail to load."""
+
+    alias: str | None = "1"
+    broken: set[str] = field(default_factory=set)
+    loads: list[str] = field(default_factory=list)
+
+    def source(self) -> ModelSource:
+        registry = self
+
+        class Source(ModelSource):
+            def resolve(self) -> str:
+                if registry.alias is None:
+                    raise ModelLoadError("alias points nowhere")
+                return registry.alias
+
+        return Source(tracking_uri="memory://", name="m")
+
+    def load(self, source: ModelSource, version: str) -> LoadedModel:
+        self.loads.append(version)
+        if version in self.broken:
+            raise ModelLoadError(f"version {version} is broken")
+        return LoadedModel(name="m", version=version, alias="champion", pyfunc=None, labels=["a", "b"])
+
+
+def manager(reg: MemoryRegistry, events: list | None = None) -> ModelManager:
+    events = [] if events is None else events
+    return ModelManager(
+        reg.source(),
+        loader=reg.load,
+        on_switch=lambda old, new: events.append(("switch", old and old.version, new.version)),
+        on_failure=lambda version, error: events.append(("fail", version)),
+    )
+
+
+def test_first_load_then_switch_when_the_alias_moves() -> None:
+    reg, events = MemoryRegistry(), []
+    m = manager(reg, events)
+    assert asyncio.run(m.refresh()).switched and m.current.version == "1"
+    assert not asyncio.run(m.refresh()).switched  # nothing moved: no reload
+    reg.alias = "2"
+    result = asyncio.run(m.refresh())
+    assert (result.switched, result.version, result.previous_version) == (True, "2", "1")
+    assert events == [("switch", None, "1"), ("switch", "1", "2")]
+    assert reg.loads == ["1", "2"]
+
+
+def test_a_broken_version_keeps_the_old_one_and_is_not_retried_until_forced() -> None:
+    reg, events = MemoryRegistry(), []
+    m = manager(reg, events)
+    asyncio.run(m.refresh())
+    reg.alias, reg.broken = "2", {"2"}
+    result = asyncio.run(m.refresh())
+    assert not result.switched and result.version == "1" and "broken" in result.message
+    assert m.current.version == "1" and "broken" in m.last_error
+    asyncio.run(m.refresh())
+    assert reg.loads == ["1", "2"]  # remembered: the poller does not reload it every interval
+    reg.broken = set()
+    assert asyncio.run(m.refresh(force=True)).switched  # a push retries it
+    assert m.current.version == "2" and m.last_error is None
+    assert events.count(("fail", "2")) == 1
+
+
+def test_an_alias_that_points_nowhere_keeps_serving() -> None:
+    reg = MemoryRegistry()
+    m = manager(reg)
+    asyncio.run(m.refresh())
+    reg.alias = None
+    result = asyncio.run(m.refresh())
+    assert not result.switched and m.current.version == "1" and "points nowhere" in result.message
+
+
+def test_no_model_at_start_then_the_first_champion_arrives() -> None:
+    reg = MemoryRegistry(alias=None)
+    m = manager(reg)
+    assert not asyncio.run(m.refresh()).switched and m.current is None
+    reg.alias = "5"
+    assert asyncio.run(m.refresh()).switched and m.current.version == "5"
+
+
+def test_concurrent_refreshes_load_once() -> None:
+    reg = MemoryRegistry()
+    m = manager(reg)
+
+    async def both() -> None:
+        await asyncio.gather(m.refresh(), m.refresh(), m.refresh())
+
+    asyncio.run(both())
+    assert reg.loads == ["1"]
