@@ -92,7 +92,7 @@ def test_compose_runs_the_whole_stack(resolved: dict[str, Any]) -> None:
     for name in ("airflow-scheduler", "airflow-apiserver"):
         env = services[name]["environment"]
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
-        assert env["RAY_ADDRESS"] == "http://ray-head:8265"
+        assert env["RAY_ADDRESS"] == env["BERTOPS_RAY_DASHBOARD_URL"] == "http://ray-head:8265"
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
     assert services["ray-worker"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
 

@@ -186,7 +186,9 @@ def test_helm_values_run_bertops_on_kubernetes(values: dict[str, Any], locked: d
     assert set(values["dags"]["gitSync"]) >= {"enabled", "repo", "branch", "subPath"}
     env = {e["name"]: e["value"] for e in values["env"]}
     assert env["MLFLOW_TRACKING_URI"].startswith("http://mlflow.")
-    assert urlparse(env["RAY_ADDRESS"]).port == 8265, "RAY_ADDRESS must be the Ray head's Jobs API (8265)"
+    for var in ("RAY_ADDRESS", "BERTOPS_RAY_DASHBOARD_URL"):
+        assert urlparse(env[var]).port == 8265, f"{var} must be the Ray head's Jobs API (8265)"
+    assert env["BERTOPS_PROJECT_DIR"] == "/opt/bertops"
     conns = {s["envName"] for s in values["secret"]}
     assert {"AIRFLOW_CONN_BERTOPS_RAY", "AIRFLOW_CONN_BERTOPS_MLFLOW"} <= conns, (
         "connections come from Secrets"
