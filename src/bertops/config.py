@@ -288,7 +288,7 @@ class OrchestrationConfig(_Section):
     job_workdir: str | None = None
     # The local stack (`bertops stack up`): CPUs the Ray head offers, and how long to wait for each service.
     stack_ray_cpus: int = Field(default=2, ge=1)
-    stack_start_timeout_s: int = Field(default=300, ge=10)
+    stack_start_timeout_s: int = Field(default=900, ge=10)
 
 
 class ProjectConfig(_Section):

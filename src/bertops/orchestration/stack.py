@@ -304,7 +304,9 @@ def up(
             "--num-cpus", str(cfg.orchestration.stack_ray_cpus), "--temp-dir", str(paths.ray_temp),
             "--disable-usage-stats",
         ]  # fmt: skip
-        proc = spawn("ray", cmd, {**base_env, **service_env(state, paths)}, paths)
+        # Ray gives its dashboard 60 s to start by default; a busy 2-core machine can need several minutes.
+        env = {**base_env, **service_env(state, paths), "RAY_DASHBOARD_STARTUP_TIMEOUT_S": str(int(timeout))}
+        proc = spawn("ray", cmd, env, paths)
         url = f"http://127.0.0.1:{dash}"
         services["ray"] = {"pid": proc.pid, "url": url, "address": f"127.0.0.1:{gcs}"}
         _save_state(paths, state)
