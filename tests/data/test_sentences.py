@@ -28,11 +28,16 @@ from bertops.data.sentences import split_sentences
         ("J. R. R. Tolkien wrote it. It sold.", ["J. R. R. Tolkien wrote it.", "It sold."]),
         ("It was item No. 5 on the list. Really?", ["It was item No. 5 on the list.", "Really?"]),
         ("Apple Inc. The company grew.", ["Apple Inc.", "The company grew."]),
+        (
+            "At the then-U.S. Embassy he grew up in-St. Louis. Fine.",
+            ["At the then-U.S. Embassy he grew up in-St. Louis.", "Fine."],
+        ),
         ("Wait... What happened? Nothing!", ["Wait...", "What happened?", "Nothing!"]),
         ("(See above.) Next point.", ["(See above.)", "Next point."]),
         ("First paragraph without a stop\n\nSecond one", ["First paragraph without a stop", "Second one"]),
         ("  spaced   out\ttext.  ", ["spaced out text."]),
         ("", []),
+        ("He paused. ... Then he spoke. .", ["He paused.", "Then he spoke."]),
     ],
 )
 def test_split_sentences(text: str, expected: list[str]) -> None:

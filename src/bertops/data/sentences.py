@@ -64,7 +64,8 @@ def _is_boundary(text: str, start: int, end: int, punct: str) -> bool:
     if punct != ".":
         return True
     before = _WORD_BEFORE.search(text, max(0, start - 64), start)  # a window: scanning from 0 is quadratic
-    word = before.group(0).lstrip("'-&") if before else ""
+    # "then-U.S." / "in-St.": the abbreviation is what follows the last hyphen.
+    word = before.group(0).rsplit("-", 1)[-1].lstrip("'&") if before else ""
     key = word.lower()
     if key in TITLES:
         return False
@@ -93,11 +94,14 @@ def _split_paragraph(text: str) -> list[str]:
 
 
 def split_sentences(text: str, min_chars: int = 1) -> list[str]:
-    """Split ``text`` into sentences, whitespace-normalised; sentences shorter than ``min_chars`` are dropped."""
+    """Split ``text`` into sentences, whitespace-normalised.
+
+    Sentences shorter than ``min_chars`` and fragments without a letter or digit (a stray ``...``) are dropped.
+    """
     out: list[str] = []
     for paragraph in _PARAGRAPH.split(text):
         for sentence in _split_paragraph(paragraph.strip()):
             sentence = " ".join(sentence.split())
-            if len(sentence) >= min_chars:
+            if len(sentence) >= min_chars and any(c.isalnum() for c in sentence):  # no bare "..." or "."
                 out.append(sentence)
     return out
