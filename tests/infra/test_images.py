@@ -104,7 +104,9 @@ def test_python_packages_come_only_from_the_lock(dockerfile, target: str) -> Non
     assert syncs, f"{target}: no uv sync"
     for c in syncs:
         assert "--frozen" in c and "--no-dev" in c, f"{target}: {' '.join(c)} must install exactly the lock"
-        assert c[c.index("--extra") + 1] == "cloud", f"{target}: the S3 artifact store / DVC remote need 'cloud'"
+        assert c[c.index("--extra") + 1] == "cloud", (
+            f"{target}: the S3 artifact store / DVC remote need 'cloud'"
+        )
     for c in commands:
         if c[1:3] == ["pip", "install"]:
             pkgs = [w for w in c[3:] if not w.startswith("-")]
@@ -149,6 +151,8 @@ def test_images_run_as_the_users_their_platforms_expect(dockerfile) -> None:
     assert stages["airflow"].values("USER")[-1] == "50000"  # the official chart's default runAsUser
     env = " ".join(stages["airflow"].values("ENV"))
     assert "AIRFLOW__CORE__DAGS_FOLDER=/opt/bertops/dags" in env
-    for target in TARGETS:  # Airflow builds Ray job entrypoints from this dir; the Ray images have the same one
+    for (
+        target
+    ) in TARGETS:  # Airflow builds Ray job entrypoints from this dir; the Ray images have the same one
         assert "BERTOPS_PROJECT_DIR=/opt/bertops" in " ".join(stages[target].values("ENV")), target
         assert stages[target].values("WORKDIR")[-1] == "/opt/bertops", target
