@@ -47,6 +47,10 @@ class StackError(RuntimeError):
     """A service that did not start (the message has its log tail) or a stack in an unexpected state."""
 
 
+class ServiceExited(StackError):
+    """The service's process ended before it answered its health check."""
+
+
 # ------------------------------------------------------------------------------------------- layout
 @dataclass(frozen=True)
 class StackPaths:
@@ -197,11 +201,17 @@ def wait_until(
         if check():
             return
         if proc is not None and proc.poll() is not None:
-            break
+            tail = _log_tail(paths, name)
+            raise ServiceExited(
+                f"{name} exited (status {proc.returncode}) before it answered; log tail:\n{tail}"
+            )
         time.sleep(1)
+    raise StackError(f"{name} did not come up within {timeout:.0f}s; log tail:\n{_log_tail(paths, name)}")
+
+
+def _log_tail(paths: StackPaths, name: str) -> str:
     log_file = paths.logs / f"{name}.log"
-    tail = log_file.read_text(errors="replace")[-3000:] if log_file.exists() else ""
-    raise StackError(f"{name} did not come up within {timeout:.0f}s; log {log_file}:\n{tail}")
+    return f"({log_file})\n" + (log_file.read_text(errors="replace")[-3000:] if log_file.exists() else "")
 
 
 def stop_group(pid: int, timeout: float = 30) -> bool:
@@ -306,11 +316,20 @@ def up(
         ]  # fmt: skip
         # Ray gives its dashboard 60 s to start by default; a busy 2-core machine can need several minutes.
         env = {**base_env, **service_env(state, paths), "RAY_DASHBOARD_STARTUP_TIMEOUT_S": str(int(timeout))}
-        proc = spawn("ray", cmd, env, paths)
         url = f"http://127.0.0.1:{dash}"
-        services["ray"] = {"pid": proc.pid, "url": url, "address": f"127.0.0.1:{gcs}"}
-        _save_state(paths, state)
-        wait_until("ray", lambda: http_ok(f"{url}/api/version"), timeout, proc, paths)
+        # Ray waits only 30 s (hard-coded) for its raylet to register: on an overloaded machine the head can
+        # exit during start-up. Try again, a few times, before giving up.
+        for attempt in range(1, 4):
+            proc = spawn("ray", cmd, env, paths)
+            services["ray"] = {"pid": proc.pid, "url": url, "address": f"127.0.0.1:{gcs}"}
+            _save_state(paths, state)
+            try:
+                wait_until("ray", lambda: http_ok(f"{url}/api/version"), timeout, proc, paths)
+                break
+            except ServiceExited:
+                if attempt == 3:
+                    raise
+                note(f"the Ray head exited during start-up; starting it again (attempt {attempt + 1})")
 
     if serving and not (services.get("serving") and http_ok(f"{services['serving']['url']}/healthz")):
         port = port_or_free(cfg.serving.port)
