@@ -77,7 +77,7 @@ def multinode_ray() -> Iterator[MultiNodeRay]:
     try:
         wait_http(
             f"{cluster.dashboard_url}/api/version",
-            timeout=240,
+            timeout=420,
             proc=cluster.procs[0],
             log=temp_dir / "head.log",
         )
@@ -93,7 +93,7 @@ def multinode_ray() -> Iterator[MultiNodeRay]:
                 *_node_ports(),
             ]
             cluster.procs.append(_start(worker, temp_dir / f"worker{i}.log"))
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 420  # a loaded 2-core machine starts Ray nodes slowly
         while len([n for n in list_nodes(address=cluster.dashboard_url) if n.state == "ALIVE"]) < 3:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"worker nodes did not join; logs in {temp_dir}")
