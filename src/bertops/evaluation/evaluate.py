@@ -182,6 +182,7 @@ def compute_metrics(
             f"{candidate.source}: predicted shape {probs.shape}, expected "
             f"({len(test.texts)}, {len(candidate.labels)})"
         )
+    probs = probs / probs.sum(axis=1, keepdims=True)  # float32 softmax rows sum to 1 only within ~1e-7
     metrics = classification_metrics(y, probs, candidate.labels, cfg.calibration_bins)
     metrics.update(slice_metrics(y, probs, candidate.count_pieces(test.texts), cfg.length_buckets))
     metrics.update(measure_latency(candidate.predict_proba, test.texts, (1, 32), cfg.latency_repeats))
