@@ -88,7 +88,7 @@ def encode_ner(
     labels = np.full((n, s), IGNORE_INDEX, dtype=np.int32)
     padding_mask = np.zeros((n, s), dtype=np.int32)
     counts = {"examples": n, "words": 0, "words_truncated": 0, "words_without_pieces": 0, "examples_truncated": 0}
-    encodings = tokenizer.encode_batch_fast(words, is_pretokenized=True, add_special_tokens=False) if n else []
+    encodings = tokenizer.encode_batch(words, is_pretokenized=True, add_special_tokens=False) if n else []
     for i, enc in enumerate(encodings):
         pieces, word_of = enc.ids[: s - 2], enc.word_ids[: s - 2]
         length = len(pieces)
