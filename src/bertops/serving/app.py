@@ -21,7 +21,9 @@ This module imports Ray and FastAPI: it is the serving entry point, imported onl
 # No `from __future__ import annotations`: Ray Serve and FastAPI inspect these annotations at run time.
 import asyncio
 import dataclasses
+import hmac
 import logging
+import os
 import time
 import uuid
 from typing import Any
@@ -53,6 +55,8 @@ logger = logging.getLogger("ray.serve.bertops")
 APP_NAME = "bertops"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 REQUEST_ID_HEADER = "x-request-id"
+# Shared secret for POST /admin/reload from other hosts (from the environment / a Secret; never in params.yaml).
+ADMIN_TOKEN_ENV = "BERTOPS_SERVING_ADMIN_TOKEN"
 
 
 class ServiceSettings(BaseModel):
@@ -230,9 +234,9 @@ class BertopsService:
     async def admin_reload(self, request: Request) -> Response:
         """Follow the alias now (a promotion calls this). Loopback callers only; retries a failed version."""
         host = request.client.host if request.client else None
-        if host not in LOOPBACK:
-            return self._error("/admin/reload", 403, f"reload is allowed from loopback only, not {host}", None,
-                               time.perf_counter())  # fmt: skip
+        if host not in LOOPBACK and not _token_ok(request):
+            message = f"reload is allowed from loopback, or with the {ADMIN_TOKEN_ENV} bearer token; not from {host}"
+            return self._error("/admin/reload", 403, message, None, time.perf_counter())
         return JSONResponse(dataclasses.asdict(await self.reload()))
 
     async def reload(self, force: bool = True) -> Any:
@@ -253,6 +257,13 @@ class BertopsService:
 
 class _NotReady(Exception):
     """No model version is loaded yet."""
+
+
+def _token_ok(request: Request) -> bool:
+    """A non-loopback caller (e.g. an Airflow worker in another pod) authenticates with a shared secret."""
+    token = os.environ.get(ADMIN_TOKEN_ENV)
+    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    return bool(token) and hmac.compare_digest(given.encode(), token.encode())
 
 
 def _request_id(request: Request) -> str:

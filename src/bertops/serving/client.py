@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -50,13 +51,16 @@ def predict(
 
 
 def notify_reload(url: str, timeout: float = 300.0) -> dict[str, Any]:
-    """``POST /admin/reload`` (loopback only): the replica that answers follows the alias now.
+    """``POST /admin/reload``: the replica that answers follows the alias now. Allowed from loopback, or from
+    anywhere with the ``BERTOPS_SERVING_ADMIN_TOKEN`` shared secret (sent when set in this environment).
 
     Returns ``{"switched", "version", "previous_version", "message"}``. Other replicas of a multi-replica
     deployment follow on their next poll (``serving.poll_interval_s``).
     """
     try:
-        resp = httpx.post(_url(url, "/admin/reload"), timeout=timeout)
+        token = os.environ.get("BERTOPS_SERVING_ADMIN_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        resp = httpx.post(_url(url, "/admin/reload"), timeout=timeout, headers=headers)
     except httpx.HTTPError as exc:
         raise ServingClientError(_url(url, "/admin/reload"), None, f"{type(exc).__name__}: {exc}") from None
     return _check(resp)
