@@ -184,39 +184,50 @@ class WordPieceCache:
         self._off = np.zeros(0, dtype=np.int64)  # start of each word's pieces in _flat
         self._flat = np.zeros(0, dtype=np.int32)
 
-    def _pieces_of(self, word: str) -> list[int]:
-        i = self._ids[word]
-        return self._flat[self._off[i] : self._off[i] + self._len[i]].tolist()
-
-    def _add(self, words: list[str]) -> None:
-        """Tokenise and store unseen words (each split into leading punctuation, core, trailing punctuation)."""
-        split: dict[str, tuple[str, str, str]] = {}
-        for w in words:
-            core = w.strip(_ASCII_PUNCT)
-            if core != w:
-                lead = w[: len(w) - len(w.lstrip(_ASCII_PUNCT))]
-                trail = w[len(lead) + len(core) :] if core else ""
-                split[w] = (lead, core, trail)
-        parts = dict.fromkeys(w for w in words if w not in split)
-        for lead, core, trail in split.values():
-            parts.update(dict.fromkeys((*lead, core, *trail)))
-        parts.pop("", None)
-        new = [p for p in parts if p not in self._ids]
-        pieces = dict(zip(new, tokenize_ids(self.tokenizer, new), strict=True))
-        for w, (lead, core, trail) in split.items():
-            seq = [*lead, core, *trail] if core else list(lead)
-            pieces[w] = [i for p in seq if p for i in (pieces[p] if p in pieces else self._pieces_of(p))]
-        if "" in words:
-            pieces[""] = []
-        added = [w for w in pieces if w not in self._ids]
-        lengths = np.fromiter((len(pieces[w]) for w in added), dtype=np.int64, count=len(added))
-        flat = np.fromiter(itertools.chain.from_iterable(pieces[w] for w in added), dtype=np.int32,
-                           count=int(lengths.sum()))
+    def _append(self, words: list[str], lengths: np.ndarray, flat: np.ndarray) -> None:
         base = len(self._ids)
-        self._ids.update(zip(added, range(base, base + len(added))))
+        self._ids.update(zip(words, range(base, base + len(words)), strict=True))
         self._off = np.concatenate([self._off, len(self._flat) + np.cumsum(lengths) - lengths])
         self._len = np.concatenate([self._len, lengths])
         self._flat = np.concatenate([self._flat, flat])
+
+    def _gather(self, word_ids: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The stored pieces of ``word_ids`` back to back, and the piece count of each run of ``counts`` words."""
+        lengths = self._len[word_ids]
+        out_off = np.cumsum(lengths) - lengths
+        src = np.repeat(self._off[word_ids] - out_off, lengths) + np.arange(int(lengths.sum()))
+        starts = np.cumsum(counts) - counts
+        run_len = np.add.reduceat(lengths, starts) if len(lengths) else np.zeros(len(counts), dtype=np.int64)
+        return self._flat[src], np.where(counts > 0, run_len, 0)
+
+    def _add(self, words: list[str]) -> None:
+        """Tokenise and store unseen words. A word with leading or trailing ASCII punctuation is stored as the
+        concatenation of its parts (each punctuation character, the core), which are tokenised only if new."""
+        punct = _ASCII_PUNCT
+        plain: list[str] = []
+        composite: list[str] = []
+        parts: list[list[str]] = []
+        for w in words:
+            core = w.strip(punct)
+            if core == w:
+                plain.append(w)
+                continue
+            n_lead = len(w) - len(w.lstrip(punct))
+            composite.append(w)
+            parts.append([*w[:n_lead], core, *w[n_lead + len(core) :]] if core else list(w))
+        needed = dict.fromkeys(itertools.chain(plain, itertools.chain.from_iterable(parts)))
+        new = [p for p in needed if p not in self._ids]
+        if new:
+            pieces = tokenize_ids(self.tokenizer, new)
+            lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+            flat = np.fromiter(itertools.chain.from_iterable(pieces), dtype=np.int32, count=int(lengths.sum()))
+            self._append(new, lengths, flat)
+        keep = [i for i, w in enumerate(composite) if w not in self._ids]  # e.g. "," is its own part
+        if keep:
+            seqs = [parts[i] for i in keep]
+            part_ids = np.fromiter(map(self._ids.__getitem__, itertools.chain.from_iterable(seqs)), dtype=np.int64)
+            flat, lengths = self._gather(part_ids, np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs)))
+            self._append([composite[i] for i in keep], lengths, flat)
 
     def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """All texts' word pieces as one flat int32 array, and each text's piece count (no special tokens)."""
@@ -231,12 +242,7 @@ class WordPieceCache:
         if missing:
             self._add(missing)
         word_ids = np.fromiter(map(self._ids.__getitem__, words), dtype=np.int64, count=len(words))
-        # Ragged gather: the pieces of word_ids[0], word_ids[1], ... back to back.
-        lengths = self._len[word_ids]
-        out_off = np.cumsum(lengths) - lengths
-        src = np.repeat(self._off[word_ids] - out_off, lengths) + np.arange(int(lengths.sum()))
-        text_len = np.add.reduceat(lengths, np.cumsum(counts) - counts)
-        return self._flat[src], text_len
+        return self._gather(word_ids, counts)
 
 
 def pack_single(
