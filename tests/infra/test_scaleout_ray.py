@@ -54,7 +54,9 @@ def _node_ports() -> list[str]:
 
 def _start(cmd: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": f"{REPO / 'src'}:{REPO}",
-           "RAY_agent_register_timeout_ms": "120000"}  # fmt: skip
+           "RAY_agent_register_timeout_ms": "120000",
+           # Ray gives the dashboard (the Jobs API) 60 s by default; a loaded 2-core machine can need more.
+           "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "300"}  # fmt: skip
     env.pop("RAY_ADDRESS", None)
     with open(log, "wb") as fh:
         return subprocess.Popen(
