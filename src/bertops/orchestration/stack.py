@@ -302,7 +302,9 @@ def up(
         wait_until("mlflow", lambda: http_ok(f"{url}/health"), timeout, proc, paths)
 
     if "ray" not in services:
-        dash = port_or_free(urlparse(cfg.orchestration.ray_dashboard_url).port or 8265)
+        # Always a free port: 8265 is Ray's default, which any other Ray on the machine may take at any moment,
+        # and a job submitted to someone else's cluster would be a silent disaster. The URL is in stack.json.
+        dash = free_port()
         gcs = free_port()
         note(f"starting a Ray head (dashboard 127.0.0.1:{dash})")
         cmd = [
