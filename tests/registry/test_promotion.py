@@ -177,3 +177,32 @@ def test_embedded_sqlite_store_promotes_and_races_safely(tmp_path: Path, repo_ro
     )
     assert aliases(client, name) == {"champion": winners[0], "previous-champion": "1"}
     assert rollback(cfg, name)["champion"] == "1"
+
+
+def test_cli_promote_rollback_and_models(cfg: BertopsConfig, repo_root: Path) -> None:
+    from typer.testing import CliRunner
+
+    from bertops.cli import app
+
+    name, client = make_model(cfg.tracking_uri(), 2)
+    gate_passed(client, name, "1", None)
+    reg.set_tags(client, name, "2", {reg.TAG_GATE: "failed", reg.TAG_GATE_REASON: "macro_f1 too low"})
+    common = [
+        "--params",
+        str(repo_root / "params.yaml"),
+        "--set",
+        f"tracking.uri={cfg.tracking_uri()}",
+        "--name",
+        name,
+    ]
+    runner = CliRunner()
+    ok = runner.invoke(app, ["promote", "1", "--no-gate", *common])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout.strip().splitlines()[-1])["changed"] is True
+    refused = runner.invoke(app, ["promote", "2", "--no-gate", *common])
+    assert refused.exit_code == 1 and "failed its gate: macro_f1 too low" in refused.output
+    listing = runner.invoke(app, ["models", *common])
+    assert listing.exit_code == 0 and "champion" in listing.stdout and "failed" in listing.stdout
+    nothing = runner.invoke(app, ["rollback", *common])
+    assert nothing.exit_code == 1 and "no previous-champion" in nothing.output
+    assert aliases(client, name) == {"champion": "1"}

@@ -39,7 +39,7 @@ def _errors_exit():
     try:
         yield
     except (RegistryError, EvaluationError, DataError, KeyError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -128,7 +128,7 @@ def register_command(
             airflow_run_id=airflow_run_id,
             labels=labels,
         )
-    console.print(json.dumps(ref))
+    console.print(json.dumps(ref), soft_wrap=True)
 
 
 def _log_bundle(cfg: object, bundle: Path, training_run_id: str | None) -> str:
@@ -179,7 +179,7 @@ def promote_command(
                 err_console.print(f"[red]gate failed[/red]: {model_name} v{version} stays a challenger")
                 raise typer.Exit(1)
         result = promote(cfg, model_name, version, wait_for_review=wait)
-    console.print(json.dumps(result))
+    console.print(json.dumps(result), soft_wrap=True)
 
 
 def rollback_command(
@@ -198,7 +198,7 @@ def rollback_command(
     cfg = load_or_exit(params, set_)
     with _errors_exit():
         result = rollback(cfg, name or cfg.registry.model_name, to)
-    console.print(json.dumps(result))
+    console.print(json.dumps(result), soft_wrap=True)
 
 
 def models_command(

@@ -207,7 +207,9 @@ def evaluate(
         connect(tracking_uri)  # an unreachable server fails here, before any work or output
     test = read_test_set(test_file)
     with tempfile.TemporaryDirectory(prefix="bertops-eval-") as tmp:
-        candidate = load_candidate(source, Path(tmp))
+        model_dir = Path(tmp) / "model"
+        model_dir.mkdir()
+        candidate = load_candidate(source, model_dir)
         metrics, y, probs = compute_metrics(candidate, test, cfg)
         logger.info(
             "evaluated %s on %s (%d examples): accuracy=%.4f macro_f1=%.4f",
@@ -220,7 +222,7 @@ def evaluate(
 
         from bertops.evaluation.artifacts import write_artifacts
 
-        art_dir = Path(tmp) / "artifacts"
+        art_dir = Path(tmp) / "report"
         art_dir.mkdir()
         write_artifacts(
             art_dir, test.texts, y, probs, candidate.labels, metrics, cfg.calibration_bins, cfg.worst_examples
