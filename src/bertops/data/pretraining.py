@@ -453,22 +453,25 @@ def create_pretraining_data(
     settings: PretrainDataConfig,
     tok_settings: TokenizerSettings,
     num_workers: int | None = None,
+    optional: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Write ``out_dir/<split>/shard-NNNNN.tfrecord`` for each ``{split: corpus.jsonl}`` and return the manifest.
 
-    ``out_dir`` must exist and be empty (the caller swaps it into place); the manifest is written there too.
-    Shards are made by ``num_workers`` processes (default ``settings.num_workers``), one chunk at a time each.
+    ``out_dir`` must exist and be empty (the caller swaps it into place). Shards are made by ``num_workers``
+    processes (default ``settings.num_workers``), one chunk at a time each. A split listed in ``optional`` may be
+    empty (e.g. no held-out documents); any other split without instances is an error naming its file.
     """
     workers = num_workers or settings.num_workers
     chunk_bytes = chunk_bytes_for(settings)
     tasks: list[tuple[Chunk, str, PretrainDataConfig, TokenizerSettings]] = []
+    task_split: list[str] = []
     files: dict[str, list[str]] = {}
     for split, path in corpus_files.items():
         path = Path(path)
         if not path.is_file():
             raise DataError("corpus file does not exist (run the split stage first)", file=str(path))
         chunks = plan_chunks(path, chunk_bytes)
-        if not chunks:
+        if not chunks and split not in optional:
             raise DataError("corpus file is empty", file=str(path))
         (out_dir / split).mkdir(parents=True, exist_ok=True)
         files[split] = []
@@ -476,6 +479,7 @@ def create_pretraining_data(
             rel = f"{split}/shard-{c.index:05d}.tfrecord"
             files[split].append(rel)
             tasks.append((c, str(out_dir / rel), settings, tok_settings))
+            task_split.append(split)
     log.info("pretraining data: %d chunks of ~%d bytes, %d worker(s)", len(tasks), chunk_bytes, workers)
 
     if workers <= 1 or len(tasks) <= 1:
@@ -486,15 +490,16 @@ def create_pretraining_data(
         with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=_worker_init) as ex:
             results = list(ex.map(_run_chunk, tasks))
 
-    counts: dict[str, int] = {}
-    stats: dict[str, list[dict[str, Any]]] = {}
-    for (chunk, _, _, _), st in zip(tasks, results, strict=True):
-        split = next(s for s, p in corpus_files.items() if str(Path(p)) == chunk.path)
-        counts[split] = counts.get(split, 0) + st.instances
-        stats.setdefault(split, []).append(asdict(st))
+    counts: dict[str, int] = dict.fromkeys(corpus_files, 0)
+    stats: dict[str, list[dict[str, Any]]] = {split: [] for split in corpus_files}
+    for split, st in zip(task_split, results, strict=True):
+        counts[split] += st.instances
+        stats[split].append(asdict(st))
     for split, n in counts.items():
-        if n == 0:
+        if n == 0 and split not in optional:
             raise DataError("no pretraining instances: the corpus has no non-empty sentences", file=str(corpus_files[split]))
+        if n == 0:
+            log.warning("split %s has no pretraining instances (%s is empty)", split, corpus_files[split])
     totals = {
         split: {
             key: sum(s[key] for s in rows)
@@ -527,7 +532,7 @@ def run_pretrain_data(cfg: BertopsConfig, layout: DataLayout | None = None) -> d
     read_vocab(layout.vocab_file)  # a clear error before any worker starts
     corpus = {split: layout.split_file("corpus", split) for split in ("train", "heldout")}
     with atomic_dir(layout.pretrain_dir) as tmp:
-        manifest = create_pretraining_data(corpus, tmp, cfg.pretrain_data, tok)
+        manifest = create_pretraining_data(corpus, tmp, cfg.pretrain_data, tok, optional=("heldout",))
         write_json(tmp / MANIFEST, manifest)
     log.info("pretraining instances: %s -> %s", manifest["num_examples"], layout.pretrain_dir)
     return {"num_examples": manifest["num_examples"], "totals": manifest["totals"]}
