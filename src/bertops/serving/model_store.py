@@ -214,6 +214,7 @@ class ModelManager:
             except ModelLoadError as exc:
                 return self._failure(None, str(exc), previous)
             if target == previous:
+                self.last_error = None  # the alias is back on what we serve: no failed switch pending
                 return RefreshResult(False, previous, previous, f"already serving version {target}")
             if target in self._failed and not force:
                 return RefreshResult(
