@@ -64,25 +64,35 @@ def _start(cmd: list[str], log: Path) -> subprocess.Popen:
         )
 
 
+def _start_head(attempts: int = 3) -> MultiNodeRay:
+    """The head with the dashboard (Jobs API) and 0 CPUs, like the RayCluster's; retried when a loaded
+    machine makes Ray miss its own start-up deadlines (GCS, raylet, dashboard)."""
+    last = ""
+    for _ in range(attempts):
+        temp_dir = Path(tempfile.mkdtemp(prefix="ray_io_", dir="/tmp"))
+        gcs_port, dash_port = free_port(), free_port()
+        cluster = MultiNodeRay(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", temp_dir)
+        head = [RAY, "start", "--head", "--block", "--port", str(gcs_port), "--num-cpus", "0",
+                "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
+                "--ray-client-server-port", str(free_port()), "--temp-dir", str(temp_dir), *_node_ports()]  # fmt: skip
+        cluster.procs.append(_start(head, temp_dir / "head.log"))
+        try:
+            wait_http(f"{cluster.dashboard_url}/api/version", timeout=420, proc=cluster.procs[0],
+                      log=temp_dir / "head.log")  # fmt: skip
+            return cluster
+        except RuntimeError as exc:
+            last = str(exc)[-3000:]
+            stop_group(cluster.procs[0], timeout=60)
+    raise RuntimeError(f"the Ray head did not start in {attempts} attempts; last error:\n{last}")
+
+
 @pytest.fixture(scope="module")
 def multinode_ray() -> Iterator[MultiNodeRay]:
     """Head (dashboard, 0 CPUs) + two 1-CPU worker nodes, each its own ``ray start --block`` process group."""
     from ray.util.state import list_nodes
 
-    temp_dir = Path(tempfile.mkdtemp(prefix="ray_io_", dir="/tmp"))
-    gcs_port, dash_port = free_port(), free_port()
-    cluster = MultiNodeRay(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", temp_dir)
-    head = [RAY, "start", "--head", "--block", "--port", str(gcs_port), "--num-cpus", "0",
-            "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
-            "--ray-client-server-port", str(free_port()), "--temp-dir", str(temp_dir), *_node_ports()]  # fmt: skip
-    cluster.procs.append(_start(head, temp_dir / "head.log"))
+    cluster = _start_head()
     try:
-        wait_http(
-            f"{cluster.dashboard_url}/api/version",
-            timeout=420,
-            proc=cluster.procs[0],
-            log=temp_dir / "head.log",
-        )
         for i in range(2):
             worker = [
                 RAY,
@@ -94,11 +104,11 @@ def multinode_ray() -> Iterator[MultiNodeRay]:
                 "1",
                 *_node_ports(),
             ]
-            cluster.procs.append(_start(worker, temp_dir / f"worker{i}.log"))
+            cluster.procs.append(_start(worker, cluster.temp_dir / f"worker{i}.log"))
         deadline = time.monotonic() + 420  # a loaded 2-core machine starts Ray nodes slowly
         while len([n for n in list_nodes(address=cluster.dashboard_url) if n.state == "ALIVE"]) < 3:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"worker nodes did not join; logs in {temp_dir}")
+                raise RuntimeError(f"worker nodes did not join; logs in {cluster.temp_dir}")
             time.sleep(2)
         yield cluster
     finally:
