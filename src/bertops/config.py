@@ -288,6 +288,8 @@ class OrchestrationConfig(_Section):
     job_workdir: str | None = None
     # The local stack (`bertops stack up`): CPUs the Ray head offers, and how long to wait for each service.
     stack_ray_cpus: int = Field(default=2, ge=1)
+    # Ray's default object store is 30% of RAM, set up at start; the pipeline needs little of it.
+    stack_ray_object_store_mb: int = Field(default=512, ge=78)
     stack_start_timeout_s: int = Field(default=900, ge=10)
 
 

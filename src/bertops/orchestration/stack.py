@@ -314,6 +314,7 @@ def up(
             "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
             "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
             "--num-cpus", str(cfg.orchestration.stack_ray_cpus), "--temp-dir", str(paths.ray_temp),
+            "--object-store-memory", str(cfg.orchestration.stack_ray_object_store_mb * 1024**2),
             "--disable-usage-stats",
         ]  # fmt: skip
         # Ray gives its dashboard 60 s to start by default; a busy 2-core machine can need several minutes.
