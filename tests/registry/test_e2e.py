@@ -130,9 +130,12 @@ PYFUNC_ROUND_TRIP = """
 import json, sys
 import mlflow
 mlflow.set_tracking_uri(sys.argv[1])
+import pandas as pd
 model = mlflow.pyfunc.load_model(sys.argv[2])
-out = model.predict(["a really great and wonderful film", "an awful boring dull film"])
-print(json.dumps(out.to_dict(orient="records")))
+texts = ["a really great and wonderful film", "an awful boring dull film"]
+from_frame = model.predict(pd.DataFrame({"text": texts})).to_dict(orient="records")
+from_list = model.predict(texts).to_dict(orient="records")  # the contract: a plain list of strings works too
+print(json.dumps({"frame": from_frame, "list": from_list}))
 """
 
 
@@ -143,7 +146,9 @@ def test_pyfunc_round_trip_in_a_fresh_process(flow: Flow, repo_root: Path, tmp_p
         capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert answer["list"] == answer["frame"]
+    rows = answer["list"]
     assert [r["label"] for r in rows] == ["positive", "negative"]
     for r in rows:
         assert set(r) == {"label", "probability", "prob_negative", "prob_positive"}
