@@ -200,4 +200,5 @@ def test_mlflow_ui_shows_champion_alias_and_model_card(flow: Flow, tmp_path: Pat
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"{flow.name} v1" in dom  # the model card's title, rendered from the description
     assert "Promotion gate" in dom and "Limitations" in dom
-    assert "champion" in dom
+    assert 'title="champion"' in dom and "@&nbsp;champion" in dom  # the alias tag of the version page
+    assert "bertops.gate" in dom  # the version's tags table
