@@ -3,6 +3,7 @@ Ray Serve deployment of bertops' serving app on a free port (started once per mo
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import Iterator
@@ -97,8 +98,11 @@ class Registry:
 
 
 @pytest.fixture(scope="module")
-def registry(mlflow_server) -> Registry:
-    return Registry(tracking_uri=mlflow_server.uri, name=f"serving-test-{uuid.uuid4().hex[:8]}")
+def registry(request: pytest.FixtureRequest) -> Registry:
+    """A fresh model name on the session's MLflow server (``mlflow_server``), or, for local runs on a busy
+    machine, on one that is already up: ``BERTOPS_TEST_MLFLOW_URI=http://127.0.0.1:PORT``."""
+    uri = os.environ.get("BERTOPS_TEST_MLFLOW_URI") or request.getfixturevalue("mlflow_server").uri
+    return Registry(tracking_uri=uri, name=f"serving-test-{uuid.uuid4().hex[:8]}")
 
 
 @dataclass
@@ -107,7 +111,14 @@ class Service:
     registry: Registry
 
 
-def start_service(ray_cluster, registry: Registry, **serving) -> Iterator[Service]:
+@pytest.fixture(scope="module")
+def ray_address(request: pytest.FixtureRequest) -> str:
+    """The session's Ray head (``ray_cluster``), or, for local runs on a busy machine, a head that is already
+    up: ``BERTOPS_TEST_RAY_ADDRESS=127.0.0.1:PORT``. Serve needs no dashboard."""
+    return os.environ.get("BERTOPS_TEST_RAY_ADDRESS") or request.getfixturevalue("ray_cluster").address
+
+
+def start_service(ray_address: str, registry: Registry, **serving) -> Iterator[Service]:
     """Deploy the app with ``serving`` overrides on the session's Ray head; tear down Serve afterwards."""
     import ray
     from ray import serve
@@ -120,7 +131,7 @@ def start_service(ray_cluster, registry: Registry, **serving) -> Iterator[Servic
     overrides = [f"tracking.uri={registry.tracking_uri}", f"registry.model_name={registry.name}"]
     overrides += [f"serving.{k}={v}" for k, v in serving.items()]
     cfg = load_config(Path(__file__).resolve().parents[2] / "params.yaml", overrides)
-    ray.init(address=ray_cluster.address, log_to_driver=False)
+    ray.init(address=ray_address, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(app_from_config(cfg), name=APP_NAME, route_prefix="/")

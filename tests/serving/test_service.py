@@ -26,12 +26,12 @@ LIMITS = {"max_texts_per_request": 8, "max_text_bytes": 1000, "max_body_bytes": 
 
 
 @pytest.fixture(scope="module")
-def service(ray_cluster, registry: Registry) -> Iterator[Service]:
+def service(ray_address: str, registry: Registry) -> Iterator[Service]:
     # v1 sleeps a little per model call, so that concurrent requests queue up and batches form.
     v1 = registry.register_keyword(bias=0.0, sleep_s=0.02)
     registry.set_alias(v1)
     yield from start_service(
-        ray_cluster, registry, poll_interval_s=1.0, max_batch_size=4, batch_wait_timeout_s=0.05, **LIMITS
+        ray_address, registry, poll_interval_s=1.0, max_batch_size=4, batch_wait_timeout_s=0.05, **LIMITS
     )
 
 
@@ -98,9 +98,12 @@ def test_metrics_count_requests_and_show_the_version(service: Service) -> None:
     assert metric(service.url, "bertops_serving_model_info", 'version="1"') == 1
 
 
-def test_logs_are_json_with_the_request_id(service: Service, ray_cluster) -> None:
+def test_logs_are_json_with_the_request_id(service: Service) -> None:
+    import ray
+
     predict(service.url, ["good"], request_id="log-probe-42")
-    logs = Path(ray_cluster.temp_dir, "session_latest", "logs", "serve")
+    # Replicas run on this machine: their logs are in the Ray session's log directory.
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path(), "serve")
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         for path in logs.glob("replica_*.log"):
