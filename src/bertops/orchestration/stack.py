@@ -318,11 +318,17 @@ def up(
             "--disable-usage-stats",
         ]  # fmt: skip
         # Ray gives its dashboard 60 s to start by default; a busy 2-core machine can need several minutes.
-        env = {**base_env, **service_env(state, paths), "RAY_DASHBOARD_STARTUP_TIMEOUT_S": str(int(timeout))}
+        # (and its raylet waits 16 s for the dashboard agent to report its port, then aborts).
+        env = {
+            **base_env,
+            **service_env(state, paths),
+            "RAY_DASHBOARD_STARTUP_TIMEOUT_S": str(int(timeout)),
+            "RAY_agent_register_timeout_ms": str(int(timeout * 1000)),
+        }
         url = f"http://127.0.0.1:{dash}"
         # Ray waits only 30 s (hard-coded) for its raylet to register: on an overloaded machine the head can
         # exit during start-up. Try again, a few times, before giving up.
-        for attempt in range(1, 4):
+        for attempt in range(1, 6):
             proc = spawn("ray", cmd, env, paths)
             services["ray"] = {"pid": proc.pid, "url": url, "address": f"127.0.0.1:{gcs}"}
             _save_state(paths, state)
@@ -330,7 +336,7 @@ def up(
                 wait_until("ray", lambda: http_ok(f"{url}/api/version"), timeout, proc, paths)
                 break
             except ServiceExited:
-                if attempt == 3:
+                if attempt == 5:
                     raise
                 note(f"the Ray head exited during start-up; starting it again (attempt {attempt + 1})")
 
