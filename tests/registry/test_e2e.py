@@ -159,9 +159,14 @@ def test_pyfunc_round_trip_in_a_fresh_process(flow: Flow, repo_root: Path, tmp_p
 def test_mlflow_models_serve_answers_with_the_champion(flow: Flow, tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "serve.log"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": flow.cfg.tracking_uri()}
+    venv_bin = Path(sys.executable).parent  # `mlflow models serve` execs `uvicorn` from PATH
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": flow.cfg.tracking_uri(),
+        "PATH": f"{venv_bin}:{os.environ['PATH']}",
+    }
     env.pop("PYTHONPATH", None)
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{flow.name}@champion",
+    cmd = [str(venv_bin / "mlflow"), "models", "serve", "-m", f"models:/{flow.name}@champion",
            "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
