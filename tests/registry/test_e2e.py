@@ -118,12 +118,14 @@ def test_first_model_promoted_and_worse_candidate_kept_out(flow: Flow) -> None:
 
 def test_bad_input_leaves_the_registry_as_it_was(flow: Flow, tmp_path: Path) -> None:
     before = dict(flow.client.get_registered_model(flow.name).aliases)
+    tags_before = dict(flow.client.get_model_version(flow.name, "2").tags)
     bad = write_jsonl(tmp_path / "test.jsonl", [{"text": "fine", "label": "neutral"}])
     with pytest.raises(EvaluationError, match="row 1, field 'label': 'neutral' is not in the label map"):
         run_gate(flow.cfg, flow.name, "2", bad)
     with pytest.raises(RegistryError, match="does not exist"):
         run_gate(flow.cfg, "no-such-model", "1", flow.test_file)
     assert dict(flow.client.get_registered_model(flow.name).aliases) == before
+    assert dict(flow.client.get_model_version(flow.name, "2").tags) == tags_before
 
 
 PYFUNC_ROUND_TRIP = """

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bertops.registry.errors import EvaluationError
+from bertops.registry.errors import EvaluationError, LabelMapMismatch
 
 if TYPE_CHECKING:
     from bertops.config import EvaluationConfig
@@ -160,7 +160,7 @@ def label_indices(test: TestSet, model_labels: Sequence[str], source: str) -> np
     out = np.empty(len(test.labels), dtype=np.int64)
     for row, label in enumerate(test.labels):
         if label not in index:
-            raise EvaluationError(
+            raise LabelMapMismatch(
                 f"{test.path}, row {row + 1}, field 'label': {label!r} is not in the label map "
                 f"{list(model_labels)} of model {source}; the test set and the model use different label maps"
             )

@@ -17,3 +17,7 @@ class PromotionConflict(RegistryError):
 
 class EvaluationError(ValueError):
     """An evaluation that cannot run: test data that does not match the model (labels), empty data."""
+
+
+class LabelMapMismatch(EvaluationError):
+    """The test set holds a label that is not in the model's label map: the data, not the model, is at fault."""

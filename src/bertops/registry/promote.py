@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bertops.data.errors import DataError
 from bertops.registry import registry as reg
-from bertops.registry.errors import PromotionConflict, RegistryError
+from bertops.registry.errors import LabelMapMismatch, PromotionConflict, RegistryError
 from bertops.registry.gate import FAILED, PASSED, PENDING, GateDecision, GateThresholds, decide
 from bertops.registry.lock import PromotionLock
 
@@ -90,6 +91,8 @@ def run_gate(
                 f"{name} v{version} has labels {cand.labels} but champion v{champion} has "
                 f"{champ.labels}: they cannot be compared"
             )
+    except (LabelMapMismatch, DataError):
+        raise  # bad test data is not the candidate's fault: the version is left as it was
     except Exception as exc:
         reg.set_tags(
             client, name, version, {reg.TAG_GATE: FAILED, reg.TAG_GATE_REASON: f"evaluation failed: {exc}"}
