@@ -154,11 +154,10 @@ def test_pyfunc_round_trip_in_a_fresh_process(tmp_path, bundle_dir) -> None:
     mlflow.set_experiment("bertops-model-tests")
     with mlflow.start_run():
         info = log_classifier(bundle_dir, name="model", input_example=TEXTS[:2])
-    assert info.signature.inputs.input_names() == ["text"]
-    reqs = Path(
-        mlflow.artifacts.download_artifacts(f"{info.model_uri}/requirements.txt", dst_path=str(tmp_path))
-    )
-    pins = reqs.read_text().split()
+    assert [c.type.name for c in info.signature.inputs.inputs] == ["string"]
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "logged")))
+    assert (local / "artifacts" / "bundle" / "model.keras").is_file()
+    pins = (local / "requirements.txt").read_text().split()
     assert any(p.startswith("tensorflow-cpu==") for p in pins) and any(
         p.startswith("tokenizers==") for p in pins
     )

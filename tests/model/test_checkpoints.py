@@ -295,3 +295,27 @@ def test_bad_spec_and_missing_files(tmp_path) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_convert_command_writes_a_pretraining_bundle(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from bertops.cli import app
+    from bertops.model.bundle import load_bundle
+
+    weights = tiny_hf_weights(TINY_CONFIG)
+    directory = write_hf(tmp_path / "ckpt", weights, TINY_CONFIG)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(35)]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(app, ["convert", str(directory), str(out), "--max-seq-length", "16"])
+    assert result.exit_code == 0, result.output
+    assert "variables loaded" in result.output and "bert.embeddings.position_ids" in result.output
+    bundle = load_bundle(out)
+    assert bundle.task == "pretraining" and type(bundle.model).__name__ == "BertPretrainer"
+    np.testing.assert_array_equal(
+        np.asarray(bundle.model.backbone.token_embedding.embeddings),
+        weights["embeddings.word_embeddings.weight"],
+    )
+    bad = CliRunner().invoke(app, ["convert", str(tmp_path / "nowhere"), str(tmp_path / "b2")])
+    assert bad.exit_code != 0 and not (tmp_path / "b2").exists()

@@ -15,6 +15,8 @@ input example and exact pip pins of the running environment, plus the ``bertops`
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -97,7 +99,8 @@ def _python_model() -> Any:
 
             self.bundle = load_bundle(context.artifacts[BUNDLE_ARTIFACT])
 
-        def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+            # No type hints here: MLflow would derive a schema from them; the signature is set explicitly.
             texts = texts_from_input(model_input)
             batch_size = int((params or {}).get("batch_size", 64))
             probs = self.bundle.predict_proba(texts, batch_size=batch_size)
@@ -148,7 +151,8 @@ def log_classifier(
     example = pd.DataFrame({TEXT_COLUMN: list(input_example or DEFAULT_EXAMPLE)})
     output_example = probabilities_frame([[1.0 / len(labels)] * len(labels)] * len(example), labels)
     signature = infer_signature(example, output_example)
-    signature.inputs = Schema([ColSpec("string", TEXT_COLUMN)])
+    # One unnamed string column: a list of str and a one-column DataFrame (``text`` or any name) both validate.
+    signature.inputs = Schema([ColSpec("string")])
     signature.params = ParamSchema([ParamSpec("batch_size", "long", 64)])
     model_metadata = {
         "bertops_task": meta["task"],
@@ -158,16 +162,21 @@ def log_classifier(
         "source_run_id": meta.get("source_run_id"),
         **(metadata_extra or {}),
     }
-    info = mlflow.pyfunc.log_model(
-        name=name,
-        python_model=_python_model(),
-        artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
-        code_paths=[str(Path(bertops.__file__).parent)],
-        signature=signature,
-        input_example=example,
-        pip_requirements=pinned_requirements(),
-        registered_model_name=registered_model_name,
-        metadata=model_metadata,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        # MLflow stores a directory artifact under its own name: stage it as "bundle" so the logged model
+        # always holds artifacts/bundle/{model.keras, vocab.txt, label_map.json, bertops.json}.
+        staged = Path(tmp) / BUNDLE_ARTIFACT
+        shutil.copytree(bundle_dir, staged)
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=_python_model(),
+            artifacts={BUNDLE_ARTIFACT: str(staged)},
+            code_paths=[str(Path(bertops.__file__).parent)],
+            signature=signature,
+            input_example=example,
+            pip_requirements=pinned_requirements(),
+            registered_model_name=registered_model_name,
+            metadata=model_metadata,
+        )
     logger.info("logged pyfunc %s (labels %s)", info.model_uri, labels)
     return info
