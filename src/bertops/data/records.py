@@ -136,8 +136,8 @@ def crc32c_rows(left_aligned: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         crc ^= w
         np.bitwise_and(crc, 0xFFFF, out=idx)
         np.right_shift(crc, 16, out=crc)
-        np.take(hi, crc, out=tmp)
-        np.take(lo, idx, out=crc)
+        hi.take(crc, out=tmp)
+        lo.take(idx, out=crc)
         crc ^= tmp
     trailing = (width + pad) - lengths
     max_trailing = int(trailing.max(initial=0))

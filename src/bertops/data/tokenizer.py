@@ -174,6 +174,8 @@ class WordPieceCache:
     """
 
     def __init__(self, tokenizer: Tokenizer, max_words: int = 1_000_000) -> None:
+        if tokenizer.truncation or tokenizer.padding:
+            raise ValueError("WordPieceCache needs a tokenizer without truncation or padding (see load_tokenizer)")
         self.tokenizer = tokenizer
         self.max_words = max_words
         self._clear()
@@ -218,10 +220,12 @@ class WordPieceCache:
         needed = dict.fromkeys(itertools.chain(plain, itertools.chain.from_iterable(parts)))
         new = [p for p in needed if p not in self._ids]
         if new:
-            pieces = tokenize_ids(self.tokenizer, new)
-            lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
-            flat = np.fromiter(itertools.chain.from_iterable(pieces), dtype=np.int32, count=int(lengths.sum()))
-            self._append(new, lengths, flat)
+            # One pre-tokenised sequence rather than a batch of one-word texts: ~25% less work in the
+            # tokenizer; word_ids says which word each piece came from (a word may have none).
+            enc = self.tokenizer.encode(new, is_pretokenized=True, add_special_tokens=False)
+            flat = np.asarray(enc.ids, dtype=np.int32)
+            word_of = np.asarray(enc.word_ids, dtype=np.int64)
+            self._append(new, np.bincount(word_of, minlength=len(new)).astype(np.int64), flat)
         keep = [i for i, w in enumerate(composite) if w not in self._ids]  # e.g. "," is its own part
         if keep:
             seqs = [parts[i] for i in keep]
