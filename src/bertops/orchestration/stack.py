@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -161,12 +162,20 @@ def port_or_free(port: int) -> int:
             return free_port()
 
 
-def http_ok(url: str, timeout: float = 3) -> bool:
+def http_ok(url: str, timeout: float = 3, accept: tuple[int, ...] = (200,)) -> bool:
+    """True when ``url`` answers with a status in ``accept`` (any other outcome: not up)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return bool(resp.status == 200)
-    except Exception:
+            return resp.status in accept
+    except urllib.error.HTTPError as exc:
+        return exc.code in accept
+    except (OSError, ValueError):
         return False
+
+
+# Ray enables token authentication when ~/.ray/auth_token exists: its dashboard then answers 401 to a request
+# without the token, which still means "up" (the Jobs client sends the token).
+RAY_UP = (200, 401)
 
 
 def alive(pid: int | None) -> bool:
@@ -333,7 +342,7 @@ def up(
             services["ray"] = {"pid": proc.pid, "url": url, "address": f"127.0.0.1:{gcs}"}
             _save_state(paths, state)
             try:
-                wait_until("ray", lambda: http_ok(f"{url}/api/version"), timeout, proc, paths)
+                wait_until("ray", lambda: http_ok(f"{url}/api/version", accept=RAY_UP), timeout, proc, paths)
                 break
             except ServiceExited:
                 if attempt == 5:
@@ -436,5 +445,7 @@ def status(cfg: BertopsConfig, root: Path) -> dict[str, dict[str, Any]]:
             out[name] = {"url": None, "running": False, "healthy": False}
             continue
         running = alive(svc.get("pid")) if svc.get("pid") else None
-        out[name] = {"url": svc["url"], "running": running, "healthy": http_ok(svc["url"] + health[name])}
+        accept = RAY_UP if name == "ray" else (200,)
+        healthy = http_ok(svc["url"] + health[name], accept=accept)
+        out[name] = {"url": svc["url"], "running": running, "healthy": healthy}
     return out
