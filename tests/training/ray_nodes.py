@@ -111,13 +111,12 @@ def start_head(num_cpus: int, num_gpus: int = 0, attempts: int = 3) -> RayNodes:
             )  # fmt: skip
         nodes = RayNodes(address=address, temp_dir=temp_dir, procs=[proc])
         deadline = time.monotonic() + 240
+        # Connect only once `ray start` says the node is up: ray.init against a head that died waits long.
         while proc.poll() is None and time.monotonic() < deadline:
-            try:
+            if "Ray runtime started" in log_path.read_text(errors="replace"):
                 ray.init(address=address, log_to_driver=False)
                 return nodes
-            except Exception:  # not up yet
-                ray.shutdown()
-                time.sleep(3)
+            time.sleep(1)
         last = log_path.read_text(errors="replace")[-3000:]
         nodes.stop()
     raise RuntimeError(f"Ray head did not start in {attempts} attempts; last log:\n{last}")
