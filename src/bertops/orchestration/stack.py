@@ -317,7 +317,7 @@ def up(
         gcs = free_port()
         note(f"starting a Ray head (dashboard 127.0.0.1:{dash})")
         cmd = [
-            str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+            sys.executable, "-m", "bertops.orchestration.ray_head", "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
             "--port", str(gcs), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
             "--dashboard-port", str(dash), "--ray-client-server-port", str(free_port()),
             "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
@@ -333,6 +333,8 @@ def up(
             **service_env(state, paths),
             "RAY_DASHBOARD_STARTUP_TIMEOUT_S": str(int(timeout)),
             "RAY_agent_register_timeout_ms": str(int(timeout * 1000)),
+            "RAY_raylet_start_wait_time_s": str(int(timeout)),
+            "BERTOPS_RAY_START_TIMEOUT_S": str(int(timeout)),
         }
         url = f"http://127.0.0.1:{dash}"
         # Ray waits only 30 s (hard-coded) for its raylet to register: on an overloaded machine the head can

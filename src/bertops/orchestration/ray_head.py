@@ -1,0 +1,44 @@
+"""``ray start`` with patience: the local stack's Ray head launcher.
+
+    python -m bertops.orchestration.ray_head start --head --block ...   # same arguments as `ray start`
+
+Ray 2.60's ``ray start`` gives the raylet a hard-coded 30 s to register with the GCS, and the raylet waits
+only ``raylet_start_wait_time_s`` for its dashboard agent. On a busy 2-core machine (load average 15-20 while
+tests run) the agent's Python start-up alone can take longer, and the head aborts. This launcher waits for the
+node's registration for up to ``BERTOPS_RAY_START_TIMEOUT_S`` (default 600) instead, then runs Ray's own CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+
+def _patient_get_node(original: Any, timeout_s: float) -> Any:
+    def get_node(*args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return original(*args, **kwargs)
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+
+    return get_node
+
+
+def main() -> None:
+    import ray._private.services as services
+    from ray.scripts.scripts import main as ray_main
+
+    timeout_s = float(os.environ.get("BERTOPS_RAY_START_TIMEOUT_S", "600"))
+    services.get_node = _patient_get_node(services.get_node, timeout_s)
+    sys.argv = ["ray", *sys.argv[1:]]
+    sys.exit(ray_main())
+
+
+if __name__ == "__main__":
+    main()
