@@ -145,3 +145,17 @@ def test_keras_file_round_trip(tmp_path, kind, dtype) -> None:
     a, b = model(x), loaded(x)
     for u, v in zip(keras.tree.flatten(a), keras.tree.flatten(b), strict=True):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_classifier_first_token_path_equals_full_backbone(dtype) -> None:
+    """The classifier runs the last block for [CLS] only; its logits equal the full forward pass's."""
+    import keras
+
+    model = _task("classifier", dtype)
+    x = _inputs("classifier")
+    pooled = keras.ops.cast(model.backbone(x)["pooled_output"], "float32")
+    full = np.asarray(model.output_dense(pooled))
+    tol = 1e-5 if dtype == "float32" else 2e-2
+    np.testing.assert_allclose(np.asarray(model(x)), full, atol=tol)
+    assert model.backbone.encode(x, pooled_only=True).keys() == {"pooled_output"}

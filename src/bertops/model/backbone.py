@@ -88,14 +88,8 @@ class BertBackbone(keras.Model):
 
         # === functional graph ===
         inputs = backbone_inputs()
-        tokens = self.token_embedding(inputs["token_ids"])  # (B, T, H)
-        x = tokens + self.position_embedding(tokens) + self.segment_embedding(inputs["segment_ids"])
-        x = ops.cast(self.embeddings_layer_norm(ops.cast(x, "float32")), policy.compute_dtype)
-        x = self.embeddings_dropout(x)
-        for layer in self.transformer_layers:
-            x = layer(x, padding_mask=inputs["padding_mask"])
-        pooled = self.pooled_dense(x[:, 0, :])  # [CLS] -> (B, H)
-        super().__init__(inputs=inputs, outputs={"sequence_output": x, "pooled_output": pooled}, **kwargs)
+        outputs = self.encode(inputs)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         # Functional.__init__ does not take a dtype: set the policy afterwards (what get_config reports).
         self.dtype_policy = policy
 
@@ -109,6 +103,26 @@ class BertBackbone(keras.Model):
         self.max_sequence_length = max_sequence_length
         self.num_segments = num_segments
         self.layer_norm_epsilon = layer_norm_epsilon
+
+    def encode(self, inputs: dict[str, Any], pooled_only: bool = False) -> dict[str, Any]:
+        """Apply the backbone's layers to ``inputs`` (symbolic or eager) and return the output dict.
+
+        ``pooled_only`` computes the last block for ``[CLS]`` alone and returns only ``pooled_output``: the
+        same value, without the last block's attention queries and feed-forward work at every other position.
+        Task heads that read only the pooled output build their graph with it (see ``BertClassifier``).
+        """
+        compute_dtype = self.token_embedding.compute_dtype
+        tokens = self.token_embedding(inputs["token_ids"])  # (B, T, H)
+        x = tokens + self.position_embedding(tokens) + self.segment_embedding(inputs["segment_ids"])
+        x = ops.cast(self.embeddings_layer_norm(ops.cast(x, "float32")), compute_dtype)
+        x = self.embeddings_dropout(x)
+        last = len(self.transformer_layers) - 1
+        for i, layer in enumerate(self.transformer_layers):
+            x = layer(x, padding_mask=inputs["padding_mask"], first_token_only=pooled_only and i == last)
+        pooled = self.pooled_dense(x[:, 0, :])  # [CLS] -> (B, H)
+        if pooled_only:
+            return {"pooled_output": pooled}
+        return {"sequence_output": x, "pooled_output": pooled}
 
     def get_config(self) -> dict[str, Any]:
         return {

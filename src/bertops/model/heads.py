@@ -151,7 +151,8 @@ class BertClassifier(_BertTask):
             num_classes, kernel_initializer=bert_initializer(), dtype="float32", name="logits"
         )
         inputs = backbone_inputs()
-        pooled = ops.cast(backbone(inputs)["pooled_output"], "float32")
+        # Only [CLS] is read: the last block runs for it alone (same pooled output, less work).
+        pooled = ops.cast(backbone.encode(inputs, pooled_only=True)["pooled_output"], "float32")
         logits = self.output_dense(self.output_dropout(pooled))
         super().__init__(inputs=inputs, outputs=logits, **kwargs)
 

@@ -97,27 +97,42 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.qkv_dense.build(input_shape)
         self.output_dense.build((*tuple(input_shape[:-1]), self.hidden_dim))
 
-    def call(self, x: Any, padding_mask: Any = None, training: bool | None = None) -> Any:
+    def call(
+        self, x: Any, padding_mask: Any = None, training: bool | None = None, first_token_only: bool = False
+    ) -> Any:
+        """``(B, T, H)`` -> ``(B, T, H)``; with ``first_token_only`` only ``[CLS]`` queries: ``(B, 1, H)``."""
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
-        qkv = self.qkv_dense(x)  # (B, T, 3H)
-        qkv = ops.reshape(qkv, (batch, length, 3, self.num_heads, self.head_dim))
-        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # (3, B, nh, T, hd)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        if first_token_only:
+            # Keys/values from every token, the query from [CLS] alone: the work a pooled-output head needs.
+            h = self.hidden_dim
+            kernel = ops.cast(self.qkv_dense.kernel, self.compute_dtype)
+            bias = ops.cast(self.qkv_dense.bias, self.compute_dtype)
+            q = ops.matmul(x[:, :1], kernel[:, :h]) + bias[:h]  # (B, 1, H)
+            q = ops.transpose(ops.reshape(q, (batch, 1, self.num_heads, self.head_dim)), (0, 2, 1, 3))
+            kv = ops.matmul(x, kernel[:, h:]) + bias[h:]  # (B, T, 2H)
+            kv = ops.transpose(
+                ops.reshape(kv, (batch, length, 2, self.num_heads, self.head_dim)), (2, 0, 3, 1, 4)
+            )
+            k, v = kv[0], kv[1]  # (B, nh, T, hd)
+            q_length = 1
+        else:
+            qkv = self.qkv_dense(x)  # (B, T, 3H)
+            qkv = ops.reshape(qkv, (batch, length, 3, self.num_heads, self.head_dim))
+            qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # (3, B, nh, T, hd)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            q_length = length
         # Scale q rather than the scores: B*T*H multiplies instead of B*nh*T*T.
         q = q * ops.cast(1.0 / self.head_dim**0.5, q.dtype)
-        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))  # (B, nh, T, T)
+        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))  # (B, nh, Tq, T)
         scores = ops.cast(scores, "float32")
         if padding_mask is not None:
             keep = ops.cast(padding_mask, "float32")[:, None, None, :]  # (B, 1, 1, T) over keys
             scores = scores + (1.0 - keep) * MASK_BIAS
         probs = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
         probs = self.probs_dropout(probs, training=training)
-        context = ops.matmul(probs, v)  # (B, nh, T, hd)
-        context = ops.reshape(ops.transpose(context, (0, 2, 1, 3)), (batch, length, self.hidden_dim))
-        return self.output_dense(context)  # (B, T, H)
-
-    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
-        return (*tuple(input_shape[:-1]), self.hidden_dim)
+        context = ops.matmul(probs, v)  # (B, nh, Tq, hd)
+        context = ops.reshape(ops.transpose(context, (0, 2, 1, 3)), (batch, q_length, self.hidden_dim))
+        return self.output_dense(context)  # (B, Tq, H)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -183,16 +198,21 @@ class TransformerEncoder(keras.layers.Layer):
         summed = ops.cast(residual, "float32") + ops.cast(update, "float32")
         return ops.cast(norm(summed), self.compute_dtype)
 
-    def call(self, x: Any, padding_mask: Any = None, training: bool | None = None) -> Any:
-        attended = self.self_attention(x, padding_mask=padding_mask, training=training)
+    def call(
+        self, x: Any, padding_mask: Any = None, training: bool | None = None, first_token_only: bool = False
+    ) -> Any:
+        """``(B, T, H)`` -> ``(B, T, H)``, or ``(B, 1, H)`` for ``[CLS]`` alone with ``first_token_only``
+        (keys and values still come from every token: the result equals the full block's first row)."""
+        attended = self.self_attention(
+            x, padding_mask=padding_mask, training=training, first_token_only=first_token_only
+        )
+        if first_token_only:
+            x = x[:, :1]
         x = self._add_and_norm(
             x, self.attention_dropout(attended, training=training), self.attention_layer_norm
         )
         hidden = self.output_dense(self.intermediate_dense(x))  # (B, T, I) -> (B, T, H)
         return self._add_and_norm(x, self.output_dropout(hidden, training=training), self.output_layer_norm)
-
-    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
-        return input_shape
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
