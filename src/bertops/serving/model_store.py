@@ -224,7 +224,7 @@ class ModelManager:
                 loaded = await asyncio.to_thread(self._loader, self.source, target)
             except ModelLoadError as exc:
                 self._failed[target] = str(exc)
-                return self._failure(target, str(exc), previous)
+                return self._failure(target, f"version {target} not served: {exc}", previous)
             old, self.current = self.current, loaded  # the switch: one assignment
             self._failed.pop(target, None)
             self.last_error = None
