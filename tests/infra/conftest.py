@@ -1,4 +1,10 @@
-"""Fixtures of the infra tests (helpers live in ``infra_helpers``)."""
+"""Fixtures of the infra tests (helpers live in ``infra_helpers``).
+
+- ``locked`` (uv.lock versions), ``kuberay`` (the strict ray.io/v1 validator, for Kubernetes 1.30 and latest);
+- real services, session-scoped, each on a free 127.0.0.1 port and stopped by its own PID/process group:
+  ``postgres`` (Debian's PostgreSQL in a temp dir, password auth), ``s3_server`` (moto's S3-compatible server),
+  ``mlflow_postgres_s3`` (``mlflow server`` on both, configured like infra/kubernetes/mlflow.yaml).
+"""
 
 from __future__ import annotations
 
