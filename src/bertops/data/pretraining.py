@@ -219,7 +219,7 @@ def _choose_masked(
     n, s = cand.shape
     rows = np.arange(n)[:, None]
     if word_start is None:
-        keys = gen.random((n, s))
+        keys = gen.random((n, s), dtype=np.float32)
         keys[~cand] = 2.0
         k = min(max_predictions, s)
         part = np.argpartition(keys, k - 1, axis=1)[:, :k] if k < s else np.broadcast_to(np.arange(s), (n, s))
@@ -263,8 +263,9 @@ def build_instances(
     """
     s, p = settings.max_seq_length, settings.max_predictions_per_seq
     n = len(a0)
-    la, lb = (a1 - a0)[:, None], (b1 - b0)[:, None]
-    pos = np.arange(s)[None, :]
+    a0, b0 = a0.astype(np.int32), b0.astype(np.int32)
+    la, lb = (a1 - a0).astype(np.int32)[:, None], (b1 - b0).astype(np.int32)[:, None]
+    pos = np.arange(s, dtype=np.int32)[None, :]
     in_a = (pos >= 1) & (pos <= la)
     in_b = (pos >= la + 2) & (pos <= la + 1 + lb)
     src = np.where(in_a, a0[:, None] + pos - 1, np.where(in_b, b0[:, None] + pos - la - 2, 0))
@@ -295,7 +296,7 @@ def build_instances(
     valid = positions < s
     positions = np.where(valid, positions, 0)
     labels = np.where(valid, tokens[rows[:, None], positions], 0).astype(np.int32)
-    u = gen.random((n, p))
+    u = gen.random((n, p), dtype=np.float32)
     replacement = vocab.replacements[gen.integers(0, len(vocab.replacements), size=(n, p))]
     new = np.where(u < 0.8, vocab.mask, np.where(u < 0.9, labels, replacement))
     r_idx, c_idx = np.nonzero(valid)
