@@ -100,14 +100,16 @@ def _write_private(path: Path, text: str) -> None:
 
 def ensure_secrets(paths: StackPaths) -> dict[str, str]:
     """Generate the stack's credentials on first start; later starts reuse them. Never logged."""
-    if paths.secrets_file.exists():
-        data = json.loads(paths.secrets_file.read_text(encoding="utf-8"))
-    else:
-        data = {
-            "airflow_password": secrets.token_urlsafe(18),
-            "jwt_secret": secrets.token_urlsafe(32),
-            "fernet_key": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
-        }
+    data = json.loads(paths.secrets_file.read_text(encoding="utf-8")) if paths.secrets_file.exists() else {}
+    fresh = {
+        "airflow_password": lambda: secrets.token_urlsafe(18),
+        "jwt_secret": lambda: secrets.token_urlsafe(32),
+        "fernet_key": lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+        "ray_token": lambda: secrets.token_hex(32),  # Ray's token authentication (RAY_AUTH_TOKEN)
+    }
+    missing = [k for k in fresh if k not in data]
+    if missing:
+        data.update({k: fresh[k]() for k in missing})
         _write_private(paths.secrets_file, json.dumps(data, indent=1))
         log.info("generated local stack credentials in %s", paths.secrets_file)
     # Written before Airflow starts, so the simple auth manager finds the user and never prints a password.
@@ -255,8 +257,14 @@ def _save_state(paths: StackPaths, state: dict[str, Any]) -> None:
 
 
 def service_env(state: dict[str, Any], paths: StackPaths) -> dict[str, str]:
-    """What every stack process (and a client of the stack) needs to find the others."""
+    """What every stack process (and a client of the stack) needs to find the others.
+
+    Ray runs with token authentication, the token from ``secrets.json`` (not Ray's per-user
+    ``~/.ray/auth_token``, which other Ray instances on the machine may create or share).
+    """
     env = {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": ensure_secrets(paths)["ray_token"],
         "BERTOPS_PROJECT_DIR": str(paths.root),
         "PYTHONPATH": os.pathsep.join([str(paths.root / "src"), str(paths.root)]),
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
