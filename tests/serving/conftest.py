@@ -136,7 +136,7 @@ def start_service(ray_address: str, registry: Registry, **serving) -> Iterator[S
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(app_from_config(cfg), name=APP_NAME, route_prefix="/")
         url = f"http://127.0.0.1:{port}"
-        wait_ready(url, timeout=120)
+        wait_ready(url, timeout=300)
         yield Service(url=url, registry=registry)
     finally:
         try:
