@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -272,12 +271,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if bundle:
                 _write_bundle(plan, model, ckpt_dir / BUNDLE_DIR, metrics)
                 (ckpt_dir / RESULT_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        # Ray copies the directory to the run's storage, then deletes the local copy.
         ray.train.report(
             {**metrics, "step": state.step, "epoch": state.epoch},
             checkpoint=ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None,
+            delete_local_checkpoint_after_upload=ckpt_dir is not None,
         )
-        if ckpt_dir is not None:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
 
     first_step_logged = False
     window = {"steps": 0, "tokens": 0, "time": 0.0}
