@@ -160,8 +160,12 @@ def test_unreachable_tracking_server_is_a_clear_error() -> None:
         promote(cfg, "bert-sentiment", "1")
 
 
-def test_embedded_sqlite_store_promotes_and_races_safely(tmp_path: Path, repo_root: Path) -> None:
+def test_embedded_sqlite_store_promotes_and_races_safely(
+    tmp_path: Path, repo_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The default embedded store (a SQLite file, no server): the same lock and champion re-check hold."""
+    # mlflow.set_tracking_uri() (earlier tests) exports MLFLOW_TRACKING_URI; the default must not see it.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = BertopsConfig(project={"state_dir": str(tmp_path / "state")})
     uri = cfg.tracking_uri()
     assert uri.startswith("sqlite:///") and str(tmp_path) in uri
