@@ -325,7 +325,7 @@ def up(
         gcs = free_port()
         note(f"starting a Ray head (dashboard 127.0.0.1:{dash})")
         cmd = [
-            sys.executable, "-m", "bertops.orchestration.ray_head", "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+            sys.executable, "-m", "bertops.orchestration.ray_head", "start", "--head", "--block",
             "--port", str(gcs), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
             "--dashboard-port", str(dash), "--ray-client-server-port", str(free_port()),
             "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
@@ -345,6 +345,8 @@ def up(
             "BERTOPS_RAY_START_TIMEOUT_S": str(int(timeout)),
         }
         url = f"http://127.0.0.1:{dash}"
+        # No --node-ip-address 127.0.0.1: a driver's ray.init("127.0.0.1:<port>") rewrites loopback to the
+        # machine's IP and then finds no node registered under it. The dashboard still binds 127.0.0.1.
         # Ray waits only 30 s (hard-coded) for its raylet to register: on an overloaded machine the head can
         # exit during start-up. Try again, a few times, before giving up.
         for attempt in range(1, 6):
