@@ -89,11 +89,17 @@ def mlflow_server() -> Iterator[MlflowServer]:
         "--artifacts-destination", str(root / "artifacts"),
         "--workers", "1",
     ]  # fmt: skip
+    # MLflow 3.17's server otherwise starts job-worker processes that nothing here uses.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=root, env=env
+        )
     uri = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{uri}/health", timeout=120, proc=proc, log=log)
+        # Generous: on a loaded 2-core machine the first `import mlflow` alone has taken minutes.
+        wait_http(f"{uri}/health", timeout=420, proc=proc, log=log)
         yield MlflowServer(uri=uri, root=root)
     finally:
         stop_group(proc)
@@ -127,7 +133,12 @@ def ray_cluster() -> Iterator[RayCluster]:
         "--temp-dir", str(temp_dir),
         "--disable-usage-stats",
     ]  # fmt: skip
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": f"{REPO_ROOT / 'src'}:{REPO_ROOT}"}
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "300",  # Ray's default 60 s is too short on a loaded 2-core machine
+        "PYTHONPATH": f"{REPO_ROOT / 'src'}:{REPO_ROOT}",
+    }
     env.pop("RAY_ADDRESS", None)
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
@@ -135,7 +146,7 @@ def ray_cluster() -> Iterator[RayCluster]:
         )
     dashboard_url = f"http://127.0.0.1:{dash_port}"
     try:
-        wait_http(f"{dashboard_url}/api/version", timeout=180, proc=proc, log=log)
+        wait_http(f"{dashboard_url}/api/version", timeout=420, proc=proc, log=log)
         yield RayCluster(address=f"127.0.0.1:{gcs_port}", dashboard_url=dashboard_url, temp_dir=temp_dir)
     finally:
         stop_group(proc, timeout=60)
