@@ -82,3 +82,12 @@ def test_flat_params_for_mlflow():
     flat = BertopsConfig().flat()
     assert flat["finetune.learning_rate"] == "0.0001"
     assert flat["validate.labels"] == '["negative", "positive"]'
+
+
+def test_configuration_reference_is_current():
+    from bertops.cli.common import CONFIG_DOC_HEADER
+    from bertops.config import describe_config
+
+    expected = CONFIG_DOC_HEADER + describe_config()
+    actual = (REPO / "docs" / "configuration.md").read_text()
+    assert actual == expected, "regenerate: bertops config --reference > docs/configuration.md"

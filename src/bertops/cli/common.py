@@ -21,6 +21,19 @@ SetOption = Annotated[
 ]
 
 
+CONFIG_DOC_HEADER = """# Configuration reference
+
+`params.yaml` is the single source of configuration: one section per stage. Every key below is validated once by
+`bertops.config.load_config`; an unknown key or a wrong type fails with a message naming the key and what is allowed.
+Override any key for one run with `--set section.key=value` (the value is read as YAML), e.g.
+`bertops finetune --set finetune.epochs=3 --set model.preset=mini`. `bertops config` prints the resolved
+configuration. Endpoints resolve config -> environment -> embedded default: `tracking.uri` -> `MLFLOW_TRACKING_URI`
+-> SQLite under `project.state_dir`; `*.scaling.address` -> `RAY_ADDRESS` -> a local Ray started on demand.
+
+This page is generated: `bertops config --reference > docs/configuration.md` (a test checks it is current).
+"""
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -37,9 +50,20 @@ def load_or_exit(params: Path, overrides: list[str] | None) -> BertopsConfig:
         raise typer.Exit(2) from None
 
 
-def config_command(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:  # noqa: B008
+def config_command(
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+    reference: Annotated[
+        bool, typer.Option("--reference", help="Print every key with type and default (docs/configuration.md).")
+    ] = False,
+) -> None:
     """Validate params.yaml (with overrides) and print the resolved configuration."""
     import yaml
 
+    if reference:
+        from bertops.config import describe_config
+
+        typer.echo(CONFIG_DOC_HEADER + describe_config(), nl=False)
+        return
     cfg = load_or_exit(params, set_)
     console.print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
