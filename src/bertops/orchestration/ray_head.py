@@ -5,7 +5,7 @@
 Ray 2.60's ``ray start`` gives the raylet a hard-coded 30 s to register with the GCS, and the raylet waits
 only ``raylet_start_wait_time_s`` for its dashboard agent. On a busy 2-core machine (load average 15-20 while
 tests run) the agent's Python start-up alone can take longer, and the head aborts. This launcher waits for the
-node's registration for up to ``BERTOPS_RAY_START_TIMEOUT_S`` (default 600) instead, then runs Ray's own CLI.
+node's registration for up to ``BERTOPS_RAY_START_TIMEOUT_S`` (default 600) instead, then runs Ray's own CLI. It writes ``BERTOPS_RAY_READY_FILE`` once the node is registered.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 
@@ -21,11 +22,16 @@ def _patient_get_node(original: Any, timeout_s: float) -> Any:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                return original(*args, **kwargs)
+                node = original(*args, **kwargs)
             except RuntimeError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1)
+                continue
+            ready = os.environ.get("BERTOPS_RAY_READY_FILE")
+            if ready:  # the node is registered: drivers (ray.init) can connect from now on
+                Path(ready).write_text(str(os.getpid()))
+            return node
 
     return get_node
 

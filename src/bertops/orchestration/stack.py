@@ -343,18 +343,27 @@ def up(
             "RAY_agent_register_timeout_ms": str(int(timeout * 1000)),
             "RAY_raylet_start_wait_time_s": str(int(timeout)),
             "BERTOPS_RAY_START_TIMEOUT_S": str(int(timeout)),
+            "BERTOPS_RAY_READY_FILE": str(paths.state / "ray.ready"),
         }
         url = f"http://127.0.0.1:{dash}"
         # No --node-ip-address 127.0.0.1: a driver's ray.init("127.0.0.1:<port>") rewrites loopback to the
         # machine's IP and then finds no node registered under it. The dashboard still binds 127.0.0.1.
         # Ray waits only 30 s (hard-coded) for its raylet to register: on an overloaded machine the head can
         # exit during start-up. Try again, a few times, before giving up.
+        ready = paths.state / "ray.ready"
         for attempt in range(1, 6):
+            ready.unlink(missing_ok=True)
             proc = spawn("ray", cmd, env, paths)
             services["ray"] = {"pid": proc.pid, "url": url, "address": f"127.0.0.1:{gcs}"}
             _save_state(paths, state)
             try:
-                wait_until("ray", lambda: http_ok(f"{url}/api/version", accept=RAY_UP), timeout, proc, paths)
+                wait_until(
+                    "ray",
+                    lambda: ready.exists() and http_ok(f"{url}/api/version", accept=RAY_UP),
+                    timeout,
+                    proc,
+                    paths,
+                )
                 break
             except ServiceExited:
                 if attempt == 5:
