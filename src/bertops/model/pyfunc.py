@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bertops.model.bundle import LABELLED_TASKS, BundleError, read_labels, read_meta
+from bertops.model.bundle import BundleError, read_labels, read_meta
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -141,7 +141,7 @@ def log_classifier(
 
     bundle_dir = Path(bundle_dir)
     meta = read_meta(bundle_dir)
-    if meta["task"] not in LABELLED_TASKS or meta["task"] != "classification":
+    if meta["task"] != "classification":
         raise BundleError(
             f"{bundle_dir}: log_classifier needs a classification bundle, got task {meta['task']!r}"
         )
