@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -43,7 +44,7 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, lo
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
                     return
-        except Exception as exc:  # noqa: BLE001 - any failure means "not up yet"
+        except Exception as exc:  # any failure means "not up yet"
             last = exc
         time.sleep(0.5)
     tail = log.read_text(errors="replace")[-4000:] if log and log.exists() else ""
@@ -58,10 +59,8 @@ def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=timeout)
     except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=10)
 
 

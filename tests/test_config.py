@@ -54,7 +54,7 @@ def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
     assert cfg.finetune.epochs == 3 and cfg.model.preset == "mini"
     with pytest.raises(ConfigError, match=r"finetune\.epochs"):
         load_config(p, ["finetune.epochs=0"])
-    with pytest.raises(ConfigError, match="section.key=value"):
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
         load_config(p, ["finetune.epochs"])
 
 
