@@ -4,6 +4,11 @@ head (Jobs API), the shared MLflow server. Afterwards the registry has the new v
 Small on purpose (a few hundred records, tens of steps, pretraining skipped: its path is the same Ray job
 machinery as fine-tuning, tested in test_ray_jobs.py); the gate's absolute threshold is 0 so that this
 tiny model is promoted: the test checks the orchestration, not the model's quality.
+
+Status (15:30 UTC, day 1): with the shared fixtures up (they needed RAY_AUTH_MODE=disabled and longer Ray
+start-up timeouts in the environment on the loaded machine), check_params and prepare_data (real dvc repro)
+succeeded and pretrain was skipped; the finetune Ray job failed, reason not yet captured (this test now writes
+the whole dag.test log to <project>/dag_test.log and fails with its error lines).
 """
 
 from __future__ import annotations
@@ -89,7 +94,14 @@ def test_bert_retrain_end_to_end_registers_and_promotes(
     line = next((x for x in proc.stdout.splitlines() if x.startswith("DRIVER ")), None)
     assert line, (proc.stdout + proc.stderr)[-6000:]
     result = json.loads(line.removeprefix("DRIVER "))
-    assert result["state"] == "success", (result, (proc.stdout + proc.stderr)[-6000:])
+    if result["state"] != "success":
+        # pytest.fail keeps the whole message (an assert's repr would be cut in the middle): the task states,
+        # then every error line of the run's log, then its tail.
+        output = proc.stdout + proc.stderr
+        (project / "dag_test.log").write_text(output)
+        errors = [x for x in output.splitlines() if "error" in x.lower() or "Traceback" in x][-40:]
+        pytest.fail(f"bert_retrain {result['state']}: {result['tasks']}\nfull log: {project / 'dag_test.log'}\n"
+                    + "\n".join(errors) + "\n--- tail ---\n" + output[-4000:])  # fmt: skip
     tasks = result["tasks"]
     assert tasks["pretrain"] == "skipped"
     assert all(tasks[t] == "success" for t in ("check_params", "prepare_data", "finetune", "evaluate",
