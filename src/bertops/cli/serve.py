@@ -25,8 +25,12 @@ def serve_command(
     set_: SetOption = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default serving.host, 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (default serving.port, 8000).")] = None,
-    address: Annotated[str | None, typer.Option(help="Ray address (default: config, RAY_ADDRESS, local).")] = None,
-    detach: Annotated[bool, typer.Option(help="Deploy and exit, leaving the app on the Ray cluster.")] = False,
+    address: Annotated[
+        str | None, typer.Option(help="Ray address (default: config, RAY_ADDRESS, local).")
+    ] = None,
+    detach: Annotated[
+        bool, typer.Option(help="Deploy and exit, leaving the app on the Ray cluster.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve models:/<registry.model_name>@<serving.model_alias> over HTTP with Ray Serve."""
@@ -38,7 +42,9 @@ def serve_command(
     url = start(cfg, host=host, port=port, address=address)
     try:
         ready = wait_ready(url, timeout=60)
-        console.print(f"[green]serving[/green] {ready['model']} version {ready['version']} at {url}  (docs: {url}/docs)")
+        console.print(
+            f"[green]serving[/green] {ready['model']} version {ready['version']} at {url}  (docs: {url}/docs)"
+        )
     except ServingClientError as exc:
         err_console.print(f"[yellow]started at {url}, but no model is ready yet:[/yellow] {exc}")
     if detach:
@@ -80,7 +86,9 @@ def predict_command(
         table.add_column(col)
     for text, p in zip(texts, answer["predictions"], strict=True):
         probs = ", ".join(f"{k}={v:.3f}" for k, v in p["probabilities"].items())
-        table.add_row(text if len(text) < 60 else text[:57] + "...", p["label"], f"{p['probability']:.3f}", probs)
+        table.add_row(
+            text if len(text) < 60 else text[:57] + "...", p["label"], f"{p['probability']:.3f}", probs
+        )
     console.print(table)
 
 
