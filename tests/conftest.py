@@ -64,6 +64,15 @@ def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
         proc.wait(timeout=10)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Test clusters live on loopback for one session. Ray 2.60 turns token authentication on when a token file
+    # (~/.ray/auth_token, e.g. from `make up`) exists; the test heads and their clients opt out together, so a
+    # developer's local stack does not change what the tests see. The stack itself keeps token auth.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
