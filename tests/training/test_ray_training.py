@@ -21,7 +21,7 @@ from bertops.paths import DataLayout
 from .conftest import training_config
 from .ray_nodes import RayNodes, start_head
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.pending]
 
 
 @pytest.fixture(scope="module")
