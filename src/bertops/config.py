@@ -37,98 +37,176 @@ class _Section(BaseModel):
 class SourceConfig(_Section):
     """Where one dataset comes from: a packaged set (``builtin:<name>``) or the user's own files."""
 
-    source: str = Field(description="builtin:news | builtin:rotten_tomatoes | builtin:wnut16 | a path or glob")
-    format: Literal["auto", "csv", "jsonl", "parquet", "text", "conll"] = "auto"
-    text_column: str = "text"
-    label_column: str = "label"
-    tokens_column: str = "tokens"
-    tags_column: str = "tags"
-    # Optional extra columns whose text is prepended to the document text (e.g. a news title).
-    title_column: str | None = None
-    # Row filter for CSV-like sources: rows whose label_column value is listed here are dropped.
-    exclude_labels: list[str] = Field(default_factory=list)
-    # Rename raw labels to the canonical ones, e.g. {fresh: positive, rotten: negative}.
-    label_mapping: dict[str, str] = Field(default_factory=dict)
-    # Cap on the number of rows/documents read (None = all): small configs for tests and demos.
-    max_records: int | None = Field(default=None, ge=1)
-    encoding: str = "utf-8"
+    source: str = Field(
+        description="builtin:news | builtin:rotten_tomatoes | builtin:wnut16 | a path or glob"
+    )
+    format: Literal["auto", "csv", "jsonl", "parquet", "text", "conll"] = Field(
+        default="auto", description="File format; auto: from each file's extension."
+    )
+    text_column: str = Field(default="text", description="Column (or JSON key) holding the text.")
+    label_column: str = Field(default="label", description="Column holding the classification label.")
+    tokens_column: str = Field(default="tokens", description="Column holding an NER example's token list.")
+    tags_column: str = Field(default="tags", description="Column holding an NER example's tag list.")
+    title_column: str | None = Field(
+        default=None,
+        description="Optional extra column whose text is prepended to the document text (e.g. a news title).",
+    )
+    exclude_labels: list[str] = Field(
+        default_factory=list,
+        description="Row filter for CSV-like sources: rows whose label_column value is listed here are dropped.",
+    )
+    label_mapping: dict[str, str] = Field(
+        default_factory=dict,
+        description="Rename raw labels to the canonical ones, e.g. {fresh: positive, rotten: negative}.",
+    )
+    max_records: int | None = Field(
+        default=None,
+        ge=1,
+        description="Cap on the number of rows/documents read (None = all): small configs for tests and demos.",
+    )
+    encoding: str = Field(default="utf-8", description="Text encoding of the source files.")
 
 
 class IngestConfig(_Section):
-    corpus: SourceConfig = SourceConfig(source="builtin:news", title_column="title")
-    classification: SourceConfig = SourceConfig(
-        source="builtin:rotten_tomatoes",
-        label_column="category",
-        exclude_labels=["plot"],
-        label_mapping={"fresh": "positive", "rotten": "negative"},
+    corpus: SourceConfig = Field(
+        default=SourceConfig(source="builtin:news", title_column="title"),
+        description="The unlabelled corpus, split into sentences for pretraining and the vocabulary.",
     )
-    ner: SourceConfig = SourceConfig(source="builtin:wnut16", format="conll")
-    # Empty / whitespace-only texts are always reported; dropping them instead of failing is a choice.
-    drop_empty: bool = False
-    # Sentence splitting of the unlabelled corpus.
-    min_sentence_chars: int = Field(default=1, ge=1)
+    classification: SourceConfig = Field(
+        default=SourceConfig(
+            source="builtin:rotten_tomatoes",
+            label_column="category",
+            exclude_labels=["plot"],
+            label_mapping={"fresh": "positive", "rotten": "negative"},
+        ),
+        description="The labelled text-classification data set.",
+    )
+    ner: SourceConfig = Field(
+        default=SourceConfig(source="builtin:wnut16", format="conll"),
+        description="The token-tagging (NER) data set.",
+    )
+    drop_empty: bool = Field(
+        default=False,
+        description="Empty / whitespace-only texts are always reported; drop them (true) instead of failing (false).",
+    )
+    min_sentence_chars: int = Field(
+        default=1,
+        ge=1,
+        description="Sentence splitting of the unlabelled corpus: shorter sentences (in characters) are dropped.",
+    )
 
 
 class ValidateConfig(_Section):
-    # The canonical label set of the classification data; a label outside it is an error.
-    labels: list[str] = Field(default_factory=lambda: ["negative", "positive"], min_length=2)
-    # The classification data fails when the rarest class is below this share of rows.
-    min_class_fraction: float = Field(default=0.05, gt=0, lt=0.5)
-    # Duplicate texts (same text, same label) are reported; above this share of rows they are an error.
-    max_duplicate_fraction: float = Field(default=0.2, ge=0, le=1)
-    max_text_chars: int = Field(default=100_000, ge=1)
+    labels: list[str] = Field(
+        default_factory=lambda: ["negative", "positive"],
+        min_length=2,
+        description="The canonical label set of the classification data; a label outside it is an error.",
+    )
+    min_class_fraction: float = Field(
+        default=0.05,
+        gt=0,
+        lt=0.5,
+        description="The classification data fails when the rarest class is below this share of rows.",
+    )
+    max_duplicate_fraction: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Duplicate texts (same text, same label) are reported; above this share of rows they are an error.",
+    )
+    max_text_chars: int = Field(
+        default=100_000,
+        ge=1,
+        description="A classification text longer than this (in characters) is an error.",
+    )
 
 
 class SplitConfig(_Section):
-    seed: int = 13
-    validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)
-    test_fraction: float = Field(default=0.1, gt=0, lt=0.5)
-    # Share of corpus documents held out to measure pretraining (masked-LM / NSP) quality.
-    corpus_heldout_fraction: float = Field(default=0.02, ge=0, lt=0.5)
+    seed: int = Field(default=13, description="Seed of the train/validation/test shuffle.")
+    validation_fraction: float = Field(
+        default=0.1, gt=0, lt=0.5, description="Share of labelled rows in the validation split."
+    )
+    test_fraction: float = Field(
+        default=0.1, gt=0, lt=0.5, description="Share of labelled rows in the test split."
+    )
+    corpus_heldout_fraction: float = Field(
+        default=0.02,
+        ge=0,
+        lt=0.5,
+        description="Share of corpus documents held out to measure pretraining (masked-LM / NSP) quality.",
+    )
 
 
 class VocabConfig(_Section):
-    # Train a WordPiece vocabulary on the corpus, or adopt a given vocab.txt (e.g. a checkpoint's).
-    vocab_file: str | None = None
-    vocab_size: int = Field(default=8000, ge=1)
-    min_frequency: int = Field(default=2, ge=1)
-    lowercase: bool = True
-    strip_accents: bool = True
-    max_input_chars_per_word: int = Field(default=100, ge=1)
-    limit_alphabet: int = Field(default=1000, ge=1)
+    vocab_file: str | None = Field(
+        default=None,
+        description="Adopt this vocab.txt (e.g. a checkpoint's); None: train a WordPiece vocabulary on the corpus.",
+    )
+    vocab_size: int = Field(default=8000, ge=1, description="Target size of a trained vocabulary.")
+    min_frequency: int = Field(
+        default=2, ge=1, description="Fewest occurrences for a piece to enter the vocabulary."
+    )
+    lowercase: bool = Field(default=True, description="Lower-case text before tokenising (an uncased model).")
+    strip_accents: bool = Field(default=True, description="Remove accents before tokenising.")
+    max_input_chars_per_word: int = Field(
+        default=100, ge=1, description="A longer word becomes [UNK] instead of word pieces."
+    )
+    limit_alphabet: int = Field(
+        default=1000, ge=1, description="Most distinct initial characters kept when training the vocabulary."
+    )
 
 
 class PretrainDataConfig(_Section):
-    max_seq_length: int = Field(default=128, ge=8)
-    short_seq_prob: float = Field(default=0.1, ge=0, le=1)
-    masked_lm_prob: float = Field(default=0.15, gt=0, lt=1)
-    max_predictions_per_seq: int = Field(default=20, ge=1)
-    dupe_factor: int = Field(default=5, ge=1)
-    whole_word_masking: bool = False
-    seed: int = 12345
-    # Parallelism: documents are streamed into this many worker processes; each writes its own shards.
-    num_workers: int = Field(default=2, ge=1)
-    # Instances per shard (bounds memory: a worker holds at most one shard of instances at a time).
-    shard_size: int = Field(default=10_000, ge=1)
+    max_seq_length: int = Field(default=128, ge=8, description="Word pieces per pretraining instance.")
+    short_seq_prob: float = Field(
+        default=0.1, ge=0, le=1, description="Probability of a shorter, random target length for an instance."
+    )
+    masked_lm_prob: float = Field(default=0.15, gt=0, lt=1, description="Share of word pieces masked.")
+    max_predictions_per_seq: int = Field(default=20, ge=1, description="Most masked positions per instance.")
+    dupe_factor: int = Field(
+        default=5, ge=1, description="Passes over the corpus, each with different masks and sentence pairs."
+    )
+    whole_word_masking: bool = Field(default=False, description="Mask all the pieces of a word together.")
+    seed: int = Field(default=12345, description="Seed of instance creation and masking.")
+    num_workers: int = Field(
+        default=2,
+        ge=1,
+        description="Parallelism: documents are streamed into this many worker processes; each writes its own shards.",
+    )
+    shard_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="Instances per shard (bounds memory: a worker holds at most one shard of instances at a time).",
+    )
 
 
 class FinetuneDataConfig(_Section):
-    max_seq_length: int = Field(default=128, ge=8)
+    max_seq_length: int = Field(
+        default=128, ge=8, description="Word pieces per fine-tuning example; longer texts are truncated."
+    )
 
 
 # ---------------------------------------------------------------------------------------------- model
 class ModelConfig(_Section):
     """Architecture. ``preset`` picks a named size; any field set here overrides the preset."""
 
-    preset: Literal["tiny", "mini", "small", "medium", "base", "large", "custom"] = "tiny"
-    num_layers: int | None = Field(default=None, ge=1)
-    hidden_dim: int | None = Field(default=None, ge=1)
-    num_heads: int | None = Field(default=None, ge=1)
-    intermediate_dim: int | None = Field(default=None, ge=1)
-    max_sequence_length: int = Field(default=512, ge=8)
-    type_vocab_size: int = Field(default=2, ge=1)
-    dropout: float = Field(default=0.1, ge=0, lt=1)
-    dtype_policy: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
+    preset: Literal["tiny", "mini", "small", "medium", "base", "large", "custom"] = Field(
+        default="tiny", description="Named size; custom: set num_layers, hidden_dim and num_heads."
+    )
+    num_layers: int | None = Field(default=None, ge=1, description="Transformer layers (None: the preset's).")
+    hidden_dim: int | None = Field(default=None, ge=1, description="Hidden size (None: the preset's).")
+    num_heads: int | None = Field(default=None, ge=1, description="Attention heads (None: the preset's).")
+    intermediate_dim: int | None = Field(
+        default=None, ge=1, description="Feed-forward inner size (None: 4 x hidden_dim)."
+    )
+    max_sequence_length: int = Field(
+        default=512, ge=8, description="Position-embedding limit; every max_seq_length must fit under it."
+    )
+    type_vocab_size: int = Field(default=2, ge=1, description="Segment (token type) ids.")
+    dropout: float = Field(default=0.1, ge=0, lt=1, description="Dropout rate.")
+    dtype_policy: Literal["float32", "mixed_bfloat16", "mixed_float16"] = Field(
+        default="float32", description="Keras dtype policy (mixed precision)."
+    )
 
     @model_validator(mode="after")
     def _custom_needs_sizes(self) -> ModelConfig:
@@ -143,66 +221,108 @@ class ModelConfig(_Section):
 class ScalingSettings(_Section):
     """How Ray Train places workers. The same code runs locally and on a cluster; only this changes."""
 
-    num_workers: int = Field(default=1, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(default=1, gt=0)
-    gpus_per_worker: float = Field(default=1, ge=0)
-    # Ray cluster address; None means RAY_ADDRESS from the environment, else a local Ray started on demand.
-    address: str | None = None
-    max_failures: int = Field(default=2, ge=0)
+    num_workers: int = Field(default=1, ge=1, description="Ray Train workers (data-parallel replicas).")
+    use_gpu: bool = Field(default=False, description="Give each worker GPUs.")
+    cpus_per_worker: float = Field(default=1, gt=0, description="CPUs reserved per worker.")
+    gpus_per_worker: float = Field(
+        default=1, ge=0, description="GPUs reserved per worker when use_gpu is set."
+    )
+    address: str | None = Field(
+        default=None,
+        description="Ray cluster address; None means RAY_ADDRESS from the environment, else a local Ray started on demand.",
+    )
+    max_failures: int = Field(
+        default=2, ge=0, description="Worker failures a run survives (restarting from its checkpoint)."
+    )
 
 
 class OptimizerConfig(_Section):
-    name: Literal["adamw", "lamb"] = "adamw"
-    learning_rate: float = Field(default=1e-4, gt=0)
-    weight_decay: float = Field(default=0.01, ge=0)
-    warmup_fraction: float = Field(default=0.1, ge=0, lt=1)
-    beta_1: float = Field(default=0.9, gt=0, lt=1)
-    beta_2: float = Field(default=0.999, gt=0, lt=1)
-    epsilon: float = Field(default=1e-6, gt=0)
-    clip_norm: float = Field(default=1.0, gt=0)
-    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    name: Literal["adamw", "lamb"] = Field(default="adamw", description="Optimizer.")
+    learning_rate: float = Field(default=1e-4, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(default=0.01, ge=0, description="Decoupled weight decay.")
+    warmup_fraction: float = Field(
+        default=0.1, ge=0, lt=1, description="Share of the run's steps spent warming the learning rate up."
+    )
+    beta_1: float = Field(default=0.9, gt=0, lt=1, description="First-moment decay.")
+    beta_2: float = Field(default=0.999, gt=0, lt=1, description="Second-moment decay.")
+    epsilon: float = Field(default=1e-6, gt=0, description="Numerical-stability term.")
+    clip_norm: float = Field(default=1.0, gt=0, description="Global gradient-norm clip.")
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, description="Micro-batches whose gradients are summed per optimizer step."
+    )
 
 
 class PretrainConfig(_Section):
     batch_size: int = Field(default=32, ge=1, description="per worker; global = batch_size x num_workers")
-    max_steps: int = Field(default=2000, ge=1)
-    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=5e-4)
-    checkpoint_every_steps: int = Field(default=500, ge=1)
-    eval_every_steps: int = Field(default=500, ge=1)
-    eval_batches: int = Field(default=20, ge=1)
-    log_every_steps: int = Field(default=50, ge=1)
-    jit_compile: bool = False
-    scaling: ScalingSettings = ScalingSettings()
-    # Where the pretraining bundle (model.keras = BertPretrainer, vocab.txt, bertops.json) is written.
-    output_dir: str = "artifacts/pretrain"
-    # Ray Train run name; starting a run under the name of an interrupted one resumes it from its latest
-    # checkpoint. None: "pretrain-<UTC time>" (a fresh run each time).
-    run_name: str | None = None
-    checkpoints_to_keep: int = Field(default=2, ge=1)
+    max_steps: int = Field(default=2000, ge=1, description="Optimizer steps of the pretraining run.")
+    optimizer: OptimizerConfig = Field(
+        default=OptimizerConfig(learning_rate=5e-4), description="The pretraining optimizer."
+    )
+    checkpoint_every_steps: int = Field(default=500, ge=1, description="Steps between checkpoints.")
+    eval_every_steps: int = Field(default=500, ge=1, description="Steps between held-out evaluations.")
+    eval_batches: int = Field(default=20, ge=1, description="Held-out batches per evaluation.")
+    log_every_steps: int = Field(default=50, ge=1, description="Steps between logged training metrics.")
+    jit_compile: bool = Field(default=False, description="XLA-compile the training step.")
+    scaling: ScalingSettings = Field(
+        default=ScalingSettings(), description="Ray Train placement of pretraining."
+    )
+    output_dir: str = Field(
+        default="artifacts/pretrain",
+        description="Where the pretraining bundle (model.keras = BertPretrainer, vocab.txt, bertops.json) is written.",
+    )
+    run_name: str | None = Field(
+        default=None,
+        description=(
+            "Ray Train run name; starting a run under the name of an interrupted one resumes it from its latest "
+            'checkpoint. None: "pretrain-<UTC time>" (a fresh run each time).'
+        ),
+    )
+    checkpoints_to_keep: int = Field(default=2, ge=1, description="Most recent checkpoints kept.")
 
 
 class FinetuneConfig(_Section):
-    task: Literal["classification", "ner"] = "classification"
-    # scratch | pretrained (bertops' own pretraining output) | hf:<dir> | google:<dir> | a bertops model dir
-    init: str = "pretrained"
+    task: Literal["classification", "ner"] = Field(
+        default="classification", description="Sequence classification or token tagging (NER)."
+    )
+    init: str = Field(
+        default="pretrained",
+        description=(
+            "Initial weights: scratch | pretrained (bertops' own pretraining output) | hf:<dir> | google:<dir> "
+            "| a bertops model dir (bertops:<dir>)"
+        ),
+    )
     batch_size: int = Field(default=32, ge=1, description="per worker; global = batch_size x num_workers")
-    epochs: int = Field(default=3, ge=1)
-    max_steps: int | None = Field(default=None, ge=1)
-    # The fine-tuning peak learning rate; it takes precedence over finetune.optimizer.learning_rate.
-    learning_rate: float = Field(default=1e-4, gt=0)
-    optimizer: OptimizerConfig = OptimizerConfig()
-    early_stopping_patience: int = Field(default=2, ge=0)
-    class_weights: Literal["none", "balanced"] = "none"
-    checkpoint_every_steps: int = Field(default=200, ge=1)
-    log_every_steps: int = Field(default=20, ge=1)
-    jit_compile: bool = False
-    scaling: ScalingSettings = ScalingSettings()
-    # Where the task bundle (model.keras, vocab.txt, label_map.json, bertops.json) is written.
-    output_dir: str = "artifacts/finetune"
-    # As pretrain.run_name: the same name resumes an interrupted run. None: "finetune-<UTC time>".
-    run_name: str | None = None
-    checkpoints_to_keep: int = Field(default=2, ge=1)
+    epochs: int = Field(default=3, ge=1, description="Passes over the training split.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Cap on optimizer steps (None: epochs decide)."
+    )
+    learning_rate: float = Field(
+        default=1e-4,
+        gt=0,
+        description="The fine-tuning peak learning rate; it takes precedence over finetune.optimizer.learning_rate.",
+    )
+    optimizer: OptimizerConfig = Field(default=OptimizerConfig(), description="The fine-tuning optimizer.")
+    early_stopping_patience: int = Field(
+        default=2, ge=0, description="Epochs without validation improvement before stopping."
+    )
+    class_weights: Literal["none", "balanced"] = Field(
+        default="none", description="balanced: weight the loss by inverse class frequency."
+    )
+    checkpoint_every_steps: int = Field(default=200, ge=1, description="Steps between checkpoints.")
+    log_every_steps: int = Field(default=20, ge=1, description="Steps between logged training metrics.")
+    jit_compile: bool = Field(default=False, description="XLA-compile the training step.")
+    scaling: ScalingSettings = Field(
+        default=ScalingSettings(), description="Ray Train placement of fine-tuning."
+    )
+    output_dir: str = Field(
+        default="artifacts/finetune",
+        description="Where the task bundle (model.keras, vocab.txt, label_map.json, bertops.json) is written.",
+    )
+    run_name: str | None = Field(
+        default=None,
+        description='As pretrain.run_name: the same name resumes an interrupted run. None: "finetune-<UTC time>".',
+    )
+    checkpoints_to_keep: int = Field(default=2, ge=1, description="Most recent checkpoints kept.")
 
     @field_validator("init")
     @classmethod
@@ -216,110 +336,183 @@ class FinetuneConfig(_Section):
 
 # ---------------------------------------------------------------------------- tracking and registry
 class TrackingConfig(_Section):
-    # None: MLFLOW_TRACKING_URI from the environment, else the embedded default under state_dir.
-    uri: str | None = None
-    pretrain_experiment: str = "bertops-pretrain"
-    finetune_experiment: str = "bertops-finetune"
-    evaluation_experiment: str = "bertops-evaluation"
+    uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI; None: MLFLOW_TRACKING_URI from the environment, else the embedded default under state_dir.",
+    )
+    pretrain_experiment: str = Field(
+        default="bertops-pretrain", description="MLflow experiment of pretraining runs."
+    )
+    finetune_experiment: str = Field(
+        default="bertops-finetune", description="MLflow experiment of fine-tuning runs."
+    )
+    evaluation_experiment: str = Field(
+        default="bertops-evaluation", description="MLflow experiment of evaluation runs."
+    )
 
 
 class EvaluationConfig(_Section):
-    # Text length buckets (in word pieces) for sliced metrics: [0,32), [32,64), [64,inf).
-    length_buckets: list[int] = Field(default_factory=lambda: [32, 64])
-    calibration_bins: int = Field(default=10, ge=2)
-    worst_examples: int = Field(default=25, ge=0)
-    latency_repeats: int = Field(default=20, ge=1)
-    output_dir: str = "artifacts/evaluation"
+    length_buckets: list[int] = Field(
+        default_factory=lambda: [32, 64],
+        description="Text length buckets (in word pieces) for sliced metrics: [0,32), [32,64), [64,inf).",
+    )
+    calibration_bins: int = Field(default=10, ge=2, description="Bins of the reliability table and the ECE.")
+    worst_examples: int = Field(
+        default=25, ge=0, description="Most confidently wrong test predictions saved."
+    )
+    latency_repeats: int = Field(default=20, ge=1, description="Timed repeats per latency measurement.")
+    output_dir: str = Field(
+        default="artifacts/evaluation", description="Where the evaluation report is written."
+    )
 
 
 class RegistryConfig(_Section):
-    model_name: str = "bert-sentiment"
-    ner_model_name: str = "bert-ner"
+    model_name: str = Field(
+        default="bert-sentiment", description="Registered model of the classification task."
+    )
+    ner_model_name: str = Field(default="bert-ner", description="Registered model of the NER task.")
 
 
 class PromotionConfig(_Section):
-    metric: str = "accuracy"
-    min_absolute: float = Field(default=0.6, ge=0)
-    min_improvement: float = Field(default=0.0)
-    # Largest allowed drop, versus the champion, of any per-class F1 or length-slice accuracy.
-    max_regression: float = Field(default=0.05, ge=0)
+    metric: str = Field(default="accuracy", description="The test metric the gate compares.")
+    min_absolute: float = Field(default=0.6, ge=0, description="The candidate's metric must reach this.")
+    min_improvement: float = Field(
+        default=0.0, description="Candidate minus champion on metric must be at least this."
+    )
+    max_regression: float = Field(
+        default=0.05,
+        ge=0,
+        description="Largest allowed drop, versus the champion, of any per-class F1 or length-slice accuracy.",
+    )
     max_latency_ms: float = Field(default=200.0, gt=0, description="p50 batch-1 inference latency")
-    require_approval: bool = False
-    approval_timeout_s: float = Field(default=3600, gt=0)
-    mode: Literal["auto", "require_approval", "never"] = "auto"
+    require_approval: bool = Field(
+        default=False,
+        description="Wait for a reviewer's approval before promoting (as mode: require_approval).",
+    )
+    approval_timeout_s: float = Field(default=3600, gt=0, description="How long to wait for a reviewer.")
+    mode: Literal["auto", "require_approval", "never"] = Field(
+        default="auto",
+        description="auto: promote when the gate passes; require_approval: wait for a reviewer; never: gates only.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- serving
 class ServingConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65535)
-    route_prefix: str = "/"
-    num_replicas: int | Literal["auto"] = 1
-    min_replicas: int = Field(default=1, ge=0)
-    max_replicas: int = Field(default=2, ge=1)
-    target_ongoing_requests: float = Field(default=16, gt=0)
-    num_cpus_per_replica: float = Field(default=1, gt=0)
-    num_gpus_per_replica: float = Field(default=0, ge=0)
-    # Dynamic batching: up to max_batch_size *texts* per model call, gathered for at most batch_wait_timeout_s.
-    max_batch_size: int = Field(default=32, ge=1)
-    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
-    # Requests in flight per replica (Ray Serve max_ongoing_requests); None = 2 x max_batch_size.
-    max_ongoing_requests: int | None = Field(default=None, ge=1)
-    max_texts_per_request: int = Field(default=64, ge=1)
-    max_text_bytes: int = Field(default=10_000, ge=1)
-    max_body_bytes: int = Field(default=1_000_000, ge=1)
-    poll_interval_s: float = Field(default=30, gt=0)
-    model_alias: str = "champion"
+    host: str = Field(default="127.0.0.1", description="HTTP bind address.")
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port.")
+    route_prefix: str = Field(default="/", description="URL prefix of the API.")
+    num_replicas: int | Literal["auto"] = Field(
+        default=1, description="Model replicas; auto: autoscale between min_replicas and max_replicas."
+    )
+    min_replicas: int = Field(default=1, ge=0, description="Autoscaling floor (num_replicas: auto).")
+    max_replicas: int = Field(default=2, ge=1, description="Autoscaling ceiling (num_replicas: auto).")
+    target_ongoing_requests: float = Field(
+        default=16, gt=0, description="Requests in flight per replica the autoscaler aims for."
+    )
+    num_cpus_per_replica: float = Field(default=1, gt=0, description="CPUs reserved per replica.")
+    num_gpus_per_replica: float = Field(default=0, ge=0, description="GPUs reserved per replica.")
+    max_batch_size: int = Field(
+        default=32,
+        ge=1,
+        description="Dynamic batching: up to max_batch_size *texts* per model call, gathered for at most batch_wait_timeout_s.",
+    )
+    batch_wait_timeout_s: float = Field(
+        default=0.01, ge=0, description="Longest wait to fill a batch (see max_batch_size)."
+    )
+    max_ongoing_requests: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests in flight per replica (Ray Serve max_ongoing_requests); None = 2 x max_batch_size.",
+    )
+    max_texts_per_request: int = Field(default=64, ge=1, description="A request with more texts is rejected.")
+    max_text_bytes: int = Field(default=10_000, ge=1, description="A longer text (UTF-8 bytes) is rejected.")
+    max_body_bytes: int = Field(
+        default=1_000_000, ge=1, description="A larger request body is rejected (413)."
+    )
+    poll_interval_s: float = Field(
+        default=30, gt=0, description="How often replicas check the registry alias for a new model version."
+    )
+    model_alias: str = Field(default="champion", description="The registry alias served.")
 
 
 # ---------------------------------------------------------------------------------------- orchestration
 class OrchestrationConfig(_Section):
-    data_schedule: str = "@daily"
-    retrain_schedule: str = "@weekly"
-    airflow_url: str = "http://127.0.0.1:8080"
-    ray_dashboard_url: str = "http://127.0.0.1:8265"
-    dvc_pool: str = "dvc"
-    task_retries: int = Field(default=2, ge=0)
-    retry_delay_s: int = Field(default=30, ge=0)
-    ray_job_timeout_s: int = Field(default=3600, ge=1)
-    # How Ray jobs start: the interpreter and the directory on the Ray head that holds this checkout.
-    # None = this machine's venv python and this checkout (the local stack); set both for a remote cluster.
-    job_python: str | None = None
-    job_workdir: str | None = None
-    # The local stack (`bertops stack up`): CPUs the Ray head offers, and how long to wait for each service.
-    stack_ray_cpus: int = Field(default=2, ge=1)
-    # Ray's default object store is 30% of RAM, set up at start; the pipeline needs little of it.
-    stack_ray_object_store_mb: int = Field(default=512, ge=78)
-    stack_start_timeout_s: int = Field(default=900, ge=10)
+    data_schedule: str = Field(default="@daily", description="Airflow schedule of the bert_data DAG.")
+    retrain_schedule: str = Field(default="@weekly", description="Airflow schedule of the bert_retrain DAG.")
+    airflow_url: str = Field(default="http://127.0.0.1:8080", description="Airflow API server.")
+    ray_dashboard_url: str = Field(
+        default="http://127.0.0.1:8265", description="Ray dashboard, where Ray jobs are submitted."
+    )
+    dvc_pool: str = Field(default="dvc", description="Airflow pool that serialises DVC tasks.")
+    task_retries: int = Field(default=2, ge=0, description="Retries of a failed Airflow task.")
+    retry_delay_s: int = Field(
+        default=30, ge=0, description="Delay before the first retry; later ones back off exponentially."
+    )
+    ray_job_timeout_s: int = Field(default=3600, ge=1, description="Longest a Ray job may run.")
+    job_python: str | None = Field(
+        default=None,
+        description=(
+            "How Ray jobs start: the interpreter on the Ray head. None = this machine's venv python "
+            "(the local stack); set both job_python and job_workdir for a remote cluster."
+        ),
+    )
+    job_workdir: str | None = Field(
+        default=None,
+        description=(
+            "How Ray jobs start: the directory on the Ray head that holds this checkout. None = this checkout "
+            "(the local stack); set both job_python and job_workdir for a remote cluster."
+        ),
+    )
+    stack_ray_cpus: int = Field(
+        default=2, ge=1, description="The local stack (`bertops stack up`): CPUs the Ray head offers."
+    )
+    stack_ray_object_store_mb: int = Field(
+        default=512,
+        ge=78,
+        description="Object store of the local stack's Ray head (Ray's default is 30% of RAM; the pipeline needs little).",
+    )
+    stack_start_timeout_s: int = Field(
+        default=900, ge=10, description="The local stack: how long to wait for each service to start."
+    )
 
 
 class ProjectConfig(_Section):
-    name: str = "bertops"
-    seed: int = 42
-    # Local state of the embedded stack (MLflow DB, Ray/Airflow homes, credentials); git-ignored.
-    state_dir: str = ".bertops"
-    data_dir: str = "data"
+    name: str = Field(default="bertops", description="Project name.")
+    seed: int = Field(default=42, description="Seed of model initialisation and training.")
+    state_dir: str = Field(
+        default=".bertops",
+        description="Local state of the embedded stack (MLflow DB, Ray/Airflow homes, credentials); git-ignored.",
+    )
+    data_dir: str = Field(default="data", description="Root of the DVC-tracked data.")
 
 
 class BertopsConfig(_Section):
     """The whole ``params.yaml``: one section per stage."""
 
-    project: ProjectConfig = ProjectConfig()
-    ingest: IngestConfig = IngestConfig()
-    validate_data: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
-    split: SplitConfig = SplitConfig()
-    vocab: VocabConfig = VocabConfig()
-    pretrain_data: PretrainDataConfig = PretrainDataConfig()
-    finetune_data: FinetuneDataConfig = FinetuneDataConfig()
-    model: ModelConfig = ModelConfig()
-    pretrain: PretrainConfig = PretrainConfig()
-    finetune: FinetuneConfig = FinetuneConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    evaluation: EvaluationConfig = EvaluationConfig()
-    registry: RegistryConfig = RegistryConfig()
-    promotion: PromotionConfig = PromotionConfig()
-    serving: ServingConfig = ServingConfig()
-    orchestration: OrchestrationConfig = OrchestrationConfig()
+    project: ProjectConfig = Field(default=ProjectConfig(), description="Names, seed and local paths.")
+    ingest: IngestConfig = Field(default=IngestConfig(), description="Stage ingest: raw sources to records.")
+    validate_data: ValidateConfig = Field(
+        default_factory=ValidateConfig, alias="validate", description="Stage validate: data checks."
+    )
+    split: SplitConfig = Field(default=SplitConfig(), description="Stage split: train/validation/test.")
+    vocab: VocabConfig = Field(default=VocabConfig(), description="Stage vocab: the WordPiece vocabulary.")
+    pretrain_data: PretrainDataConfig = Field(
+        default=PretrainDataConfig(), description="Stage pretrain_data: masked-LM / NSP instances."
+    )
+    finetune_data: FinetuneDataConfig = Field(
+        default=FinetuneDataConfig(), description="Stage finetune_data: tokenised task examples."
+    )
+    model: ModelConfig = Field(default=ModelConfig(), description="The BERT architecture.")
+    pretrain: PretrainConfig = Field(default=PretrainConfig(), description="Pretraining on Ray Train.")
+    finetune: FinetuneConfig = Field(default=FinetuneConfig(), description="Fine-tuning on Ray Train.")
+    tracking: TrackingConfig = Field(default=TrackingConfig(), description="MLflow tracking.")
+    evaluation: EvaluationConfig = Field(default=EvaluationConfig(), description="Evaluation of a candidate.")
+    registry: RegistryConfig = Field(default=RegistryConfig(), description="MLflow registered model names.")
+    promotion: PromotionConfig = Field(default=PromotionConfig(), description="The promotion gate.")
+    serving: ServingConfig = Field(default=ServingConfig(), description="Ray Serve deployment.")
+    orchestration: OrchestrationConfig = Field(
+        default=OrchestrationConfig(), description="Airflow and the local stack."
+    )
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
@@ -449,27 +642,29 @@ def describe_config() -> str:
 
     lines: list[str] = []
 
-    def walk(model: type[BaseModel], instance: BaseModel, prefix: str) -> None:
+    def walk(model: type[BaseModel], instance: BaseModel, prefix: str, about: str | None = None) -> None:
         rows: list[tuple[str, str, str, str]] = []
-        nested: list[tuple[str, type[BaseModel], BaseModel]] = []
+        nested: list[tuple[str, type[BaseModel], BaseModel, str | None]] = []
         for name, field in model.model_fields.items():
             assert isinstance(field, FieldInfo)
             key = field.alias or name
             value = getattr(instance, name)
             if isinstance(value, BaseModel):
-                nested.append((f"{prefix}{key}", type(value), value))
+                nested.append((f"{prefix}{key}", type(value), value, field.description))
                 continue
             typ = str(field.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
             rows.append((f"{prefix}{key}", typ, json.dumps(value), field.description or ""))
         if rows:
             lines.append(f"\n### `{prefix.rstrip('.') or 'top level'}`\n")
+            if about:
+                lines.append(about + "\n")
             if model.__doc__:
                 lines.append(" ".join(model.__doc__.split()) + "\n")
             lines.append("| key | type | default | meaning |\n|---|---|---|---|")
             esc = lambda text: text.replace("|", "\\|")  # noqa: E731 - a pipe would end the table cell
             lines.extend(f"| `{k}` | `{esc(t)}` | `{esc(d)}` | {esc(m)} |" for k, t, d, m in rows)
-        for key, sub, inst in nested:
-            walk(sub, inst, f"{key}.")
+        for key, sub, inst, sub_about in nested:
+            walk(sub, inst, f"{key}.", sub_about)
 
     walk(BertopsConfig, BertopsConfig(), "")
     return "\n".join(lines) + "\n"
