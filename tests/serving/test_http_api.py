@@ -63,6 +63,7 @@ def client() -> Iterator[TestClient]:
     reg = KeywordRegistry()
     service.manager = ModelManager(reg.source(), loader=reg.load, on_switch=service.metrics.model_switched)
     service._model_call = asyncio.Lock()
+    service._behind_proxy = False  # no Ray proxy here: the app echoes X-Request-ID itself
     asyncio.run(service.manager.refresh())
     # Outside a replica there is no deployment config to compare the batch size with: skip that warning only.
     original = ray.serve.batching._BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests

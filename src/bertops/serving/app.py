@@ -102,6 +102,44 @@ def _count_texts(items: list[list[str]]) -> int:
     return sum(len(texts) for texts in items)
 
 
+# The helpers the service uses are defined before it: `serve.ingress` pickles the class when it is decorated,
+# so names defined after it would be missing in the replica (NameError at request time).
+class _NotReady(Exception):
+    """No model version is loaded yet."""
+
+
+def _token_ok(request: Request) -> bool:
+    """A non-loopback caller (e.g. an Airflow worker in another pod) authenticates with a shared secret."""
+    token = os.environ.get(ADMIN_TOKEN_ENV)
+    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    return bool(token) and hmac.compare_digest(given.encode(), token.encode())
+
+
+def _request_id(request: Request) -> str:
+    # Ray's proxy puts an X-Request-ID on every request (the client's, or a fresh one) and on the response.
+    return request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+
+
+def _in_serve_replica() -> bool:
+    """True inside a Ray Serve replica, whose proxy already echoes X-Request-ID on every response."""
+    try:
+        serve.get_replica_context()
+    except Exception:  # RayServeException outside a replica
+        return False
+    return True
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Read the body, refusing it (413) as soon as it passes ``limit`` bytes."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(413, f"request body is over {limit} bytes (serving.max_body_bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 @serve.deployment
 @serve.ingress(api)
 class BertopsService:
@@ -109,6 +147,7 @@ class BertopsService:
 
     async def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = ServiceSettings.model_validate(settings)
+        self._behind_proxy = _in_serve_replica()
         self.limits = self.settings.limits
         self.metrics = ServingMetrics()
         source = ModelSource(self.settings.tracking_uri, self.settings.model_name, self.settings.alias)
@@ -195,7 +234,7 @@ class BertopsService:
                 "latency_ms": round(elapsed * 1000, 2),
             },
         )
-        return JSONResponse(payload, headers={REQUEST_ID_HEADER: request_id})
+        return JSONResponse(payload, headers=self._id_header(request_id))
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -245,41 +284,18 @@ class BertopsService:
         logger.info("reload requested: %s", result.message)
         return result
 
+    def _id_header(self, request_id: str | None) -> dict[str, str] | None:
+        # Behind Ray's proxy the header is added for us; a second copy would read "abc, abc" to the client.
+        return {REQUEST_ID_HEADER: request_id} if request_id and not self._behind_proxy else None
+
     def _error(
         self, route: str, status: int, message: str, request_id: str | None, started: float
     ) -> Response:
         reason = {413: "too_large", 503: "not_ready", 403: "forbidden"}.get(status, "bad_request")
         self.metrics.observe_request(route, status, time.perf_counter() - started, reason=reason)
         logger.info("refused %s: %d %s", route, status, message, extra={"status": status})
-        headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+        headers = self._id_header(request_id)
         return JSONResponse({"error": message, "request_id": request_id}, status_code=status, headers=headers)
-
-
-class _NotReady(Exception):
-    """No model version is loaded yet."""
-
-
-def _token_ok(request: Request) -> bool:
-    """A non-loopback caller (e.g. an Airflow worker in another pod) authenticates with a shared secret."""
-    token = os.environ.get(ADMIN_TOKEN_ENV)
-    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    return bool(token) and hmac.compare_digest(given.encode(), token.encode())
-
-
-def _request_id(request: Request) -> str:
-    # Ray's proxy puts an X-Request-ID on every request (the client's, or a fresh one) and on the response.
-    return request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """Read the body, refusing it (413) as soon as it passes ``limit`` bytes."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(413, f"request body is over {limit} bytes (serving.max_body_bytes)")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 # ------------------------------------------------------------------------------------------- building
