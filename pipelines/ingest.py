@@ -7,38 +7,22 @@ the previous outputs stay as they were.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 
-from bertops.config import ConfigError, load_config
-from bertops.data.errors import DataError
-from bertops.data.ingest import run_ingest
+from bertops.data.ingest import IngestStats, run_ingest
+from bertops.stage import run_stage, stage_parser
+
+
+def _summary(result: dict[str, IngestStats]) -> str:
+    return "; ".join(
+        f"{name}: {st.records} records ({st.dropped_empty} dropped empty, {st.excluded} excluded)"
+        for name, st in result.items()
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="the params.yaml to read")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("pipelines.ingest")
-    try:
-        cfg = load_config(args.params, args.set)
-        log.info("config: %s", cfg.to_dict()["ingest"])
-        result = run_ingest(cfg)
-    except (ConfigError, DataError) as exc:
-        log.error("ingest failed: %s", exc)
-        return 1
-    for name, st in result.items():
-        log.info(
-            "ingest done: %s: %d records (%d dropped empty, %d excluded)",
-            name,
-            st.records,
-            st.dropped_empty,
-            st.excluded,
-        )
-    return 0
+    args = stage_parser(__doc__).parse_args(argv)
+    return run_stage("ingest", args, run_ingest, sections=("ingest",), done=_summary)
 
 
 if __name__ == "__main__":

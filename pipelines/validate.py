@@ -7,31 +7,20 @@ the previous outputs stay as they were.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 
-from bertops.config import ConfigError, load_config
-from bertops.data.errors import DataError
 from bertops.data.validate import run_validate
+from bertops.stage import run_stage, stage_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="the params.yaml to read")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("pipelines.validate")
-    try:
-        cfg = load_config(args.params, args.set)
-        log.info("config: %s", cfg.to_dict()["validate"])
-        result = run_validate(cfg)
-    except (ConfigError, DataError) as exc:
-        log.error("validate failed: %s", exc)
-        return 1
-    log.info("validate done: %s, %d warning(s)", result["status"], len(result["warnings"]))
-    return 0
+    return run_stage(
+        "validate",
+        stage_parser(__doc__).parse_args(argv),
+        run_validate,
+        sections=("validate",),
+        done=lambda report: f"{report['status']}, {len(report['warnings'])} warning(s)",
+    )
 
 
 if __name__ == "__main__":
