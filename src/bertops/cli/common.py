@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +21,7 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a config key, e.g. --set finetune.epochs=3 (repeatable)."),
 ]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Log at DEBUG level.")]
 
 
 CONFIG_DOC_HEADER = """# Configuration reference
@@ -41,20 +44,28 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+@contextmanager
+def exit_on(*errors: type[Exception], code: int = 1) -> Iterator[None]:
+    """An expected failure (one of ``errors``) prints one line, ``error: <message>``, and exits with ``code``."""
+    try:
+        yield
+    except errors as exc:
+        err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(code) from None
+
+
 def load_or_exit(params: Path, overrides: list[str] | None) -> BertopsConfig:
     """Load the config; on a bad key print the message (which names it) and exit 2."""
-    try:
+    with exit_on(ConfigError, code=2):
         return load_config(params, overrides or [])
-    except ConfigError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
 
 
 def config_command(
     params: ParamsOption = Path("params.yaml"),
     set_: SetOption = None,
     reference: Annotated[
-        bool, typer.Option("--reference", help="Print every key with type and default (docs/configuration.md).")
+        bool,
+        typer.Option("--reference", help="Print every key with type and default (docs/configuration.md)."),
     ] = False,
 ) -> None:
     """Validate params.yaml (with overrides) and print the resolved configuration."""

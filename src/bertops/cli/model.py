@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from bertops.cli.common import console, err_console, setup_logging
+from bertops.cli.common import VerboseOption, console, exit_on, setup_logging
 
 model_app = typer.Typer(help="Inspect and export model bundles.", no_args_is_help=True)
 
@@ -42,7 +42,7 @@ def convert_command(
     dtype: Annotated[str, typer.Option(help="float32 | mixed_bfloat16 | mixed_float16")] = "float32",
     vocab: Annotated[Path | None, typer.Option(help="vocab.txt, if not in the checkpoint directory.")] = None,
     lowercase: Annotated[bool | None, typer.Option(help="Override the detected casing.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Convert an HF or Google BERT checkpoint into a bertops bundle and print what was loaded."""
     from rich.table import Table
@@ -51,7 +51,7 @@ def convert_command(
     from bertops.model.checkpoints import CheckpointError, import_checkpoint
 
     setup_logging(verbose)
-    try:
+    with exit_on(CheckpointError, BundleError):
         result = import_checkpoint(_spec(source), dtype=dtype)
         vocab_file = vocab or result.vocab_file
         if vocab_file is None:
@@ -67,9 +67,6 @@ def convert_command(
             strip_accents=result.lowercase if lowercase is None else lowercase,
             extra={"imported_from": result.source},
         )
-    except (CheckpointError, BundleError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
     arch = result.architecture
     table = Table(title=f"imported {result.source}", show_header=False)
     table.add_row("architecture", f"{arch.num_layers} layers, hidden {arch.hidden_dim}, {arch.num_heads} heads, "
@@ -89,12 +86,9 @@ def info_command(bundle: Annotated[Path, typer.Argument(help="A bundle directory
 
     from bertops.model.bundle import BundleError, read_labels, read_meta
 
-    try:
+    with exit_on(BundleError):
         meta = read_meta(bundle)
         labels = read_labels(bundle)
-    except BundleError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
     console.print_json(json.dumps({**meta, "labels": labels}))
 
 
@@ -108,11 +102,8 @@ def export_command(
     from bertops.model.export import export_saved_model
 
     setup_logging(False)
-    try:
+    with exit_on(BundleError):
         path = export_saved_model(bundle, out)
-    except BundleError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
     console.print(f"SavedModel written to [bold]{path}[/bold] (signature serving_default)")
 
 

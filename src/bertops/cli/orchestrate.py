@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from bertops.cli.common import ParamsOption, SetOption, console, err_console, load_or_exit, setup_logging
+from bertops.cli.common import (
+    ParamsOption,
+    SetOption,
+    VerboseOption,
+    console,
+    err_console,
+    exit_on,
+    load_or_exit,
+    setup_logging,
+)
 
 stack_app = typer.Typer(
     help="The local stack: Airflow, Ray, MLflow and serving on 127.0.0.1.", no_args_is_help=True
@@ -74,19 +83,15 @@ def stack_up(
     params: ParamsOption = Path("params.yaml"),
     set_: SetOption = None,
     serving: Annotated[bool, typer.Option(help="Also deploy the serving application.")] = True,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Start Airflow, Ray, MLflow and the serving application (what is not running yet)."""
     from bertops.orchestration.stack import StackError, up
 
     setup_logging(verbose)
     cfg = load_or_exit(params, set_)
-    try:
-        with console.status("starting the local stack...") as status:
-            state = up(cfg, Path.cwd(), serving=serving, on_step=lambda m: status.update(m))
-    except StackError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+    with exit_on(StackError), console.status("starting the local stack...") as status:
+        state = up(cfg, Path.cwd(), serving=serving, on_step=lambda m: status.update(m))
     _print_services(cfg)
     console.print(f"{len(state.get('services', {}))} services up; stop them with `make down`")
 

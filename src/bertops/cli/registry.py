@@ -16,7 +16,16 @@ from typing import Annotated
 
 import typer
 
-from bertops.cli.common import ParamsOption, SetOption, console, err_console, load_or_exit, setup_logging
+from bertops.cli.common import (
+    ParamsOption,
+    SetOption,
+    VerboseOption,
+    console,
+    err_console,
+    exit_on,
+    load_or_exit,
+    setup_logging,
+)
 
 NameOption = Annotated[
     str | None, typer.Option("--name", help="Registered model (default registry.model_name).")
@@ -27,7 +36,6 @@ TestFileOption = Annotated[
         "--test-file", help="Test split JSONL (default <data_dir>/split/classification/test.jsonl)."
     ),
 ]
-VerboseOption = Annotated[bool, typer.Option("--verbose", "-v")]
 
 
 @contextmanager
@@ -36,11 +44,8 @@ def _errors_exit():
     from bertops.data.errors import DataError
     from bertops.registry.errors import EvaluationError, RegistryError
 
-    try:
+    with exit_on(RegistryError, EvaluationError, DataError, KeyError):
         yield
-    except (RegistryError, EvaluationError, DataError, KeyError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(1) from None
 
 
 def _default_test_file(cfg: object) -> Path:

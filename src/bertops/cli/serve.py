@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from bertops.cli.common import ParamsOption, SetOption, console, err_console, load_or_exit, setup_logging
+from bertops.cli.common import (
+    ParamsOption,
+    SetOption,
+    VerboseOption,
+    console,
+    err_console,
+    exit_on,
+    load_or_exit,
+    setup_logging,
+)
 
 UrlOption = Annotated[
     str | None, typer.Option("--url", help="Service base URL (default: http://serving.host:serving.port).")
@@ -31,7 +40,7 @@ def serve_command(
     detach: Annotated[
         bool, typer.Option(help="Deploy and exit, leaving the app on the Ray cluster.")
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Serve models:/<registry.model_name>@<serving.model_alias> over HTTP with Ray Serve."""
     from bertops.serving.app import APP_NAME, start
@@ -73,11 +82,8 @@ def predict_command(
 
     from bertops.serving.client import ServingClientError, predict
 
-    try:
+    with exit_on(ServingClientError):
         answer = predict(url or _default_url(params, set_), texts)
-    except ServingClientError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
     if as_json:
         console.print_json(json.dumps(answer))
         return
@@ -98,11 +104,8 @@ def reload_command(
     """Tell a running service (on this host) to follow its alias now, e.g. right after a promotion."""
     from bertops.serving.client import ServingClientError, notify_reload
 
-    try:
+    with exit_on(ServingClientError):
         result = notify_reload(url or _default_url(params, set_))
-    except ServingClientError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
     console.print(result["message"])
 
 

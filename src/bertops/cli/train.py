@@ -14,7 +14,15 @@ from typing import Annotated
 
 import typer
 
-from bertops.cli.common import ParamsOption, SetOption, console, err_console, load_or_exit, setup_logging
+from bertops.cli.common import (
+    ParamsOption,
+    SetOption,
+    VerboseOption,
+    console,
+    exit_on,
+    load_or_exit,
+    setup_logging,
+)
 
 RunNameOption = Annotated[
     str | None,
@@ -27,11 +35,8 @@ def _run(kind: str, params: Path, set_: list[str] | None, run_name: str | None, 
     cfg = load_or_exit(params, set_)
     from bertops.training.trainer import TrainingSetupError, run_training
 
-    try:
+    with exit_on(TrainingSetupError, code=2):
         result = run_training(cfg, kind, run_name)  # type: ignore[arg-type]
-    except TrainingSetupError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
     console.print(f"[bold]{kind}[/bold] run [cyan]{result.run_name}[/cyan] finished")
     console.print(f"MLflow run id: {result.run_id}")
     console.print(f"bundle: {result.bundle_dir}")
@@ -46,7 +51,7 @@ def pretrain_command(
     params: ParamsOption = Path("params.yaml"),
     set_: SetOption = None,
     run_name: RunNameOption = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """MLM + NSP pretraining on data/pretrain with Ray Train; writes the pretraining bundle."""
     _run("pretrain", params, set_, run_name, verbose)
@@ -56,7 +61,7 @@ def finetune_command(
     params: ParamsOption = Path("params.yaml"),
     set_: SetOption = None,
     run_name: RunNameOption = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Fine-tune finetune.task (classification | ner) from finetune.init with Ray Train; writes the bundle."""
     _run("finetune", params, set_, run_name, verbose)
