@@ -318,11 +318,12 @@ def _build_and_assign(
     elif heads:
         absent.append("cls (pretraining heads)")
     logger.info(
-        "imported %s: %d layers, hidden %d, heads %s",
+        "imported %s: %d layers, hidden %d, %d attention heads, pretraining heads %s",
         source,
         arch.num_layers,
         arch.hidden_dim,
-        pretrainer is not None,
+        arch.num_heads,
+        "imported" if pretrainer is not None else "not imported",
     )
     return backbone, pretrainer, absent
 
