@@ -53,27 +53,30 @@ class RayNodes:
     temp_dir: Path
     procs: list[subprocess.Popen] = field(default_factory=list)
 
-    def add_node(self, *args: str, name: str = "node") -> None:
-        with open(self.temp_dir / f"{name}.log", "wb") as log:
-            self.procs.append(
-                subprocess.Popen(
-                    [
-                        RAY,
-                        "start",
-                        "--block",
-                        "--address",
-                        self.address,
-                        *args,
-                        *_ports(),
-                        "--object-store-memory",
-                        str(100 * 1024**2),
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    env=_env(),
-                )
-            )
+    def add_node(self, *args: str, name: str = "node", attempts: int = 3) -> None:
+        """Start a worker node and wait until ``ray start`` says it is up; retried if it dies starting.
+
+        Nodes are added one at a time: two raylets starting together on 2 cores can each miss Ray's fixed
+        wait for their dashboard agent's port file (``node_manager.cc``), which kills the raylet.
+        """
+        last = ""
+        for attempt in range(attempts):
+            log_path = self.temp_dir / f"{name}.{attempt}.log"
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(
+                    [RAY, "start", "--block", "--address", self.address, *args, *_ports(),
+                     "--object-store-memory", str(100 * 1024**2)],
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=_env(),
+                )  # fmt: skip
+            deadline = time.monotonic() + 240
+            while proc.poll() is None and time.monotonic() < deadline:
+                if "Ray runtime started" in log_path.read_text(errors="replace"):
+                    self.procs.append(proc)
+                    return
+                time.sleep(1)
+            last = log_path.read_text(errors="replace")[-3000:]
+            stop_group(proc, timeout=30)
+        raise RuntimeError(f"Ray node {name} did not start in {attempts} attempts; last log:\n{last}")
 
     def pids(self) -> set[int]:
         """Every process these nodes started (raylets, workers, agents)."""

@@ -21,7 +21,7 @@ from bertops.config import ScalingSettings
 
 from .ray_nodes import start_head
 
-pytestmark = [pytest.mark.slow, pytest.mark.pending]
+pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
