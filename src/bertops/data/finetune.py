@@ -63,6 +63,46 @@ def ner_label_map(tags: set[str], file: str = "<ner>") -> list[str]:
     return ["O"] + [f"{p}-{t}" for t in sorted(types) for p in ("B", "I")]
 
 
+def align_words(
+    tokenizer: Any, words: list[list[str]], max_seq_length: int
+) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, int]]:
+    """Model inputs of pre-tokenised sentences and, per position, the word whose *first* piece sits there.
+
+    Returns ``(inputs, word_at, counts)``: ``inputs`` holds ``token_ids``/``segment_ids``/``padding_mask``
+    (``[CLS] pieces [SEP]``, the first ``max_seq_length - 2`` pieces kept); ``word_at`` (n, S) is the word index
+    at each word's first piece and ``-1`` everywhere else; ``counts`` are the alignment counts of the manifest.
+    Training labels (:func:`encode_ner`) and evaluation (mapping predictions back to words) share this rule.
+    """
+    ids = special_ids(tokenizer)
+    n, s = len(words), max_seq_length
+    token_ids = np.full((n, s), ids.pad, dtype=np.int32)
+    word_at = np.full((n, s), -1, dtype=np.int32)
+    padding_mask = np.zeros((n, s), dtype=np.int32)
+    counts = {"examples": n, "words": 0, "words_truncated": 0, "words_without_pieces": 0, "examples_truncated": 0}
+    encodings = tokenizer.encode_batch(words, is_pretokenized=True, add_special_tokens=False) if n else []
+    for i, enc in enumerate(encodings):
+        pieces, word_of = enc.ids[: s - 2], enc.word_ids[: s - 2]
+        length = len(pieces)
+        token_ids[i, 0] = ids.cls
+        token_ids[i, 1 : length + 1] = pieces
+        token_ids[i, length + 1] = ids.sep
+        padding_mask[i, : length + 2] = 1
+        previous = None
+        labelled = set()
+        for p, w in enumerate(word_of):
+            if w is not None and w != previous:
+                word_at[i, p + 1] = w
+                labelled.add(w)
+            previous = w
+        all_words = {w for w in enc.word_ids if w is not None}
+        counts["words"] += len(words[i])
+        counts["words_without_pieces"] += len(words[i]) - len(all_words)
+        counts["words_truncated"] += len(all_words - labelled)
+        counts["examples_truncated"] += len(enc.ids) > s - 2
+    inputs = {"token_ids": token_ids, "segment_ids": np.zeros((n, s), dtype=np.int32), "padding_mask": padding_mask}
+    return inputs, word_at, counts
+
+
 def encode_ner(
     tokenizer: Any, rows: list[dict[str, Any]], label_map: list[str], max_seq_length: int, file: str
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
@@ -82,38 +122,12 @@ def encode_ner(
         words.append(toks)
         tags.append([index[t] for t in tg])
 
-    ids = special_ids(tokenizer)
-    n, s = len(words), max_seq_length
-    token_ids = np.full((n, s), ids.pad, dtype=np.int32)
-    labels = np.full((n, s), IGNORE_INDEX, dtype=np.int32)
-    padding_mask = np.zeros((n, s), dtype=np.int32)
-    counts = {"examples": n, "words": 0, "words_truncated": 0, "words_without_pieces": 0, "examples_truncated": 0}
-    encodings = tokenizer.encode_batch(words, is_pretokenized=True, add_special_tokens=False) if n else []
-    for i, enc in enumerate(encodings):
-        pieces, word_of = enc.ids[: s - 2], enc.word_ids[: s - 2]
-        length = len(pieces)
-        token_ids[i, 0] = ids.cls
-        token_ids[i, 1 : length + 1] = pieces
-        token_ids[i, length + 1] = ids.sep
-        padding_mask[i, : length + 2] = 1
-        previous = None
-        labelled = set()
-        for p, w in enumerate(word_of):
-            if w is not None and w != previous:
-                labels[i, p + 1] = tags[i][w]
-                labelled.add(w)
-            previous = w
-        all_words = {w for w in enc.word_ids if w is not None}
-        counts["words"] += len(words[i])
-        counts["words_without_pieces"] += len(words[i]) - len(all_words)
-        counts["words_truncated"] += len(all_words - labelled)
-        counts["examples_truncated"] += len(enc.ids) > s - 2
-    features = {
-        "token_ids": token_ids,
-        "segment_ids": np.zeros((n, s), dtype=np.int32),
-        "padding_mask": padding_mask,
-        "labels": labels,
-    }
+    features, word_at, counts = align_words(tokenizer, words, max_seq_length)
+    labels = np.full(word_at.shape, IGNORE_INDEX, dtype=np.int32)
+    for i, row_tags in enumerate(tags):
+        first = word_at[i] >= 0
+        labels[i, first] = np.asarray(row_tags, dtype=np.int32)[word_at[i, first]]
+    features["labels"] = labels
     return features, counts
 
 
