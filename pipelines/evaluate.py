@@ -1,9 +1,11 @@
 """DVC stage ``evaluate``: the fine-tuned bundle + the test split -> artifacts/evaluation/ (DVC metrics and plots).
 
-Usage: ``python pipelines/evaluate.py [--params params.yaml] [--set section.key=value ...] [--no-log]``
-(dvc.yaml runs it). Writes ``metrics.json`` (``dvc metrics diff``), the plot CSVs (``dvc plots diff``), PNGs and the
-worst examples, and logs an MLflow evaluation run unless ``--no-log``. Bad input ends the run with exit status 1
-and one message naming the file, row and field; the previous outputs stay as they were.
+Usage: ``python pipelines/evaluate.py [--params params.yaml] [--set section.key=value ...] [--model DIR]
+[--no-log] [--max-batches N]`` (dvc.yaml runs it). Writes ``metrics.json`` (``dvc metrics diff``), the plot CSVs
+(``dvc plots diff``), PNGs and the worst examples, and logs an MLflow evaluation run unless ``--no-log``. An NER or
+pretraining bundle is evaluated on its own held-out data into ``<evaluation.output_dir>-ner`` /
+``-pretraining`` (``bertops.evaluation.evaluate.evaluate_any``). Bad input ends the run with exit status 1 and one
+message naming the file, row and field; the previous outputs stay as they were.
 """
 
 from __future__ import annotations
@@ -27,18 +29,23 @@ def main(argv: list[str] | None = None) -> int:
         "--model", default=None, help="bundle or MLflow model URI (default finetune.output_dir)"
     )
     parser.add_argument("--no-log", action="store_true", help="do not log an MLflow evaluation run")
+    parser.add_argument("--max-batches", type=int, default=None, help="pretraining: only the first N batches")
     args = parser.parse_args(argv)
 
     def run(cfg: BertopsConfig) -> EvaluationResult:
-        from bertops.evaluation.evaluate import evaluate
+        from bertops.evaluation.evaluate import bundle_task, default_output_dir, evaluate_any
 
-        return evaluate(
-            args.model or cfg.finetune.output_dir,
-            DataLayout(Path(cfg.project.data_dir)).split_file("classification", "test"),
+        model = args.model or cfg.finetune.output_dir
+        task = bundle_task(model)
+        return evaluate_any(
+            model,
+            None,
             cfg.evaluation,
-            output_dir=cfg.evaluation.output_dir,
+            layout=DataLayout(Path(cfg.project.data_dir)),
+            output_dir=default_output_dir(cfg.evaluation.output_dir, task),
             tracking_uri=None if args.no_log else cfg.tracking_uri(),
             experiment=cfg.tracking.evaluation_experiment,
+            max_batches=args.max_batches,
         )
 
     return run_stage(
@@ -46,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         args,
         run,
         sections=("evaluation",),
-        done=lambda r: f"accuracy={r.metrics['accuracy']:.4f} run={r.run_id} files={r.output_dir}",
+        done=lambda r: f"{r.task}: {r.summary()} run={r.run_id} files={r.output_dir}",
         errors=(EvaluationError, RegistryError),
     )
 

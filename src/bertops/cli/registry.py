@@ -1,6 +1,7 @@
 """CLI commands of the evaluation and registry step.
 
 bertops evaluate --model artifacts/finetune/bundle          # metrics + artifacts + MLflow evaluation run
+bertops evaluate --model artifacts/pretrain --max-batches 50  # NER / pretraining bundles: dispatch on the task
 bertops register --model-uri models:/m-abc --training-run-id <run>   # new version, alias challenger
 bertops promote 4                                            # gate v4 against the champion, promote if it passes
 bertops rollback                                             # champion back to previous-champion
@@ -33,7 +34,9 @@ NameOption = Annotated[
 TestFileOption = Annotated[
     Path | None,
     typer.Option(
-        "--test-file", help="Test split JSONL (default <data_dir>/split/classification/test.jsonl)."
+        "--test-file",
+        help="Test data (default by the model's task: <data_dir>/split/<classification|ner>/test.jsonl, "
+        "or the pretraining records <data_dir>/pretrain/manifest.json).",
     ),
 ]
 
@@ -57,29 +60,45 @@ def _default_test_file(cfg: object) -> Path:
 def evaluate_command(
     model: Annotated[str, typer.Option("--model", "-m", help="A bundle directory or an MLflow model URI.")],
     test_file: TestFileOption = None,
-    output_dir: Annotated[Path | None, typer.Option(help="Default evaluation.output_dir.")] = None,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(help="Default evaluation.output_dir (classification), <it>-ner, <it>-pretraining."),
+    ] = None,
     log: Annotated[bool, typer.Option("--log/--no-log", help="Log an MLflow evaluation run.")] = True,
+    split: Annotated[str, typer.Option(help="Pretraining: the records' split.")] = "heldout",
+    max_batches: Annotated[
+        int | None, typer.Option(min=1, help="Pretraining: evaluate only the first N batches.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="NER and pretraining batch size.")] = 32,
     params: ParamsOption = Path("params.yaml"),
     set_: SetOption = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """Evaluate a classifier on the test split: metrics, slices, latency, plots; DVC files and an MLflow run."""
+    """Evaluate a model on its held-out data, by the bundle's task: a classifier (metrics, slices, latency,
+    plots), an NER model (entity-level P/R/F1 per type, token accuracy) or a pretraining model (masked-LM
+    accuracy, perplexity, NSP accuracy); DVC files and an MLflow run."""
     from rich.table import Table
 
-    from bertops.evaluation.evaluate import evaluate
+    from bertops.evaluation.evaluate import bundle_task, default_output_dir, evaluate_any
+    from bertops.paths import DataLayout
 
     setup_logging(verbose)
     cfg = load_or_exit(params, set_)
     with _errors_exit():
-        result = evaluate(
+        task = bundle_task(model)
+        result = evaluate_any(
             model,
-            test_file or _default_test_file(cfg),
+            test_file,
             cfg.evaluation,
-            output_dir=output_dir or Path(cfg.evaluation.output_dir),
+            layout=DataLayout(Path(cfg.project.data_dir)),
+            output_dir=output_dir or default_output_dir(cfg.evaluation.output_dir, task),
             tracking_uri=cfg.tracking_uri() if log else None,
             experiment=cfg.tracking.evaluation_experiment,
+            split=split,
+            max_batches=max_batches,
+            batch_size=batch_size,
         )
-    table = Table("metric", "value", title=f"evaluation of {model}")
+    table = Table("metric", "value", title=f"{result.task} evaluation of {model}")
     for key, value in sorted(result.metrics.items()):
         table.add_row(key, f"{value:.4f}")
     console.print(table)

@@ -10,6 +10,16 @@
     confusion_matrix.png, roc_curve.png, pr_curve.png, calibration.png
     worst_examples.jsonl      the most confidently wrong predictions, with their text
 
+NER (:func:`write_ner_artifacts`)::
+
+    metrics.json              every metric (entity-level micro P/R/F1, per type, token accuracy)
+    metrics_table.md          overall metrics, then one row per entity type
+    entity_types.csv          type,precision,recall,f1,support: the per-type table (a DVC plot source too)
+    predictions.csv           actual,predicted tag per word (DVC confusion-matrix plot)
+    entity_errors.jsonl       sentences whose predicted spans differ most from the gold ones
+
+Pretraining (:func:`write_summary_artifacts`): ``metrics.json`` and ``metrics_table.md``.
+
 matplotlib runs on the non-interactive Agg backend; nothing is drawn on import.
 """
 
@@ -32,6 +42,8 @@ PR_FILE = "pr.csv"
 CALIBRATION_FILE = "calibration.csv"
 WORST_FILE = "worst_examples.jsonl"
 TABLE_FILE = "metrics_table.md"
+ENTITY_TYPES_FILE = "entity_types.csv"
+ENTITY_ERRORS_FILE = "entity_errors.jsonl"
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -166,5 +178,105 @@ def write_artifacts(
 
     with keep(out_dir / WORST_FILE).open("w", encoding="utf-8") as fh:
         for rec in worst_examples(texts, y, probs, labels, n_worst):
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return files
+
+
+def write_summary_artifacts(
+    out_dir: Path, metrics: Mapping[str, float], title: str = "Evaluation metrics"
+) -> list[Path]:
+    """``metrics.json`` (DVC metrics) and ``metrics_table.md``: what every task writes."""
+    files = [out_dir / METRICS_FILE, out_dir / TABLE_FILE]
+    files[0].write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
+    files[1].write_text(metrics_table(metrics, title))
+    return files
+
+
+def entity_type_rows(
+    metrics: Mapping[str, float], types: Sequence[str]
+) -> list[tuple[str, float, float, float, int]]:
+    """``(type, precision, recall, f1, support)`` per entity type, from :func:`~.metrics.entity_metrics` keys."""
+    from bertops.evaluation.metrics import metric_key
+
+    rows = []
+    for kind in types:
+        key = metric_key(kind)
+        rows.append(
+            (
+                kind,
+                round(float(metrics.get(f"precision_{key}", 0.0)), 6),
+                round(float(metrics.get(f"recall_{key}", 0.0)), 6),
+                round(float(metrics.get(f"f1_{key}", 0.0)), 6),
+                int(metrics.get(f"support_{key}", 0)),
+            )
+        )
+    return rows
+
+
+def entity_errors(
+    tokens: Sequence[Sequence[str]],
+    gold: Sequence[Sequence[str]],
+    pred: Sequence[Sequence[str]],
+    n: int,
+) -> list[dict[str, Any]]:
+    """The ``n`` sentences with the most span errors (missed + spurious entities), most first."""
+    from bertops.evaluation.metrics import bio_spans
+
+    scored = []
+    for i, (t, p) in enumerate(zip(gold, pred, strict=True)):
+        ts, ps = bio_spans(t), bio_spans(p)
+        missed, spurious = sorted(ts - ps, key=lambda x: x[1:]), sorted(ps - ts, key=lambda x: x[1:])
+        if missed or spurious:
+            scored.append((len(missed) + len(spurious), i, missed, spurious))
+    scored.sort(key=lambda x: -x[0])  # stable: ties keep test-set order
+
+    def spans(items: list[tuple[str, int, int]], words: Sequence[str]) -> list[dict[str, Any]]:
+        return [{"type": k, "start": s, "end": e, "text": " ".join(words[s:e])} for k, s, e in items]
+
+    return [
+        {
+            "index": i,
+            "tokens": list(tokens[i]),
+            "tags": list(gold[i]),
+            "predicted": list(pred[i]),
+            "missed": spans(missed, tokens[i]),
+            "spurious": spans(spurious, tokens[i]),
+        }
+        for _, i, missed, spurious in scored[:n]
+    ]
+
+
+def write_ner_artifacts(
+    out_dir: Path,
+    tokens: Sequence[Sequence[str]],
+    gold: Sequence[Sequence[str]],
+    pred: Sequence[Sequence[str]],
+    metrics: Mapping[str, float],
+    types: Sequence[str],
+    n_errors: int = 25,
+) -> list[Path]:
+    """Write the NER reviewer artifacts into ``out_dir`` (which must exist); returns the files written.
+
+    ``types`` are the entity types of the per-type table (the model's, so a type the test set lacks shows
+    support 0).
+    """
+    files = write_summary_artifacts(out_dir, metrics, "NER evaluation metrics")
+    rows = entity_type_rows(metrics, types)
+    with files[1].open("a", encoding="utf-8") as fh:
+        fh.write(
+            "\n### Per entity type\n\n| type | precision | recall | f1 | support |\n|---|---|---|---|---|\n"
+        )
+        fh.writelines(f"| {k} | {p:.4f} | {r:.4f} | {f:.4f} | {n} |\n" for k, p, r, f, n in rows)
+    files.append(out_dir / ENTITY_TYPES_FILE)
+    _write_csv(files[-1], ["type", "precision", "recall", "f1", "support"], rows)
+    files.append(out_dir / PREDICTIONS_FILE)
+    _write_csv(
+        files[-1],
+        ["actual", "predicted"],
+        [(a, b) for t, p in zip(gold, pred, strict=True) for a, b in zip(t, p, strict=True)],
+    )
+    files.append(out_dir / ENTITY_ERRORS_FILE)
+    with files[-1].open("w", encoding="utf-8") as fh:
+        for rec in entity_errors(tokens, gold, pred, n_errors):
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
     return files

@@ -1,10 +1,17 @@
-"""Evaluate a classifier (a model bundle or an MLflow model URI) on the held-out test split.
+"""Evaluate a candidate on the held-out test split: classifiers here, NER and pretraining bundles alongside.
 
     result = evaluate("artifacts/finetune/bundle", "data/split/classification/test.jsonl", cfg.evaluation,
                       tracking_uri=cfg.tracking_uri(), experiment=cfg.tracking.evaluation_experiment)
     result.metrics["accuracy"], result.run_id, result.output_dir
 
-What it does, in order, failing before any output is touched:
+    # any bundle: dispatch on its task (classification, ner, pretraining); test data from the data layout
+    result = evaluate_any("artifacts/finetune-ner", None, cfg.evaluation, layout=DataLayout(Path("data")))
+
+NER (:func:`bertops.evaluation.ner.evaluate_ner`) and pretraining
+(:func:`bertops.evaluation.pretraining.evaluate_pretraining`) share this module's result type and the way the
+files and the MLflow run are published (:func:`publish`).
+
+What classification evaluation does, in order, failing before any output is touched:
 
 1. reads the test JSONL (``{"text", "label", ...}`` a line) and checks every label is in the model's label map
    (a different label map is an :class:`EvaluationError` naming the file, row and label);
@@ -32,6 +39,7 @@ from bertops.registry.errors import EvaluationError, LabelMapMismatch
 
 if TYPE_CHECKING:
     from bertops.config import EvaluationConfig
+    from bertops.paths import DataLayout
 
 logger = logging.getLogger(__name__)
 MODEL_URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
@@ -59,6 +67,14 @@ class TestSet:
     sha256: str
 
 
+# The metrics a one-line summary shows, per task.
+HEADLINE = {
+    "classification": ("accuracy", "macro_f1"),
+    "ner": ("entity_f1", "token_accuracy"),
+    "pretraining": ("mlm_accuracy", "perplexity"),
+}
+
+
 @dataclass(frozen=True)
 class EvaluationResult:
     """Metrics of one evaluation, the MLflow run that holds them (None when not logged), and the files."""
@@ -69,6 +85,12 @@ class EvaluationResult:
     run_id: str | None
     output_dir: Path | None
     test_sha256: str
+    task: str = "classification"
+
+    def summary(self) -> str:
+        """``entity_f1=0.8123 token_accuracy=0.9612`` (the task's headline metrics)."""
+        keys = HEADLINE.get(self.task, ())
+        return " ".join(f"{k}={self.metrics[k]:.4f}" for k in keys if k in self.metrics)
 
 
 def _piece_counter(tokenizer: Any) -> Callable[[Sequence[str]], np.ndarray]:
@@ -85,7 +107,10 @@ def _from_bundle(path: Path) -> Candidate:
 
     bundle = load_bundle(path)
     if bundle.task != "classification" or not bundle.labels:
-        raise EvaluationError(f"{path}: a {bundle.task!r} bundle cannot be evaluated as a classifier")
+        raise EvaluationError(
+            f"{path}: a {bundle.task!r} bundle cannot be evaluated as a classifier "
+            "(evaluate_any and `bertops evaluate` dispatch on the bundle's task)"
+        )
     return Candidate(
         str(path), list(bundle.labels), bundle.predict_proba, _piece_counter(bundle.tokenizer), bundle.meta
     )
@@ -227,24 +252,63 @@ def evaluate(
         write_artifacts(
             art_dir, test.texts, y, probs, candidate.labels, metrics, cfg.calibration_bins, cfg.worst_examples
         )
-        run_id = None
-        if tracking_uri is not None:
-            run_id = _log_run(art_dir, metrics, candidate, test, experiment, run_name, tags or {})
-        final_dir = None
-        if output_dir is not None:
-            from bertops.data.io import atomic_dir
-
-            with atomic_dir(output_dir) as staged:
-                shutil.copytree(art_dir, staged, dirs_exist_ok=True)
-            final_dir = Path(output_dir)
+        params = {
+            "model": candidate.source,
+            "test_file": str(test.path),
+            "num_examples": len(test.texts),
+            "labels": ",".join(candidate.labels),
+        }
+        run_id, final_dir = publish(
+            art_dir,
+            metrics,
+            source=candidate.source,
+            test_sha256=test.sha256,
+            params=params,
+            output_dir=output_dir,
+            tracking_uri=tracking_uri,
+            experiment=experiment,
+            run_name=run_name,
+            tags=tags,
+        )
     return EvaluationResult(str(source), metrics, candidate.labels, run_id, final_dir, test.sha256)
+
+
+def publish(
+    art_dir: Path,
+    metrics: dict[str, float],
+    *,
+    source: str,
+    test_sha256: str,
+    params: dict[str, Any],
+    output_dir: str | Path | None,
+    tracking_uri: str | None,
+    experiment: str,
+    run_name: str | None,
+    tags: dict[str, str] | None,
+) -> tuple[str | None, Path | None]:
+    """Log the evaluation run (when ``tracking_uri``) and swap ``art_dir``'s files into ``output_dir`` atomically.
+
+    Returns ``(run_id, output_dir)``, each None when not asked for.
+    """
+    run_id = None
+    if tracking_uri is not None:
+        run_id = _log_run(art_dir, metrics, source, test_sha256, params, experiment, run_name, tags or {})
+    final_dir = None
+    if output_dir is not None:
+        from bertops.data.io import atomic_dir
+
+        with atomic_dir(output_dir) as staged:
+            shutil.copytree(art_dir, staged, dirs_exist_ok=True)
+        final_dir = Path(output_dir)
+    return run_id, final_dir
 
 
 def _log_run(
     art_dir: Path,
     metrics: dict[str, float],
-    candidate: Candidate,
-    test: TestSet,
+    source: str,
+    test_sha256: str,
+    params: dict[str, Any],
     experiment: str,
     run_name: str | None,
     tags: dict[str, str],
@@ -252,16 +316,98 @@ def _log_run(
     import mlflow
 
     mlflow.set_experiment(experiment)
-    all_tags = {TAG_MODEL: candidate.source, TAG_TEST_SHA: test.sha256, **tags}
+    all_tags = {TAG_MODEL: source, TAG_TEST_SHA: test_sha256, **tags}
     with mlflow.start_run(run_name=run_name, tags=all_tags) as run:
-        mlflow.log_params(
-            {
-                "model": candidate.source,
-                "test_file": str(test.path),
-                "num_examples": len(test.texts),
-                "labels": ",".join(candidate.labels),
-            }
-        )
+        mlflow.log_params(params)
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(art_dir), artifact_path="evaluation")
         return run.info.run_id
+
+
+# ------------------------------------------------------------------------------------------ any task
+def bundle_task(source: str | Path) -> str:
+    """The task of a candidate: an MLflow model URI is a classifier (the logged pyfunc), a bundle says its own."""
+    from bertops.model.bundle import BundleError, read_meta
+
+    text = str(source)
+    if text.startswith(MODEL_URI_SCHEMES):
+        return "classification"
+    if not Path(text).is_dir():
+        raise EvaluationError(f"model {text!r} is neither a bundle directory nor an MLflow model URI")
+    try:
+        return str(read_meta(text)["task"])
+    except BundleError as exc:
+        raise EvaluationError(str(exc)) from None
+
+
+def default_test_data(task: str, layout: DataLayout) -> Path:
+    """Where the data stages put a task's held-out data: the test split JSONL (classification, NER; the
+    words, so predictions map back to them) or the pretraining manifest (its ``heldout`` split)."""
+    from bertops.paths import MANIFEST
+
+    if task in ("classification", "ner"):
+        return layout.split_file(task, "test")
+    if task == "pretraining":
+        return layout.pretrain_dir / MANIFEST
+    raise EvaluationError(_no_evaluation(task))
+
+
+def default_output_dir(base: str | Path, task: str) -> Path:
+    """``evaluation.output_dir`` for classification (the DVC metrics/plots), ``<it>-ner``/``<it>-pretraining``
+    for the other tasks: siblings, so one task's atomic swap never replaces another's files."""
+    base = Path(base)
+    return base if task == "classification" else base.with_name(f"{base.name}-{task}")
+
+
+def evaluate_any(
+    source: str | Path,
+    test_data: str | Path | None,
+    cfg: EvaluationConfig,
+    *,
+    layout: DataLayout | None = None,
+    output_dir: str | Path | None = None,
+    tracking_uri: str | None = None,
+    experiment: str = "bertops-evaluation",
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+    split: str = "heldout",
+    max_batches: int | None = None,
+    batch_size: int = 32,
+) -> EvaluationResult:
+    """Evaluate any candidate, dispatching on its task: :func:`evaluate` (classification),
+    :func:`~bertops.evaluation.ner.evaluate_ner`, :func:`~bertops.evaluation.pretraining.evaluate_pretraining`.
+
+    ``test_data`` None takes the task's default from ``layout`` (:func:`default_test_data`). ``split``,
+    ``max_batches`` and ``batch_size`` apply to pretraining records (``batch_size`` also to NER).
+    """
+    task = bundle_task(source)
+    if task not in HEADLINE:
+        raise EvaluationError(f"{source}: {_no_evaluation(task)}")
+    if test_data is None:
+        if layout is None:
+            raise EvaluationError(f"no test data given for the {task} model {source} (and no data layout)")
+        test_data = default_test_data(task, layout)
+    common: dict[str, Any] = {
+        "output_dir": output_dir,
+        "tracking_uri": tracking_uri,
+        "experiment": experiment,
+        "run_name": run_name,
+        "tags": tags,
+    }
+    if task == "classification":
+        return evaluate(source, test_data, cfg, **common)
+    if task == "ner":
+        from bertops.evaluation.ner import evaluate_ner
+
+        return evaluate_ner(source, test_data, cfg, batch_size=batch_size, **common)
+    if task == "pretraining":
+        from bertops.evaluation.pretraining import evaluate_pretraining
+
+        return evaluate_pretraining(
+            source, test_data, cfg, split=split, max_batches=max_batches, batch_size=batch_size, **common
+        )
+    raise AssertionError(task)  # pragma: no cover  (HEADLINE lists the tasks handled above)
+
+
+def _no_evaluation(task: str) -> str:
+    return f"a {task!r} bundle has no evaluation (evaluate a classification, ner or pretraining bundle)"

@@ -24,7 +24,7 @@ import numpy as np
 PER_CLASS_PREFIXES = ("precision_", "recall_", "f1_")
 SLICE_PREFIX = "slice_"
 # Metrics where a smaller value is better; everything else the gate treats as higher-is-better.
-LOWER_IS_BETTER = frozenset({"log_loss", "ece", "perplexity"})
+LOWER_IS_BETTER = frozenset({"log_loss", "ece", "perplexity", "mlm_loss", "nsp_loss"})
 _EPS = 1e-12
 
 
@@ -158,7 +158,10 @@ def slice_metrics(
 def bio_spans(tags: Sequence[str]) -> set[tuple[str, int, int]]:
     """Entity spans ``(type, start, end_exclusive)`` of one BIO tag sequence (conlleval rules).
 
-    An ``I-X`` that does not continue an ``X`` entity starts a new one, as conlleval does.
+    ``B-X`` always starts a span; ``I-X`` continues an ``X`` span and otherwise starts one (after ``O``, at
+    the start, or after another type: IOB1 and malformed IOB2 are read as conlleval reads them); a change of type
+    or ``O`` ends a span. Types may contain ``-`` (``B-WORK-OF-ART``); a tag without a ``B-``/``I-`` prefix is
+    outside.
     """
     spans: set[tuple[str, int, int]] = set()
     etype: str | None = None
@@ -177,7 +180,12 @@ def bio_spans(tags: Sequence[str]) -> set[tuple[str, int, int]]:
 def entity_metrics(
     true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]
 ) -> dict[str, float]:
-    """Entity-level precision/recall/F1 by exact span match (type, start and end), overall and per type."""
+    """Entity-level micro precision/recall/F1 by exact span match (type, start and end), overall and per type.
+
+    Keys: ``entity_precision``, ``entity_recall``, ``entity_f1``, ``num_entities`` (gold spans),
+    ``num_predicted_entities``, and per type ``precision_<type>``, ``recall_<type>``, ``f1_<type>``,
+    ``support_<type>`` (gold spans of the type). A type with no gold and no predicted span is absent.
+    """
     if len(true_tags) != len(pred_tags):
         raise ValueError(f"{len(true_tags)} true sequences but {len(pred_tags)} predicted")
     tp: dict[str, int] = {}
@@ -203,10 +211,24 @@ def entity_metrics(
     out: dict[str, float] = {}
     p, r, f = prf(sum(tp.values()), sum(n_true.values()), sum(n_pred.values()))
     out.update(entity_precision=p, entity_recall=r, entity_f1=f)
+    out.update(num_entities=float(sum(n_true.values())), num_predicted_entities=float(sum(n_pred.values())))
     for kind in sorted(set(n_true) | set(n_pred)):
         p, r, f = prf(tp.get(kind, 0), n_true.get(kind, 0), n_pred.get(kind, 0))
         key = metric_key(kind)
         out.update({f"precision_{key}": p, f"recall_{key}": r, f"f1_{key}": f})
+        out[f"support_{key}"] = float(n_true.get(kind, 0))
+    return out
+
+
+def ner_metrics(true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]) -> dict[str, float]:
+    """:func:`entity_metrics` plus ``token_accuracy`` (tags equal, over every word), ``num_tokens`` and
+    ``num_sentences``."""
+    out = entity_metrics(true_tags, pred_tags)
+    n = sum(len(t) for t in true_tags)
+    if n == 0:
+        raise ValueError("no tagged words to evaluate")
+    hits = sum(a == b for t, p in zip(true_tags, pred_tags, strict=True) for a, b in zip(t, p, strict=True))
+    out.update(token_accuracy=hits / n, num_tokens=float(n), num_sentences=float(len(true_tags)))
     return out
 
 
@@ -219,16 +241,21 @@ def masked_lm_metrics(logits: np.ndarray, target_ids: np.ndarray, weights: np.nd
     logits = np.asarray(logits, dtype=np.float64)
     ids = np.asarray(target_ids, dtype=np.int64)
     w = np.asarray(weights, dtype=np.float64)
-    total = w.sum()
-    if total <= 0:
-        raise ValueError("no masked-LM predictions with a non-zero weight")
     shifted = logits - logits.max(axis=-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
     nll = -np.take_along_axis(log_probs, ids[..., None], axis=-1)[..., 0]  # (B, P)
-    mean_nll = float((nll * w).sum() / total)
     correct = (logits.argmax(axis=-1) == ids).astype(np.float64)
+    return masked_lm_from_sums(float((nll * w).sum()), float((correct * w).sum()), float(w.sum()))
+
+
+def masked_lm_from_sums(nll_sum: float, correct: float, count: float) -> dict[str, float]:
+    """``mlm_accuracy``, ``mlm_loss`` and ``perplexity = exp(mlm_loss)`` from weighted sums over a split
+    (summed batch by batch, so metrics over a whole split are exact, not means of batch means)."""
+    if count <= 0:
+        raise ValueError("no masked-LM predictions with a non-zero weight")
+    mean_nll = nll_sum / count
     return {
-        "mlm_accuracy": float((correct * w).sum() / total),
+        "mlm_accuracy": correct / count,
         "mlm_loss": mean_nll,
         "perplexity": float(math.exp(min(mean_nll, 700.0))),
     }

@@ -23,7 +23,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,8 +96,35 @@ class Bundle:
         for start in range(0, len(texts), batch_size):
             batch = self.encode(texts[start : start + batch_size])
             chunks.append(np.asarray(forward(batch)))
-        if self.task == "ner":  # rows have different trimmed lengths: pad back to max_seq_length
-            out = np.zeros((len(texts), self.max_seq_length, chunks[0].shape[-1]), np.float32)
+        return self._join(chunks, len(texts), self.max_seq_length)
+
+    def forward(self, inputs: Mapping[str, np.ndarray], batch_size: int = 64) -> np.ndarray:
+        """Raw float32 logits for already encoded inputs (``token_ids``, ``segment_ids``, ``padding_mask``,
+        each ``(n, S)``), in batches with the padding trimmed: ``(n, num_labels)`` or, for NER, ``(n, S, num_labels)``.
+
+        For inputs the tokenizer does not make from raw text, e.g. NER's pre-tokenised words
+        (:func:`bertops.data.finetune.align_words`).
+        """
+        if self.task not in LABELLED_TASKS:
+            raise BundleError(
+                f"{self.path}: task {self.task!r} has no label logits (expected one of {LABELLED_TASKS})"
+            )
+        names = ("token_ids", "segment_ids", "padding_mask")
+        batch_all = {k: np.asarray(inputs[k], dtype=np.int32) for k in names}
+        n, width = batch_all["token_ids"].shape
+        if n == 0:
+            shape = (0, width, len(self.labels or [])) if self.task == "ner" else (0, len(self.labels or []))
+            return np.zeros(shape, dtype=np.float32)
+        forward = self._compiled_forward()
+        chunks = []
+        for start in range(0, n, batch_size):
+            batch = trim_padding({k: v[start : start + batch_size] for k, v in batch_all.items()})
+            chunks.append(np.asarray(forward(batch)))
+        return self._join(chunks, n, width)
+
+    def _join(self, chunks: list[np.ndarray], n: int, width: int) -> np.ndarray:
+        if self.task == "ner":  # rows have different trimmed lengths: pad back to the full width
+            out = np.zeros((n, width, chunks[0].shape[-1]), np.float32)
             row = 0
             for c in chunks:
                 out[row : row + len(c), : c.shape[1]] = c
