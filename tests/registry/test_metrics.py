@@ -11,7 +11,9 @@ from bertops.evaluation.metrics import (
     classification_metrics,
     entity_metrics,
     expected_calibration_error,
+    masked_lm_from_sums,
     masked_lm_metrics,
+    ner_metrics,
     slice_metrics,
 )
 
@@ -73,3 +75,55 @@ def test_masked_lm_accuracy_and_perplexity_ignore_padding() -> None:
     uniform_nll = np.log(4)
     peaked_nll = -(10 - np.log(np.exp(10) + 3))
     assert m["perplexity"] == pytest.approx(np.exp((uniform_nll + peaked_nll) / 2))
+
+
+@pytest.mark.parametrize(
+    ("tags", "spans"),
+    [
+        (["I-PER", "I-PER", "O"], {("PER", 0, 2)}),  # I- without B- starts a span (IOB1 / conlleval)
+        (["O", "I-LOC"], {("LOC", 1, 2)}),
+        (["B-PER", "I-LOC", "I-LOC"], {("PER", 0, 1), ("LOC", 1, 3)}),  # a type change ends the span
+        (["B-PER", "B-PER", "I-PER"], {("PER", 0, 1), ("PER", 1, 3)}),  # B- after I-/B- of the type: new span
+        (["I-PER", "B-PER"], {("PER", 0, 1), ("PER", 1, 2)}),  # IOB1: B- separates adjacent same-type spans
+        (["B-LOC", "O", "I-LOC"], {("LOC", 0, 1), ("LOC", 2, 3)}),  # O ends a span; I- after O restarts
+        (["B-WORK-OF-ART", "I-WORK-OF-ART"], {("WORK-OF-ART", 0, 2)}),  # types may hold '-'
+        (["B-PER", "I-PER"], {("PER", 0, 2)}),  # a span running to the end is closed
+        ([], set()),
+        (["O", "O"], set()),
+    ],
+)
+def test_bio_spans_edge_cases(tags: list[str], spans: set[tuple[str, int, int]]) -> None:
+    assert bio_spans(tags) == spans
+
+
+def test_ner_metrics_counts_supports_and_token_accuracy() -> None:
+    true = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    pred = [["B-PER", "I-PER", "O", "B-PER"], ["O", "O"]]
+    m = ner_metrics(true, pred)
+    # gold PER(0,2) LOC(3,4) ORG(0,1); predicted PER(0,2) PER(3,4): one exact match
+    assert m["num_entities"] == 3 and m["num_predicted_entities"] == 2
+    assert m["entity_precision"] == 0.5 and m["entity_recall"] == pytest.approx(1 / 3)
+    assert m["entity_f1"] == pytest.approx(0.4)
+    assert m["support_PER"] == 1 and m["support_LOC"] == 1 and m["support_ORG"] == 1
+    assert m["precision_PER"] == 0.5 and m["recall_PER"] == 1.0 and m["f1_ORG"] == 0.0
+    assert m["token_accuracy"] == pytest.approx(4 / 6) and m["num_tokens"] == 6 and m["num_sentences"] == 2
+    with pytest.raises(ValueError, match="sequence 0: 2 true tags but 1 predicted"):
+        ner_metrics([["O", "O"]], [["O"]])
+
+
+def test_masked_lm_sums_over_batches_equal_the_whole() -> None:
+    rng = np.random.default_rng(0)
+    logits, ids = rng.normal(size=(6, 4, 7)), rng.integers(0, 7, size=(6, 4))
+    weights = (rng.random((6, 4)) > 0.3).astype(float)
+    whole = masked_lm_metrics(logits, ids, weights)
+    parts = [masked_lm_metrics(logits[a:b], ids[a:b], weights[a:b]) for a, b in ((0, 2), (2, 6))]
+    counts = [weights[0:2].sum(), weights[2:6].sum()]
+    summed = masked_lm_from_sums(
+        sum(p["mlm_loss"] * c for p, c in zip(parts, counts, strict=True)),
+        sum(p["mlm_accuracy"] * c for p, c in zip(parts, counts, strict=True)),
+        sum(counts),
+    )
+    assert summed == pytest.approx(whole)
+    assert whole["perplexity"] == pytest.approx(np.exp(whole["mlm_loss"]))
+    with pytest.raises(ValueError, match="non-zero weight"):
+        masked_lm_metrics(logits, ids, np.zeros_like(weights))
