@@ -79,7 +79,13 @@ def _start_head(attempts: int = 3) -> MultiNodeRay:
         try:
             wait_http(f"{cluster.dashboard_url}/api/version", timeout=420, proc=cluster.procs[0],
                       log=temp_dir / "head.log")  # fmt: skip
-            return cluster
+            # The dashboard can answer while the head's raylet is still starting (and may yet die).
+            deadline = time.monotonic() + 240
+            while cluster.procs[0].poll() is None and time.monotonic() < deadline:
+                if "Ray runtime started" in (temp_dir / "head.log").read_text(errors="replace"):
+                    return cluster
+                time.sleep(1)
+            raise RuntimeError((temp_dir / "head.log").read_text(errors="replace"))
         except RuntimeError as exc:
             last = str(exc)[-3000:]
             stop_group(cluster.procs[0], timeout=60)
