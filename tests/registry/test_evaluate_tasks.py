@@ -324,6 +324,17 @@ def test_cli_evaluates_ner_and_pretraining_bundles_from_the_data_layout(
     assert pre.exit_code == 0, pre.output
     assert json.loads((tmp_path / "evaluation-pretraining" / "metrics.json").read_text())["num_examples"] == 8
     assert not base.exists()  # the classification report (DVC metrics) is not replaced by other tasks
+    clf = build_bundle(tmp_path / "clf-bundle", None, seed=1)
+    write_jsonl(
+        data / "split" / "classification" / "test.jsonl",
+        [{"text": "good film", "label": "positive"}, {"text": "dull plot", "label": "negative"}],
+    )
+    ok = runner.invoke(
+        app, ["evaluate", "--model", str(clf), *common, "--set", "evaluation.latency_repeats=1"]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((base / "metrics.json").read_text())["num_examples"] == 2
+    assert (tmp_path / "evaluation-ner" / "entity_types.csv").is_file()
 
     (data / "split" / "ner" / "test.jsonl").write_text(
         json.dumps({"tokens": ["x"], "tags": ["B-ORG"]}) + "\n"

@@ -191,10 +191,10 @@ def entity_metrics(
     tp: dict[str, int] = {}
     n_true: dict[str, int] = {}
     n_pred: dict[str, int] = {}
-    for row, (t, p) in enumerate(zip(true_tags, pred_tags, strict=True)):
-        if len(t) != len(p):
-            raise ValueError(f"sequence {row}: {len(t)} true tags but {len(p)} predicted")
-        ts, ps = bio_spans(t), bio_spans(p)
+    for row, (gold, guess) in enumerate(zip(true_tags, pred_tags, strict=True)):
+        if len(gold) != len(guess):
+            raise ValueError(f"sequence {row}: {len(gold)} true tags but {len(guess)} predicted")
+        ts, ps = bio_spans(gold), bio_spans(guess)
         for kind, *_ in ts:
             n_true[kind] = n_true.get(kind, 0) + 1
         for kind, *_ in ps:
