@@ -33,7 +33,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+def wait_http(
+    url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None
+) -> None:
     """Poll ``url`` until it answers 200, or fail with the service's log."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
@@ -62,6 +64,57 @@ def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def ray_env() -> dict[str, str]:
+    """Environment for test Ray nodes: no usage stats, the checkout importable, patient start-up timeouts."""
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONPATH": f"{REPO_ROOT / 'src'}:{REPO_ROOT}",
+        # More patience on a busy machine: agent registration (ray-project/ray#65983) and the dashboard.
+        "RAY_agent_register_timeout_ms": os.environ.get("RAY_agent_register_timeout_ms", "120000"),  # noqa: SIM112
+        "RAY_DASHBOARD_STARTUP_TIMEOUT_S": os.environ.get("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300"),
+    }
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def start_ray_node(
+    args: list[str], log_dir: Path, name: str, ready_url: str | None = None, attempts: int = 3
+) -> subprocess.Popen:
+    """``ray start --block ARGS`` in its own process group, returned once the node is really up; retried.
+
+    Up means ``ray start`` printed "Ray runtime started" (the raylet registered), the process is still alive
+    a moment later and, for a head with the dashboard, ``ready_url`` answers. A raylet that misses Ray's fixed
+    ~15 s wait for its dashboard agent's port file (``node_manager.cc``; only on a busy machine) dies; the
+    dashboard may even have answered by then, which is why the log line is checked too.
+    """
+    last = ""
+    for attempt in range(attempts):
+        log = log_dir / f"{name}.{attempt}.log"
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen(
+                [str(VENV_BIN / "ray"), "start", "--block", *args], stdout=fh, stderr=subprocess.STDOUT,
+                start_new_session=True, env=ray_env(), cwd=REPO_ROOT,
+            )  # fmt: skip
+        deadline, up = time.monotonic() + 300, False
+        while proc.poll() is None and time.monotonic() < deadline:
+            if "Ray runtime started" in log.read_text(errors="replace"):
+                time.sleep(2)
+                up = proc.poll() is None
+                break
+            time.sleep(1)
+        if up and ready_url:
+            try:
+                wait_http(ready_url, timeout=300, proc=proc, log=log)
+            except RuntimeError:
+                up = False
+        if up:
+            return proc
+        last = log.read_text(errors="replace")[-3000:]
+        stop_group(proc, timeout=30)
+    raise RuntimeError(f"Ray node {name} did not start in {attempts} attempts; last log ({log_dir}):\n{last}")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -125,9 +178,8 @@ def ray_cluster() -> Iterator[RayCluster]:
     """A real single-node Ray head with the dashboard (Jobs API) for the whole test session."""
     temp_dir = Path(tempfile.mkdtemp(prefix="ray_", dir="/tmp"))
     gcs_port, dash_port = free_port(), free_port()
-    log = temp_dir / "head.log"
-    cmd = [
-        str(VENV_BIN / "ray"), "start", "--head", "--block",
+    args = [
+        "--head",
         "--node-ip-address", "127.0.0.1",
         "--port", str(gcs_port),
         "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
@@ -141,20 +193,9 @@ def ray_cluster() -> Iterator[RayCluster]:
         "--temp-dir", str(temp_dir),
         "--disable-usage-stats",
     ]  # fmt: skip
-    env = {
-        **os.environ,
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "300",  # Ray's default 60 s is too short on a loaded 2-core machine
-        "PYTHONPATH": f"{REPO_ROOT / 'src'}:{REPO_ROOT}",
-    }
-    env.pop("RAY_ADDRESS", None)
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=REPO_ROOT
-        )
     dashboard_url = f"http://127.0.0.1:{dash_port}"
+    proc = start_ray_node(args, temp_dir, "head", ready_url=f"{dashboard_url}/api/version")
     try:
-        wait_http(f"{dashboard_url}/api/version", timeout=420, proc=proc, log=log)
         yield RayCluster(address=f"127.0.0.1:{gcs_port}", dashboard_url=dashboard_url, temp_dir=temp_dir)
     finally:
         stop_group(proc, timeout=60)

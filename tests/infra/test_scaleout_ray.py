@@ -6,28 +6,33 @@ own task body (``bertops.orchestration.tasks.training_job``) and run by its runn
 run-derived submission id); it logs to the PostgreSQL + S3 MLflow server of the scale-out MLflow test, found
 through ``MLFLOW_TRACKING_URI`` alone. Then: the two Ray Train workers ran on the two worker nodes (not the
 head), the run and its lineage tags are in MLflow, and a retried task re-attaches instead of training again.
+
+The worker nodes also declare one GPU each (``ray start --num-gpus=1``: Ray schedules declared GPUs without any
+being present), so the same cluster shows GPU placement: with ``scaling.use_gpu=true`` the Ray Train workers land
+one per GPU node with ``CUDA_VISIBLE_DEVICES`` set by Ray, and asking for more GPUs than exist fails before
+``fit``. (One cluster for both: starting Ray nodes is most of these tests' time on 2 cores.)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
-from tests.conftest import free_port, stop_group, wait_http
+from tests.conftest import free_port, start_ray_node, stop_group
 from tests.training.conftest import write_synthetic_data
 
-from bertops.config import load_config
+from bertops.config import ScalingSettings, load_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.pending]
+pytestmark = [pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
-RAY = str(Path(sys.executable).parent / "ray")
 
 
 @dataclass
@@ -52,67 +57,29 @@ def _node_ports() -> list[str]:
     ]  # fmt: skip
 
 
-def _start(cmd: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": f"{REPO / 'src'}:{REPO}",
-           "RAY_agent_register_timeout_ms": "120000",
-           # Ray gives the dashboard (the Jobs API) 60 s by default; a loaded 2-core machine can need more.
-           "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "300"}  # fmt: skip
-    env.pop("RAY_ADDRESS", None)
-    with open(log, "wb") as fh:
-        return subprocess.Popen(
-            cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=REPO
-        )
+def _start_head() -> MultiNodeRay:
+    """The head with the dashboard (Jobs API) and 0 CPUs, like the RayCluster's."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray_io_", dir="/tmp"))
+    gcs_port, dash_port = free_port(), free_port()
+    cluster = MultiNodeRay(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", temp_dir)
+    head = ["--head", "--port", str(gcs_port), "--num-cpus", "0",
+            "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
+            "--ray-client-server-port", str(free_port()), "--temp-dir", str(temp_dir), *_node_ports()]  # fmt: skip
+    cluster.procs.append(
+        start_ray_node(head, temp_dir, "head", ready_url=f"{cluster.dashboard_url}/api/version")
+    )
+    return cluster
 
 
-def _start_head(attempts: int = 3) -> MultiNodeRay:
-    """The head with the dashboard (Jobs API) and 0 CPUs, like the RayCluster's; retried when a loaded
-    machine makes Ray miss its own start-up deadlines (GCS, raylet, dashboard)."""
-    last = ""
-    for _ in range(attempts):
-        temp_dir = Path(tempfile.mkdtemp(prefix="ray_io_", dir="/tmp"))
-        gcs_port, dash_port = free_port(), free_port()
-        cluster = MultiNodeRay(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", temp_dir)
-        head = [RAY, "start", "--head", "--block", "--port", str(gcs_port), "--num-cpus", "0",
-                "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
-                "--ray-client-server-port", str(free_port()), "--temp-dir", str(temp_dir), *_node_ports()]  # fmt: skip
-        cluster.procs.append(_start(head, temp_dir / "head.log"))
-        try:
-            wait_http(f"{cluster.dashboard_url}/api/version", timeout=420, proc=cluster.procs[0],
-                      log=temp_dir / "head.log")  # fmt: skip
-            # The dashboard can answer while the head's raylet is still starting (and may yet die).
-            deadline = time.monotonic() + 240
-            while cluster.procs[0].poll() is None and time.monotonic() < deadline:
-                if "Ray runtime started" in (temp_dir / "head.log").read_text(errors="replace"):
-                    return cluster
-                time.sleep(1)
-            raise RuntimeError((temp_dir / "head.log").read_text(errors="replace"))
-        except RuntimeError as exc:
-            last = str(exc)[-3000:]
-            stop_group(cluster.procs[0], timeout=60)
-    raise RuntimeError(f"the Ray head did not start in {attempts} attempts; last error:\n{last}")
-
-
-def _add_worker(cluster: MultiNodeRay, name: str, attempts: int = 3) -> None:
-    """A 1-CPU worker node; waits until ``ray start`` says it is up, retried if its raylet dies starting."""
-    last = ""
-    for attempt in range(attempts):
-        log = cluster.temp_dir / f"{name}.{attempt}.log"
-        proc = _start([RAY, "start", "--block", "--address", cluster.gcs_address, "--num-cpus", "1",
-                       *_node_ports()], log)  # fmt: skip
-        deadline = time.monotonic() + 240
-        while proc.poll() is None and time.monotonic() < deadline:
-            if "Ray runtime started" in log.read_text(errors="replace"):
-                cluster.procs.append(proc)
-                return
-            time.sleep(1)
-        last = log.read_text(errors="replace")[-3000:]
-        stop_group(proc, timeout=30)
-    raise RuntimeError(f"Ray worker node {name} did not start in {attempts} attempts; last log:\n{last}")
+def _add_worker(cluster: MultiNodeRay, name: str) -> None:
+    """A worker node with 1 CPU and 1 declared GPU, once it is up (retried if its raylet dies starting)."""
+    args = ["--address", cluster.gcs_address, "--num-cpus", "1", "--num-gpus", "1", *_node_ports()]
+    cluster.procs.append(start_ray_node(args, cluster.temp_dir, name))
 
 
 @pytest.fixture(scope="module")
 def multinode_ray() -> Iterator[MultiNodeRay]:
-    """Head (dashboard, 0 CPUs) + two 1-CPU worker nodes, each its own ``ray start --block`` process group."""
+    """Head (dashboard, 0 CPUs) + two worker nodes (1 CPU, 1 declared GPU), each its own process group."""
     from ray.util.state import list_nodes
 
     cluster = _start_head()
@@ -182,3 +149,53 @@ def test_finetune_job_runs_across_worker_nodes(
     # A retried Airflow task finds the finished job and takes its result; nothing is trained twice.
     again = runner.run(base_id, spec, timeout_s=60)
     assert again.attached and again.submission_id == outcome.submission_id and again.result == outcome.result
+
+
+def report_placement(config: dict[str, Any]) -> None:
+    """Tiny train loop: record this worker's node and visible GPUs."""
+    import ray
+    import ray.train
+
+    rank = ray.train.get_context().get_world_rank()
+    info = {
+        "rank": rank,
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+    }
+    Path(config["out"], f"rank{rank}.json").write_text(json.dumps(info))
+    ray.train.report({"rank": rank})
+
+
+def test_gpu_workers_land_one_per_gpu_node(multinode_ray: MultiNodeRay, tmp_path: Path) -> None:
+    import ray
+    from ray.train import RunConfig
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from bertops.training.trainer import TrainingSetupError, check_resources, scaling_config
+
+    ray.init(address=multinode_ray.gcs_address, log_to_driver=False)
+    try:
+        gpu_nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU")}
+        assert len(gpu_nodes) == 2
+        scaling = ScalingSettings(num_workers=2, use_gpu=True, cpus_per_worker=1, gpus_per_worker=1)
+        check_resources(scaling)  # fits: 2 GPUs declared
+        with pytest.raises(TrainingSetupError, match="GPUs, the Ray cluster has 2"):
+            check_resources(ScalingSettings(num_workers=3, use_gpu=True, cpus_per_worker=0.5))
+
+        out = tmp_path / "placement"
+        out.mkdir()
+        trainer = DataParallelTrainer(
+            report_placement,
+            train_loop_config={"out": str(out)},
+            scaling_config=scaling_config(scaling),
+            run_config=RunConfig(name="placement", storage_path=str(tmp_path / "results")),
+        )
+        trainer.fit()
+    finally:
+        ray.shutdown()
+    infos = [json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))]
+    assert [i["rank"] for i in infos] == [0, 1]
+    assert {i["node_id"] for i in infos} == gpu_nodes  # one worker per GPU node, none on the head
+    for info in infos:
+        assert info["cuda_visible_devices"] == "0" and info["gpu_ids"] == ["0"]

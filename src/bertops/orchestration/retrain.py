@@ -143,7 +143,11 @@ def _model_uri(cfg: Any, trained: dict[str, Any]) -> str:
     from bertops.model.pyfunc import log_classifier
     from bertops.registry.client import connect
 
-    connect(cfg.tracking_uri())
+    client = connect(cfg.tracking_uri())
+    # The fluent API refuses a run of another experiment than the active one, and an earlier task in the same
+    # process (`dag.test()`, a worker that runs several tasks) may have made the evaluation experiment active.
+    experiment_id = client.get_run(trained["run_id"]).info.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
     with mlflow.start_run(run_id=trained["run_id"]):
         info = log_classifier(trained["bundle_dir"], name="model")
     return str(getattr(info, "model_uri", None) or f"runs:/{trained['run_id']}/model")
