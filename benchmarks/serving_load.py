@@ -85,7 +85,6 @@ def register_tiny_classifier(
 ) -> str:
     """A freshly initialised bertops classifier, logged with bertops' pyfunc and registered as ``champion``."""
     import mlflow
-    from bertops.model.pyfunc import log_classifier
     from mlflow import MlflowClient
 
     from bertops.config import ModelConfig
@@ -93,6 +92,7 @@ def register_tiny_classifier(
     from bertops.model.bundle import save_bundle
     from bertops.model.heads import BertClassifier
     from bertops.model.presets import backbone_from_config
+    from bertops.model.pyfunc import log_classifier
 
     vocab = REPO / "data" / "vocab" / "vocab.txt"
     if not vocab.exists():
@@ -122,7 +122,9 @@ def start_reference(tracking_uri: str, name: str, root: Path) -> tuple[subproces
         "-h", "127.0.0.1", "-p", str(port),
     ]  # fmt: skip
     log = open(root / "reference.log", "wb")  # noqa: SIM115 - lives as long as the process
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    # `mlflow models serve` execs `uvicorn` from PATH: the venv's bin must come first (not activated here).
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/ping", 600, proc)
