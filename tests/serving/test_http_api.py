@@ -1,6 +1,6 @@
 """The HTTP layer of the serving app, in-process: FastAPI routes of the real deployment class driven through
 Starlette's TestClient, with the model manager fed by an in-memory registry. Fast; the same routes run under
-real Ray Serve and MLflow in test_service.py."""
+real Ray Serve and MLflow in test_deployed_service.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The switching rules of ModelManager, with an in-memory alias and loader (the real MLflow path is covered by
-test_service.py): switch only to a loaded version, keep the old one on failure, remember failures, retry on force."""
+test_deployed_service.py): switch only to a loaded version, keep the old one on failure, remember failures, retry on force."""
 
 from __future__ import annotations
 

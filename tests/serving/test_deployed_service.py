@@ -1,5 +1,9 @@
 """The serving app for real: Ray Serve on the session's Ray head, models from the real MLflow server, HTTP.
 
+This file sorts before test_http_api.py on purpose: that module drives the deployment class in-process, which
+leaves batch-queue state (a weakref) on the class, and Serve then cannot pickle the class in the same pytest
+process ("cannot pickle 'weakref.ReferenceType'").
+
 One deployment for the whole module (start-up is the expensive part). Versions are registered as the tests go;
 the order of the tests matters for which version is the champion, so each test states what it expects.
 """
