@@ -1,11 +1,12 @@
 """Load test: bertops serving (Ray Serve + dynamic batching) against ``mlflow models serve`` of the same version.
 
 Both serve the same registered MLflow version on this machine, on loopback. For each concurrency (1, 8, 32) a
-fixed number of single-text requests is sent by an asyncio httpx client; p50/p99 latency and throughput are
+fixed number of single-text requests is sent by an asyncio aiohttp client; p50/p99 latency and throughput are
 printed side by side, with the throughput ratio. Target: at concurrency 32, bertops >= 3x the reference's
 throughput with a p99 no worse.
 
     .venv/bin/python benchmarks/serving_load.py                  # temp MLflow server + a tiny real classifier
+    .venv/bin/python benchmarks/serving_load.py --ingress proxy  # Serve's Python proxy (params.yaml default)
     .venv/bin/python benchmarks/serving_load.py --requests 400 --preset mini
     .venv/bin/python benchmarks/serving_load.py --tracking-uri http://127.0.0.1:5000 --model-name bert-sentiment
 
@@ -31,9 +32,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+OURS = "bertops (Ray Serve)"
 VENV_BIN = Path(sys.executable).parent
 SENTENCES = [
     "a moving, beautifully acted film that earns every one of its tears",
@@ -138,10 +141,12 @@ def start_bertops(tracking_uri: str, name: str, overrides: list[str]) -> str:
     from bertops.config import load_config
     from bertops.serving.app import APP_NAME, app_from_config
     from bertops.serving.client import wait_ready
+    from bertops.serving.ingress import ray_process_env
 
     cfg = load_config(
         REPO / "params.yaml", [f"tracking.uri={tracking_uri}", f"registry.model_name={name}", *overrides]
     )
+    os.environ.update(ray_process_env(cfg.serving))  # serving.ingress: the local Ray below inherits it
     ray.init(
         num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
         object_store_memory=200 * 1024**2, _temp_dir=tempfile.mkdtemp(prefix="ray_b", dir="/tmp"),
@@ -155,20 +160,25 @@ def start_bertops(tracking_uri: str, name: str, overrides: list[str]) -> str:
 
 
 async def load(url: str, body: Callable[[int], dict], n: int, concurrency: int) -> dict[str, float]:
-    """Send ``n`` requests with at most ``concurrency`` in flight; latency percentiles and throughput."""
+    """Send ``n`` requests with at most ``concurrency`` in flight; latency percentiles and throughput.
+
+    aiohttp rather than httpx: the client shares the 2 cores with both servers, and aiohttp spends several
+    times less CPU per request, so it caps neither measurement.
+    """
     latencies: list[float] = []
     errors = 0
     sem = asyncio.Semaphore(concurrency)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as client:
 
         async def one(i: int) -> None:
             nonlocal errors
             async with sem:
                 t0 = time.perf_counter()
-                r = await client.post(url, json=body(i))
+                async with client.post(url, json=body(i)) as r:
+                    await r.read()
+                    errors += r.status != 200
                 latencies.append(time.perf_counter() - t0)
-                errors += r.status_code != 200
 
         started = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(n)))
@@ -191,9 +201,15 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=320, help="requests per concurrency level and server")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument(
+        "--ingress", choices=["haproxy", "proxy"], default="haproxy",
+        help="serving.ingress of the bertops side (haproxy: Ray's HAProxy + direct ingress; proxy: Serve's "
+        "Python HTTP proxy, params.yaml's default)",
+    )  # fmt: skip
+    ap.add_argument(
         "--set", action="append", default=[], help="serving overrides, e.g. serving.max_batch_size=64"
     )
     args = ap.parse_args()
+    args.set = [f"serving.ingress={args.ingress}", *args.set]
 
     root = Path(tempfile.mkdtemp(prefix="bertops-serving-bench-"))
     procs: list[subprocess.Popen] = []
@@ -214,9 +230,10 @@ def main() -> None:
                     "dataframe_split": {"columns": ["text"], "data": [[SENTENCES[i % len(SENTENCES)]]]}
                 },
             ),
-            "bertops (Ray Serve)": (f"{ours}/predict", lambda i: {"texts": [SENTENCES[i % len(SENTENCES)]]}),
+            OURS: (f"{ours}/predict", lambda i: {"texts": [SENTENCES[i % len(SENTENCES)]]}),
         }
-        print(f"\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (shared machine); "
+        print(f"\nbertops: serving.ingress={args.ingress}, {args.set[1:] or 'params.yaml serving settings'}")
+        print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (shared machine); "
               f"{args.requests} single-text requests per cell")  # fmt: skip
         print(f"{'concurrency':>11} | {'server':<20} | {'p50 ms':>8} | {'p99 ms':>8} | {'req/s':>8} | errors")
         results: dict[tuple[str, int], dict[str, float]] = {}
@@ -227,7 +244,7 @@ def main() -> None:
                 print(f"{c:>11} | {label:<20} | {r['p50_ms']:>8.1f} | {r['p99_ms']:>8.1f} | {r['rps']:>8.1f} | "
                       f"{int(r['errors'])}")  # fmt: skip
         for c in args.concurrency:
-            ref, ours_r = results["mlflow models serve", c], results["bertops (Ray Serve)", c]
+            ref, ours_r = results["mlflow models serve", c], results[OURS, c]
             print(f"concurrency {c}: throughput x{ours_r['rps'] / ref['rps']:.2f}, "
                   f"p99 {ours_r['p99_ms']:.1f} ms vs {ref['p99_ms']:.1f} ms")  # fmt: skip
     finally:

@@ -81,14 +81,20 @@ def ray_env() -> dict[str, str]:
 
 
 def start_ray_node(
-    args: list[str], log_dir: Path, name: str, ready_url: str | None = None, attempts: int = 3
+    args: list[str],
+    log_dir: Path,
+    name: str,
+    ready_url: str | None = None,
+    attempts: int = 3,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     """``ray start --block ARGS`` in its own process group, returned once the node is really up; retried.
 
     Up means ``ray start`` printed "Ray runtime started" (the raylet registered), the process is still alive
     a moment later and, for a head with the dashboard, ``ready_url`` answers. A raylet that misses Ray's fixed
     ~15 s wait for its dashboard agent's port file (``node_manager.cc``; only on a busy machine) dies; the
-    dashboard may even have answered by then, which is why the log line is checked too.
+    dashboard may even have answered by then, which is why the log line is checked too. ``env`` is added to
+    :func:`ray_env` (e.g. Ray Serve's ingress switches, which its processes read at start).
     """
     last = ""
     for attempt in range(attempts):
@@ -96,7 +102,7 @@ def start_ray_node(
         with open(log, "wb") as fh:
             proc = subprocess.Popen(
                 [str(VENV_BIN / "ray"), "start", "--block", *args], stdout=fh, stderr=subprocess.STDOUT,
-                start_new_session=True, env=ray_env(), cwd=REPO_ROOT,
+                start_new_session=True, env={**ray_env(), **(env or {})}, cwd=REPO_ROOT,
             )  # fmt: skip
         deadline, up = time.monotonic() + 300, False
         while proc.poll() is None and time.monotonic() < deadline:

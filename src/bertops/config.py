@@ -379,6 +379,12 @@ class PromotionConfig(_Section):
     min_improvement: float = Field(
         default=0.0, description="Candidate minus champion on metric must be at least this."
     )
+    min_over_majority: float = Field(
+        default=0.02,
+        ge=0,
+        description="Classification: test accuracy must beat the majority-class baseline "
+        "(always answering the most frequent test class) by at least this.",
+    )
     max_regression: float = Field(
         default=0.05,
         ge=0,
@@ -433,6 +439,20 @@ class ServingConfig(_Section):
         default=30, gt=0, description="How often replicas check the registry alias for a new model version."
     )
     model_alias: str = Field(default="champion", description="The registry alias served.")
+    ingress: Literal["proxy", "haproxy"] = Field(
+        default="proxy",
+        description="HTTP path into the replicas. proxy: Ray Serve's Python HTTP proxy (binds serving.host only). "
+        "haproxy: Ray's HAProxy ingress with direct-to-replica HTTP (RAY_SERVE_ENABLE_HA_PROXY + "
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED), several times the throughput; its stats and Prometheus listeners "
+        "bind all interfaces (haproxy_stats_port, haproxy_metrics_port). Applied when bertops starts the Ray "
+        "(bertops serve on a local Ray, the local stack); a cluster sets the same variables on its nodes.",
+    )
+    haproxy_stats_port: int | None = Field(
+        default=None, ge=1, le=65535, description="HAProxy stats page port (ingress haproxy); None = a free port."
+    )
+    haproxy_metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="HAProxy Prometheus port (ingress haproxy); None = a free port."
+    )
 
 
 # ---------------------------------------------------------------------------------------- orchestration

@@ -2,7 +2,7 @@
 head (Jobs API), the shared MLflow server. Afterwards the registry has the new version as ``champion``.
 
 Small on purpose (a few hundred records, tens of steps, pretraining skipped: its path is the same Ray job
-machinery as fine-tuning, tested in test_ray_jobs.py); the gate's absolute threshold is 0 so that this
+machinery as fine-tuning, tested in test_ray_jobs.py); the gate's absolute and majority-baseline thresholds are 0 so that this
 tiny model is promoted: the test checks the orchestration, not the model's quality.
 """
 
@@ -31,7 +31,7 @@ SMALL = {
     "finetune_data": {"max_seq_length": 64},
     "finetune": {"batch_size": 16, "checkpoint_every_steps": 20, "log_every_steps": 5},
     "evaluation": {"latency_repeats": 2, "worst_examples": 5},
-    "promotion": {"min_absolute": 0.0, "max_latency_ms": 100000.0},
+    "promotion": {"min_absolute": 0.0, "min_over_majority": 0.0, "max_latency_ms": 100000.0},
     "orchestration": {"task_retries": 1, "retry_delay_s": 1, "ray_job_timeout_s": 900},
 }
 CONF = {"pretraining": "skip", "init_checkpoint": "scratch", "max_steps": 20, "epochs": 1, "workers": 1}

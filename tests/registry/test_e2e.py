@@ -87,7 +87,7 @@ def flow(tracking_uri: str, good_bundle: Path, weak_bundle: Path, test_file: Pat
 
 def test_first_model_promoted_and_worse_candidate_kept_out(flow: Flow) -> None:
     assert flow.gate_v1.passed and flow.gate_v1.champion_version is None
-    assert [c.name for c in flow.gate_v1.checks] == ["absolute", "latency"]
+    assert [c.name for c in flow.gate_v1.checks] == ["absolute", "baseline", "latency"]
     assert not flow.gate_v2.passed and flow.gate_v2.champion_version == "1"
     assert "improvement" in [c.name for c in flow.gate_v2.failures]
 

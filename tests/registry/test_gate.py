@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bertops.registry.gate import LATENCY_METRIC, GateThresholds, decide
+from bertops.registry.gate import LATENCY_METRIC, MAJORITY_METRIC, GateThresholds, decide
 
 T = GateThresholds(
     metric="accuracy", min_absolute=0.6, min_improvement=0.0, max_regression=0.05, max_latency_ms=200
@@ -68,6 +68,18 @@ def test_first_model_needs_only_the_absolute_threshold() -> None:
     assert decide(metrics(0.61, 0.1, 0.9), None, T).passed  # no champion: no regression checks
     d = decide(metrics(0.55, 0.5, 0.6), None, T)
     assert [c.name for c in d.failures] == ["absolute"] and "misses the minimum" in d.reason
+
+
+def test_majority_class_model_fails_the_baseline_check_whatever_the_absolute_threshold() -> None:
+    # 0.578 is what always answering "positive" scores on a test split that is 57.8% positive.
+    lenient = GateThresholds(min_absolute=0.5, min_over_majority=0.02)
+    d = decide({**metrics(0.578, 0.0, 0.73), MAJORITY_METRIC: 0.578}, None, lenient)
+    assert not d.passed and [c.name for c in d.failures] == ["baseline"]
+    assert "majority-class baseline 0.5780: margin +0.0000" in d.reason
+    assert decide({**metrics(0.70, 0.65, 0.74), MAJORITY_METRIC: 0.578}, None, lenient).passed
+    # A margin of 0 lets a model that only ties the baseline through (tests of the orchestration use it).
+    assert decide({**metrics(0.578, 0.0, 0.73), MAJORITY_METRIC: 0.578}, None,
+                  GateThresholds(min_absolute=0.5, min_over_majority=0.0)).passed  # fmt: skip
 
 
 def test_lower_is_better_metric_flips_the_comparisons() -> None:

