@@ -484,7 +484,11 @@ class OrchestrationConfig(_Section):
         ),
     )
     stack_ray_cpus: int = Field(
-        default=2, ge=1, description="The local stack (`bertops stack up`): CPUs the Ray head offers."
+        default=3,
+        ge=1,
+        description="The local stack (`bertops stack up`): logical CPUs the Ray head offers. One more than a "
+        "2-core laptop has: the serving replica holds 1 while it mostly idles, and a 2-CPU training worker "
+        "(2 TensorFlow threads) still fits beside it.",
     )
     stack_ray_object_store_mb: int = Field(
         default=512,
