@@ -17,6 +17,32 @@ from pathlib import Path
 from typing import Any
 
 
+def _raylet_died() -> bool:
+    """True when this launcher's raylet child has exited (a zombie or gone after it was started).
+
+    Ray's raylet aborts when its dashboard agent misses a fixed ~15 s deadline (``node_manager.cc``, on a busy
+    machine); the node then never registers, and waiting for it would only burn the whole timeout.
+    """
+    import psutil
+
+    raylets = [c for c in psutil.Process().children(recursive=True) if _name(c) == "raylet"]
+    return bool(raylets) and all(_status(c) in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD, None) for c in raylets)
+
+
+def _name(proc: Any) -> str:
+    try:
+        return str(proc.name())
+    except Exception:  # gone meanwhile
+        return ""
+
+
+def _status(proc: Any) -> str | None:
+    try:
+        return str(proc.status())
+    except Exception:  # gone meanwhile
+        return None
+
+
 def _patient_get_node(original: Any, timeout_s: float) -> Any:
     def get_node(*args: Any, **kwargs: Any) -> Any:
         deadline = time.monotonic() + timeout_s
@@ -26,6 +52,8 @@ def _patient_get_node(original: Any, timeout_s: float) -> Any:
             except RuntimeError:
                 if time.monotonic() > deadline:
                     raise
+                if _raylet_died():  # exit now: the caller (bertops stack up) starts the head again
+                    raise RuntimeError("the raylet exited before the node registered") from None
                 time.sleep(1)
                 continue
             ready = os.environ.get("BERTOPS_RAY_READY_FILE")

@@ -368,6 +368,11 @@ def up(
                 )
                 break
             except ServiceExited:
+                # What the failed attempt left (its GCS and dashboard hold the ports) goes before the next one;
+                # the group outlives its leader, which has exited.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                time.sleep(2)
                 if attempt == 5:
                     raise
                 note(f"the Ray head exited during start-up; starting it again (attempt {attempt + 1})")
