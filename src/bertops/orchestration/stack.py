@@ -23,7 +23,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from bertops.config import BertopsConfig
+from bertops.net import free_port, port_or_free
 from bertops.orchestration.airflow_api import USERNAME, passwords_file
 from bertops.serving.ingress import HAPROXY_SWITCHES, ray_process_env
 
@@ -149,22 +149,6 @@ def airflow_settings(
 
 
 # ------------------------------------------------------------------------------------------- processes
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def port_or_free(port: int) -> int:
-    """``port`` when nothing listens on it, else any free port (a shared machine may have it taken)."""
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            return free_port()
-
-
 def http_ok(url: str, timeout: float = 3, accept: tuple[int, ...] = (200,)) -> bool:
     """True when ``url`` answers with a status in ``accept`` (any other outcome: not up)."""
     try:

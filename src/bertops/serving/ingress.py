@@ -18,21 +18,16 @@ start (KubeRay) sets the same variables on its head and worker containers: see i
 
 from __future__ import annotations
 
-import socket
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from bertops.net import free_port
 
 if TYPE_CHECKING:
     from bertops.config import ServingConfig
 
 HAPROXY_SWITCHES = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ray_process_env(serving: ServingConfig) -> dict[str, str]:
@@ -49,8 +44,8 @@ def ray_process_env(serving: ServingConfig) -> dict[str, str]:
     state = tempfile.mkdtemp(prefix="bh-", dir="/tmp" if Path("/tmp").is_dir() else None)
     return {
         **HAPROXY_SWITCHES,
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(serving.haproxy_stats_port or _free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(serving.haproxy_metrics_port or _free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(serving.haproxy_stats_port or free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(serving.haproxy_metrics_port or free_port()),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{state}/haproxy.cfg",
         "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{state}/admin.sock",
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{state}/metrics.sock",

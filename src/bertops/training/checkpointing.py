@@ -41,6 +41,7 @@ class LoopState:
     bad_evals: int = 0  # evaluations since the best one (early stopping)
     stopped_early: bool = False
     last_eval: dict[str, float] = field(default_factory=dict)
+    last_eval_step: int | None = None  # the step last_eval was measured at
     train_time_s: float = 0.0  # accumulated time inside train steps (all attempts)
 
     def to_json(self) -> str:

@@ -334,7 +334,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if epoch_end:
                 state.epoch += 1
             results = evaluate(eval_files, plan.eval_batches)
-            state.last_eval = results
+            state.last_eval, state.last_eval_step = results, state.step
             value = results[task.monitor]
             better = state.best_metric is None or (
                 value > state.best_metric if task.monitor_mode == "max" else value < state.best_metric
@@ -359,9 +359,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             report({"loss": loss, **{f"{plan.eval_split}_{k}": v for k, v in state.last_eval.items()}}, True)
 
     # -- finish: best weights back, final metrics, the bundle in the last checkpoint
-    if best_weights is not None:
+    restored = best_weights is not None and state.best_step != state.step
+    if restored:
         model.set_weights(best_weights)
-    final = {f"{plan.eval_split}_{k}": v for k, v in evaluate(eval_files, plan.eval_batches).items()}
+    if restored or state.last_eval_step != state.step or not state.last_eval:
+        state.last_eval = evaluate(eval_files, plan.eval_batches)
+    # else: the weights are the ones just evaluated at this step (every run ends with an evaluation)
+    final = {f"{plan.eval_split}_{k}": v for k, v in state.last_eval.items()}
     if plan.test_split:
         test_files = split_files(plan.manifest, plan.test_split)
         final.update({f"{plan.test_split}_{k}": v for k, v in evaluate(test_files, None).items()})
