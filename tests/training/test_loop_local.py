@@ -61,7 +61,9 @@ def test_finetune_loop_learns_and_writes_its_bundle(
     # The final validation figures are those of the weights kept: the best evaluation's (early stopping puts its
     # weights back), which, when it is the last one, is reused rather than evaluated a second time.
     at_best = [
-        x.value for x in client.get_metric_history(plan.run_id, "validation_accuracy") if x.step == m["best_step"]
+        x.value
+        for x in client.get_metric_history(plan.run_id, "validation_accuracy")
+        if x.step == m["best_step"]
     ]
     assert at_best and m["validation_accuracy"] == pytest.approx(at_best[0]), (m, at_best)
 
