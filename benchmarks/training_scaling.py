@@ -6,6 +6,7 @@ and prints, from the run's own metrics:
 - tokens/s and examples/s of the train step (first step excluded: it traces the graph),
 - time from submit (the driver call) to the first finished train step,
 - the share of the run's wall time spent outside train steps (start-up, evaluation, checkpoints, reporting),
+  and the share that is neither a train step nor an evaluation (the framework's own overhead),
 
 then the 2-worker / 1-worker throughput ratio and the scaling efficiency (ratio / 2). The reference is the
 1-worker run measured in the same invocation.
@@ -64,7 +65,10 @@ def run_once(params: Path, overrides: list[str], workers: int, steps: int) -> di
         "submit_to_first_step_s": first.timestamp / 1000 - submitted,
         "wall_s": wall,
         "train_step_s": result.metrics["train_time_s"],
+        "eval_s": result.metrics["eval_time_s"],
         "outside_train_step_share": 1 - result.metrics["train_time_s"] / wall,
+        # what is neither a train step nor an evaluation: start-up, checkpoints, reporting, the bundle, teardown
+        "framework_share": 1 - (result.metrics["train_time_s"] + result.metrics["eval_time_s"]) / wall,
         "worker_overhead_share": result.metrics["overhead_share"],
     }
 
@@ -105,7 +109,8 @@ def main() -> None:
     for r in rows:
         print(
             f"{r['workers']} worker(s): submit -> first step {r['submit_to_first_step_s']:.1f} s, "
-            f"outside the train step {100 * r['outside_train_step_share']:.1f}% of {r['wall_s']:.0f} s wall"
+            f"outside the train step {100 * r['outside_train_step_share']:.1f}% of {r['wall_s']:.0f} s wall "
+            f"(evaluation {r['eval_s']:.0f} s; neither step nor evaluation {100 * r['framework_share']:.1f}%)"
         )
 
 

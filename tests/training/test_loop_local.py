@@ -47,6 +47,8 @@ def test_finetune_loop_learns_and_writes_its_bundle(
 
     m = result.metrics
     assert m["steps"] == 8 * (512 // 32) and m["global_batch_size"] == 32  # 16 x 2 accumulation x 1
+    # 8 epoch-end evaluations and the final test pass, timed apart from the train steps
+    assert m["eval_time_s"] > 0 and m["train_time_s"] + m["eval_time_s"] < m["loop_wall_s"], m
     assert m["validation_accuracy"] > 0.8 and m["test_accuracy"] > 0.8, m  # majority baseline ~0.5
     client = MlflowClient(uri)
     losses = [x.value for x in sorted(client.get_metric_history(plan.run_id, "loss"), key=lambda x: x.step)]
