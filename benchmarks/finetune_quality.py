@@ -83,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra section.key=value")
     ap.add_argument("--only", choices=("pretrained", "scratch", "minilm"), action="append")
     ap.add_argument("--pretrain-steps", type=int, default=2000)
+    ap.add_argument(
+        "--pretrained-bundle",
+        type=Path,
+        help="fine-tune 'pretrained' from this existing pretraining bundle instead of pretraining again",
+    )
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--learning-rate", type=float, default=1e-4)
     ap.add_argument("--minilm-epochs", type=int, default=2)
@@ -115,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"{name}: {json.dumps(results[name]['metrics'], sort_keys=True)}", flush=True)
 
-    if "pretrained" in which:
+    if "pretrained" in which and args.pretrained_bundle:
+        pre_dir = args.pretrained_bundle.resolve()
+        ft("pretrained", "pretrained", [f"pretrain.output_dir={pre_dir}"], args.epochs, args.learning_rate)
+    elif "pretrained" in which:
         pre_dir = work / "pretrain"
         results["pretrain"] = run(
             "pretrain",
