@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from pathlib import Path
 
 import aiohttp
 import httpx
+
+from bertops.net import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 OURS = "bertops (Ray Serve)"
@@ -48,12 +49,6 @@ SENTENCES = [
     "it looks great, but the story is a string of clichés",
     "a small film with a big heart and a wonderful lead performance",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:

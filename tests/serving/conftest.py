@@ -4,7 +4,6 @@ Ray Serve deployment of bertops' serving app on a free port (started once per mo
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,14 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from bertops.net import free_port
+
 HERE = Path(__file__).resolve().parent
 KEYWORD_MODEL = HERE / "keyword_model.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -242,15 +242,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def eval_step(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         return task.eval_sums(batch, model(task.inputs(batch), training=False))
 
-    eval_time = [0.0]  # this attempt's time in evaluations (reported apart from the framework's overhead)
+    eval_time = 0.0  # this attempt's time in evaluations (reported apart from the framework's overhead)
 
     def evaluate(files: list[str], max_batches: int | None) -> dict[str, float]:
+        nonlocal eval_time
         t = time.perf_counter()
         sums: dict[str, float] = {}
         for batch in eval_dataset(files, manifest, batch_size=micro * accum, max_batches=max_batches):
             for k, v in eval_step(batch).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-        eval_time[0] += time.perf_counter() - t
+        eval_time += time.perf_counter() - t
         return task.finalize(sums)
 
     arch = model.backbone.get_config()
@@ -379,7 +380,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         best_step=state.best_step or state.step,
         stopped_early=float(state.stopped_early),
         train_time_s=state.train_time_s,
-        eval_time_s=eval_time[0],
+        eval_time_s=eval_time,
         loop_wall_s=wall,
         overhead_share=1.0 - attempt_train_time / max(time.perf_counter() - started, 1e-9),
         global_batch_size=plan.global_batch_size,
