@@ -8,7 +8,7 @@ Params validated by one JSON schema (`bertops.orchestration.retrain_params`).
 | task | what |
 |---|---|
 | `check_params` | refuse bad params (schema, then every config key) before any work |
-| `prepare_data` | `dvc pull` / `dvc repro` / `dvc push` (pool `dvc`, one slot) |
+| `prepare_data` | `dvc repro`, or a DVC experiment (`dvc exp run --set-param`) for data overrides; the run's data set aside for it (pool `dvc`) |
 | `pretrain` | Ray job `ray_jobs/pretrain.py`, only when the corpus changed or asked (`pretraining`) |
 | `finetune` | Ray job `ray_jobs/finetune.py` |
 | `evaluate` | MLflow evaluation run on the held-out test split |
@@ -56,9 +56,8 @@ def bert_retrain() -> None:
 
     @task(pool=CFG.orchestration.dvc_pool)
     def prepare_data() -> dict:
-        from bertops.orchestration.tasks import data_cycle
-
-        return data_cycle()
+        ctx = get_current_context()
+        return steps.prepare_data(dict(ctx["params"]), ctx["run_id"])
 
     pretrain = RayJobOperator(
         task_id="pretrain",
@@ -77,16 +76,16 @@ def bert_retrain() -> None:
     @task
     def evaluate(trained: dict) -> dict:
         ctx = get_current_context()
-        return steps.evaluate(dict(ctx["params"]), trained, ctx["run_id"])
+        return steps.evaluate(steps.run_params(ctx), trained, ctx["run_id"])
 
     @task
     def register(trained: dict, prepared: dict, _evaluated: dict) -> dict:
         ctx = get_current_context()
-        return steps.register(dict(ctx["params"]), trained, prepared, ctx["run_id"])
+        return steps.register(steps.run_params(ctx), trained, prepared, ctx["run_id"])
 
     @task
     def promotion_gate(registered: dict) -> dict:
-        return steps.promotion_gate(dict(get_current_context()["params"]), registered)
+        return steps.promotion_gate(steps.run_params(get_current_context()), registered)
 
     @task
     def update_serving(gate: dict) -> dict:
@@ -96,6 +95,7 @@ def bert_retrain() -> None:
     def summary() -> dict:
         ctx = get_current_context()
         ids = (
+            "check_params",
             "prepare_data",
             "pretrain",
             "finetune",

@@ -1,4 +1,9 @@
-"""DVC work for the DAGs: pull, repro, push, and the data version read from ``dvc.lock``.
+"""DVC work for the DAGs: pull, repro, push, experiments, and the data version read from ``dvc.lock``.
+
+A retrain with data overrides is a DVC experiment in the workspace (:func:`exp_run`), inside
+:func:`workspace_restored`, which puts params.yaml, dvc.lock and the data back afterwards (``dvc checkout``:
+from the cache, nothing recomputed). :func:`snapshot_outputs` hard-links one lock's outputs out of the cache
+for one run to read.
 
 The data version is a hash over every stage output's content hash in ``dvc.lock``: it changes exactly when some
 output of the data pipeline changed, which is when ``bert_data`` emits its Asset. The corpus version covers only
@@ -10,11 +15,15 @@ what pretraining reads (the ``pretrain_data`` and ``vocab`` stages), which decid
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import re
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +32,10 @@ import yaml
 log = logging.getLogger(__name__)
 
 CORPUS_STAGES = ("vocab", "pretrain_data")
+# params that can change what pretraining reads (an override of one of these may start a pretraining)
+CORPUS_PARAMS = ("ingest.corpus", "ingest.drop_empty", "ingest.min_sentence_chars", "split", "vocab",
+                 "pretrain_data", "project.data_dir")  # fmt: skip
+_UNSAFE_REF = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 class DvcError(RuntimeError):
@@ -107,3 +120,140 @@ def push(root: Path) -> None:
         log.info("no DVC remote configured: skipping push")
         return
     run_dvc(root, "push")
+
+
+# ------------------------------------------------------------------------------------------- experiments
+def param_keys(root: Path) -> list[str]:
+    """Every params key some stage of ``root/dvc.yaml`` reads (``ingest``, ``vocab.lowercase``, ...)."""
+    spec = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8")) or {}
+    keys: set[str] = set()
+    for stage in (spec.get("stages") or {}).values():
+        for entry in stage.get("params") or []:
+            if isinstance(entry, dict):  # {"other.yaml": [keys]}
+                for names in entry.values():
+                    keys.update(str(k) for k in names or [])
+            else:
+                keys.add(str(entry))
+    return sorted(keys)
+
+
+def data_overrides(overrides: Iterable[str], keys: Iterable[str]) -> list[str]:
+    """The ``key=value`` overrides that change what some DVC stage reads (the rest are training's)."""
+    keys = list(keys)
+
+    def reads(key: str) -> bool:
+        return any(key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in keys)
+
+    return [text for text in overrides if reads(text.split("=", 1)[0].strip())]
+
+
+def experiment_name(run_id: str) -> str:
+    """A DVC experiment name (a valid git ref name) for one Airflow run id."""
+    safe = _UNSAFE_REF.sub("-", run_id).strip("-.") or "run"
+    return f"retrain-{safe}"[:100]
+
+
+def _uncached_outs(root: Path) -> list[Path]:
+    """Outputs declared ``cache: false`` in dvc.yaml: ``dvc checkout`` cannot restore these."""
+    spec = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8")) or {}
+    found: list[Path] = []
+    for stage in (spec.get("stages") or {}).values():
+        for field in ("outs", "metrics", "plots"):
+            for entry in stage.get(field) or []:
+                if isinstance(entry, dict):
+                    for path, opts in entry.items():
+                        if isinstance(opts, dict) and opts.get("cache") is False:
+                            found.append(root / path)
+    return found
+
+
+@contextmanager
+def workspace_restored(root: Path) -> Iterator[None]:
+    """Run a workspace experiment, then put the workspace back as it was (params, lock, data) the DVC way.
+
+    ``params.yaml``, ``dvc.lock`` and the uncached outputs are saved byte for byte and written back; the cached
+    outputs are then restored from the DVC cache by ``dvc checkout`` (no stage runs again). Also on failure.
+    """
+    saved = {p: (p.read_bytes() if p.exists() else None)
+             for p in [root / "params.yaml", root / "dvc.lock", *_uncached_outs(root)]}  # fmt: skip
+    try:
+        yield
+    finally:
+        for path, content in saved.items():
+            if content is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_bytes(content)
+        if saved[root / "dvc.lock"] is not None:
+            run_dvc(root, "checkout", "--force")
+
+
+def exp_run(root: Path, name: str, overrides: Iterable[str]) -> str:
+    """``dvc exp run -n <name> -S key=value ...`` in the workspace; returns the experiment's commit.
+
+    An experiment of the same name (a retried task) is replaced.
+    """
+    run_dvc(root, "exp", "remove", name, check=False)
+    args = ["exp", "run", "--name", name]
+    for text in overrides:
+        args += ["--set-param", text]
+    run_dvc(root, *args)
+    ref = subprocess.run(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"],
+                         cwd=root, capture_output=True, text=True, check=True).stdout  # fmt: skip
+    for line in ref.splitlines():
+        sha, _, refname = line.partition(" ")
+        if refname.rsplit("/", 1)[-1] == name:
+            return sha
+    raise DvcError(f"`dvc exp run --name {name}` finished but no experiment ref {name!r} exists in {root}")
+
+
+def cache_dir(root: Path) -> Path:
+    proc = run_dvc(root, "cache", "dir")
+    path = Path(proc.stdout.strip().splitlines()[-1])
+    return path if path.is_absolute() else root / path
+
+
+def _place(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)  # cache files are read-only and never rewritten: a hard link is a safe snapshot
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def snapshot_outputs(root: Path, dest: Path, prefix: str = "data") -> int:
+    """Hard-link (or copy) every output under ``prefix/`` recorded in ``root/dvc.lock`` into ``dest``.
+
+    Cached outputs come from the DVC cache by their lock hash (what the lock says, not what a later run may
+    write); uncached ones from the workspace. ``dest`` mirrors ``prefix/``. Returns the number of files.
+    """
+    lock = yaml.safe_load((root / "dvc.lock").read_text(encoding="utf-8")) or {}
+    cache = cache_dir(root) / "files" / "md5"
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    count = 0
+    for stage in (lock.get("stages") or {}).values():
+        for out in stage.get("outs") or []:
+            path = Path(out["path"])
+            if path.parts[: len(Path(prefix).parts)] != Path(prefix).parts:
+                continue
+            rel = path.relative_to(prefix)
+            digest = str(out.get("md5") or "")
+            obj = cache / digest[:2] / digest[2:]
+            if digest.endswith(".dir") and obj.exists():
+                for entry in json.loads(obj.read_text(encoding="utf-8")):
+                    h = entry["md5"]
+                    _place(cache / h[:2] / h[2:], tmp / rel / entry["relpath"])
+                    count += 1
+            elif obj.exists():
+                _place(obj, tmp / rel)
+                count += 1
+            elif (root / path).is_file():  # cache: false: a copy (the workspace file is rewritten in place)
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(root / path, tmp / rel)
+                count += 1
+            else:
+                raise DvcError(f"{path} (stage output in dvc.lock) is neither in the DVC cache nor in {root}")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.replace(dest)
+    return count

@@ -6,6 +6,8 @@ The submission id comes from the DAG id, the run id and the task id, so a retry 
 (:mod:`bertops.orchestration.ray_jobs`). The job's logs stream into the task log. Only small ids go to XCom:
 what ``on_result(outcome, context)`` returns.
 
+A job that refuses its configuration (``BERTOPS_CONFIG_ERROR``) fails the task without retries.
+
 Airflow calls ``on_kill`` when a task is killed (SIGTERM: marked failed/cleared in the UI) and when its
 ``execution_timeout`` expires; both stop the Ray job so no orphan keeps the cluster busy.
 """
@@ -18,7 +20,13 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from bertops.orchestration.ray_jobs import JobOutcome, JobSpec, RayJobRunner, submission_id_for
+from bertops.orchestration.ray_jobs import (
+    JobOutcome,
+    JobSpec,
+    RayJobConfigError,
+    RayJobRunner,
+    submission_id_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +63,14 @@ class RayJobOperator(BaseOperator):
         self._runner = RayJobRunner(
             address, poll_interval_s=self.poll_interval_s, log_sink=lambda line: task_log.info("%s", line)
         )
-        outcome = self._runner.run(self.submission_id(context), spec, timeout_s)
+        try:
+            outcome = self._runner.run(self.submission_id(context), spec, timeout_s)
+        except RayJobConfigError as exc:
+            # Deterministic: the same config fails the same way on every try. Infrastructure errors
+            # (RayJobError, unreachable cluster) keep the task's retries.
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(str(exc)) from exc
         self.log.info(
             "Ray job %s %s (%s)",
             outcome.submission_id,

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bertops.training.job import CONFIG_ERROR_MARKER
+
 log = logging.getLogger(__name__)
 
 RESULT_MARKER = "BERTOPS_RESULT"
@@ -37,6 +39,10 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 class RayJobError(RuntimeError):
     """A Ray job that failed, was stopped or timed out; the message carries its status and log tail."""
+
+
+class RayJobConfigError(RayJobError):
+    """A Ray job that refused its configuration (a ``BERTOPS_CONFIG_ERROR`` line): a retry fails the same way."""
 
 
 def submission_id_for(dag_id: str, run_id: str, task_id: str) -> str:
@@ -50,13 +56,13 @@ def submission_id_for(dag_id: str, run_id: str, task_id: str) -> str:
     return f"{readable[:90]}-{digest}"
 
 
-def parse_result(logs: str) -> dict[str, Any] | None:
-    """The JSON of the last ``BERTOPS_RESULT {json}`` line in ``logs``, or None when there is none."""
+def parse_result(logs: str, marker: str = RESULT_MARKER) -> dict[str, Any] | None:
+    """The JSON of the last ``<marker> {json}`` line in ``logs``, or None when there is none."""
     for line in reversed(logs.splitlines()):
-        idx = line.find(RESULT_MARKER)
+        idx = line.find(marker)
         if idx < 0:
             continue
-        payload = line[idx + len(RESULT_MARKER) :].strip()
+        payload = line[idx + len(marker) :].strip()
         try:
             value = json.loads(payload)
         except json.JSONDecodeError:
@@ -213,5 +219,8 @@ class RayJobRunner:
             details = self.info(sid)
             message = getattr(details, "message", "") if details is not None else ""
             tail = "\n".join(logs.splitlines()[-30:])
+            refused = parse_result(logs, CONFIG_ERROR_MARKER)
+            if refused is not None:
+                raise RayJobConfigError(f"Ray job {sid} refused its configuration: {refused.get('error')}")
             raise RayJobError(f"Ray job {sid} ended {status}: {message}\nlast log lines:\n{tail}")
         return JobOutcome(submission_id=sid, status=status, attached=attached, result=parse_result(logs))

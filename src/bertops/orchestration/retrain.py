@@ -42,14 +42,38 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
 
     try:
         return tasks.check_params(params)
-    except (RetrainParamsError, ConfigError) as exc:
+    except (RetrainParamsError, ConfigError, tasks.RetrainRefused) as exc:
         _fail(str(exc))
         raise  # unreachable: _fail raises
+
+
+# ------------------------------------------------------------------------------------------- data
+def prepare_data(params: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """This run's data (a DVC experiment when it overrides data params), set aside for this run alone."""
+    return tasks.prepare_run_data(params, run_id)
+
+
+def with_run_data(params: dict[str, Any], prepared: dict[str, Any]) -> dict[str, Any]:
+    """The run's params, pointed at the run's own data (``project.data_dir``) when prepare_data set one."""
+    if not prepared.get("data_dir"):
+        return dict(params)
+    out = dict(params)
+    out["overrides"] = [*(params.get("overrides") or []), f"project.data_dir={prepared['data_dir']}"]
+    return out
+
+
+def run_params(context: Any) -> dict[str, Any]:
+    """``with_run_data`` of a task's context: every task after prepare_data reads the run's own data."""
+    return with_run_data(dict(context["params"]), _prepared(context))
 
 
 # ------------------------------------------------------------------------------------------- Ray jobs
 def _prepared(context: Any) -> dict[str, Any]:
     return dict(context["ti"].xcom_pull(task_ids="prepare_data") or {})
+
+
+def _lineage_env(context: Any) -> dict[str, str]:
+    return tasks.lineage_env(_prepared(context), tasks.run_overrides(dict(context["params"])))
 
 
 def _run_name(context: Any) -> str:
@@ -59,7 +83,7 @@ def _run_name(context: Any) -> str:
 
 def build_pretrain(context: Any) -> tuple[str, JobSpec, float]:
     """The pretraining job, or a skip when the corpus did not change (or the run said skip)."""
-    params = dict(context["params"])
+    params = run_params(context)
     cfg = tasks.run_config(params)
     needed, why = tasks.pretrain_decision(
         cfg, params.get("pretraining", "auto"), _prepared(context).get("corpus_version")
@@ -68,7 +92,12 @@ def build_pretrain(context: Any) -> tuple[str, JobSpec, float]:
         _skip(f"pretraining not needed: {why}")
     log.info("pretraining: %s", why)
     spec = tasks.training_job(
-        "pretrain", cfg, tasks.run_overrides(params), context["run_id"], run_name=_run_name(context)
+        "pretrain",
+        cfg,
+        tasks.run_overrides(params),
+        context["run_id"],
+        extra_env=_lineage_env(context),
+        run_name=_run_name(context),
     )
     return tasks.ray_dashboard_url(cfg), spec, float(cfg.orchestration.ray_job_timeout_s)
 
@@ -85,10 +114,12 @@ def after_pretrain(outcome: JobOutcome, context: Any) -> dict[str, Any]:
 
 
 def build_finetune(context: Any) -> tuple[str, JobSpec, float]:
-    params = dict(context["params"])
+    params = run_params(context)
     cfg = tasks.run_config(params)
     pre = context["ti"].xcom_pull(task_ids="pretrain") or {}
-    env = {"BERTOPS_PRETRAIN_RUN_ID": pre["run_id"]} if pre.get("run_id") else {}
+    env = _lineage_env(context)
+    if pre.get("run_id"):
+        env["BERTOPS_PRETRAIN_RUN_ID"] = pre["run_id"]
     spec = tasks.training_job(
         "finetune",
         cfg,
@@ -168,6 +199,7 @@ def register(
         data_version=prepared.get("data_version"),
         ray_job_id=trained.get("ray_job_id"),
         airflow_run_id=airflow_run_id,
+        lineage=tasks.registry_lineage(prepared, tasks.run_overrides(params)),
     )
     return {"name": ref["name"], "version": str(ref["version"])}
 
@@ -228,17 +260,35 @@ def update_serving(params: dict[str, Any], gate: dict[str, Any]) -> dict[str, An
     return {"serving_url": url, "version": answer.get("version")}
 
 
+def _mlflow_run_url(ui: str, tracking: str, run_id: str) -> str | None:
+    """The run's page: its own experiment's id (looked up), not experiment 0."""
+    from mlflow.exceptions import MlflowException
+
+    from bertops.registry.client import connect
+
+    try:
+        experiment_id = connect(tracking).get_run(run_id).info.experiment_id
+    except MlflowException as exc:
+        log.warning("no MLflow run %s at %s (%s)", run_id, tracking, exc)
+        return None
+    return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
 def summary(params: dict[str, Any], run_id: str, xcoms: dict[str, Any]) -> dict[str, Any]:
-    """What ran, the metrics, the decision, and links to the MLflow run and model version (logged and returned)."""
+    """What ran, on which data, the metrics, the decision, and links to the MLflow run and model version."""
     cfg = tasks.run_config(params)
     tracking = cfg.tracking_uri()
     ui = tracking.rstrip("/") if tracking.startswith("http") else None
     trained = xcoms.get("finetune") or {}
     gate = xcoms.get("promotion_gate") or {}
     evaluation = xcoms.get("evaluate") or {}
+    prepared = xcoms.get("prepare_data") or {}
     out: dict[str, Any] = {
         "airflow_run_id": run_id,
-        "data_version": (xcoms.get("prepare_data") or {}).get("data_version"),
+        "overrides": (xcoms.get("check_params") or {}).get("overrides", []),
+        "data_version": prepared.get("data_version"),
+        "dvc_experiment": prepared.get("dvc_experiment"),
+        "dvc_rev": prepared.get("dvc_rev"),
         "pretrained": bool(xcoms.get("pretrain")),
         "training_run_id": trained.get("run_id"),
         "metrics": evaluation.get("metrics", {}),
@@ -249,7 +299,9 @@ def summary(params: dict[str, Any], run_id: str, xcoms: dict[str, Any]) -> dict[
         "serving_version": (xcoms.get("update_serving") or {}).get("version"),
     }
     if ui and trained.get("run_id"):
-        out["mlflow_run_url"] = f"{ui}/#/experiments/0/runs/{trained['run_id']}"
+        url = _mlflow_run_url(ui, tracking, trained["run_id"])
+        if url:
+            out["mlflow_run_url"] = url
     if ui and gate.get("version"):
         out["model_version_url"] = f"{ui}/#/models/{gate['name']}/versions/{gate['version']}"
     for key, value in out.items():
@@ -268,4 +320,7 @@ __all__ = [
     "build_pretrain",
     "check_params",
     "evaluate",
+    "prepare_data",
+    "run_params",
+    "with_run_data",
 ]

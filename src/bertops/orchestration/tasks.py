@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bertops.config import BertopsConfig, load_config
+from bertops.model.bundle import META_FILE
 from bertops.orchestration import dvc_ops
 from bertops.orchestration.ray_jobs import JobSpec, python_entrypoint
 from bertops.orchestration.retrain_params import conf_to_overrides, validate_conf
@@ -28,6 +31,15 @@ log = logging.getLogger(__name__)
 
 PARAMS_FILE = "params.yaml"
 PRETRAIN_STATE = "orchestration/pretrain_state.json"
+RUN_DATA = "runs"  # <state_dir>/runs/<run>/data: the data one retrain reads (hard links into the DVC cache)
+KEEP_RUN_DATA = 5
+# The lineage a retrain hands its Ray jobs (bertops.training.tracking tags the MLflow run with it).
+LINEAGE_ENV = {
+    "data_version": "BERTOPS_DATA_VERSION",
+    "dvc_experiment": "BERTOPS_DVC_EXPERIMENT",
+    "dvc_rev": "BERTOPS_DVC_REV",
+    "overrides": "BERTOPS_OVERRIDES",
+}
 
 
 # ------------------------------------------------------------------------------------------- context
@@ -69,13 +81,61 @@ def state_path(cfg: BertopsConfig, root: Path, name: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- data
-def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """First task of a retrain: refuse bad params (schema, then every config key) before any work starts."""
+class RetrainRefused(ValueError):
+    """A retrain that cannot work as asked (refused before any work starts); the message says the fix."""
+
+
+def check_params(params: Mapping[str, Any], root: Path | None = None) -> dict[str, Any]:
+    """First task of a retrain: refuse bad params (schema, every config key, combinations), log the plan."""
+    root = root or project_root()
     overrides = run_overrides(params)
-    cfg = load_config(project_root() / PARAMS_FILE, overrides)
+    cfg = load_config(root / PARAMS_FILE, overrides)
+    mode = str(params.get("pretraining") or "auto")
+    refuse_impossible(cfg, mode, root)
     log.info("retrain overrides: %s", overrides or "(none)")
     log.info("resolved config:\n%s", json.dumps(cfg.to_dict(), indent=1))
-    return {"overrides": len(overrides), "task": cfg.finetune.task, "preset": cfg.model.preset}
+    for line in plan_lines(cfg, mode, overrides, root):
+        log.info("plan: %s", line)
+    return {"overrides": overrides, "task": cfg.finetune.task, "preset": cfg.model.preset}
+
+
+def refuse_impossible(cfg: BertopsConfig, mode: str, root: Path) -> None:
+    """Raise :class:`RetrainRefused` for a combination that can only fail later (e.g. in fine-tuning)."""
+    if cfg.finetune.init != "pretrained" or mode != "skip":
+        return
+    bundle = Path(cfg.pretrain.output_dir)
+    bundle = bundle if bundle.is_absolute() else root / bundle
+    if not (bundle / META_FILE).is_file():
+        raise RetrainRefused(
+            f"finetune.init='pretrained' with pretraining 'skip', but {bundle} is not a bertops bundle (no "
+            f"{META_FILE}): nothing pretrained to start from. Use pretraining 'auto'/'always', or "
+            "init_checkpoint 'scratch' (or hf:<dir>)"
+        )
+
+
+def plan_lines(cfg: BertopsConfig, mode: str, overrides: list[str], root: Path) -> list[str]:
+    """What a retrain will do, in a few lines (printed by ``bertops retrain``, logged by ``check_params``)."""
+    data = dvc_ops.data_overrides(overrides, dvc_ops.param_keys(root))
+    lines = [
+        "data: " + (f"DVC experiment (`dvc exp run`) with {', '.join(data)}; params.yaml stays as it is"
+                    if data else "`dvc repro` of params.yaml (stages whose inputs changed)"),
+    ]  # fmt: skip
+    corpus_changes = any(k.split("=", 1)[0].startswith(dvc_ops.CORPUS_PARAMS) for k in data)
+    if corpus_changes and mode == "auto" and cfg.finetune.init == "pretrained":
+        needed, why = True, "the data overrides change the pretraining corpus"
+    else:
+        needed, why = pretrain_decision(cfg, mode, dvc_ops.corpus_version(root), root)
+    if needed:
+        lines.append(f"pretraining: yes, {cfg.pretrain.max_steps} steps ({why})")
+    else:
+        lines.append(f"pretraining: no ({why})")
+    ft = cfg.finetune
+    steps = f"at most {ft.max_steps} steps" if ft.max_steps else f"{ft.epochs} epochs"
+    lines.append(
+        f"fine-tuning: {ft.task}, model {cfg.model.preset}, init {ft.init}, {steps}, batch {ft.batch_size}"
+    )
+    lines.append(f"then: evaluate, register, promotion gate (mode {cfg.promotion.mode}), update serving")
+    return lines
 
 
 def data_cycle(root: Path | None = None) -> dict[str, Any]:
@@ -94,6 +154,83 @@ def data_cycle(root: Path | None = None) -> dict[str, Any]:
         "changed": changed,
         "corpus_version": dvc_ops.corpus_version(root),
     }
+
+
+def run_data_dir(cfg: BertopsConfig, root: Path, run_id: str) -> Path:
+    """Where one retrain's data lives: ``<state_dir>/runs/<run>/data``."""
+    return state_path(cfg, root, RUN_DATA) / dvc_ops.experiment_name(run_id) / "data"
+
+
+def _prune_run_data(base: Path, keep: int = KEEP_RUN_DATA) -> None:
+    runs = sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    for old in runs[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _git_head(root: Path) -> str | None:
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False)
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+def prepare_run_data(params: Mapping[str, Any], run_id: str, root: Path | None = None) -> dict[str, Any]:
+    """The data of one retrain, made the DVC way and set aside for this run alone.
+
+    No data overrides: ``dvc repro`` of ``params.yaml``. Data overrides: a DVC experiment in the workspace
+    (``dvc exp run --name retrain-<run> --set-param ...``, listed by ``dvc exp show`` with its params and
+    metrics), after which params.yaml, dvc.lock and the data are restored (``dvc checkout``: from the cache, no
+    stage runs). Either way the run's outputs are hard-linked from the DVC cache into
+    ``<state_dir>/runs/<run>/data``, which training, evaluation and the gate read (``project.data_dir``), so a
+    later run or ``bert_data`` cannot change them underneath. Callers serialise (the ``dvc`` pool).
+    """
+    root = root or project_root()
+    overrides = run_overrides(params)
+    cfg = load_config(root / PARAMS_FILE, overrides)
+    data = dvc_ops.data_overrides(overrides, dvc_ops.param_keys(root))
+    dest = run_data_dir(cfg, root, run_id)
+    dvc_ops.pull(root)
+    experiment = None
+    if data:
+        experiment = dvc_ops.experiment_name(run_id)
+        with dvc_ops.workspace_restored(root):
+            rev = dvc_ops.exp_run(root, experiment, data)
+            version, corpus = dvc_ops.data_version(root), dvc_ops.corpus_version(root)
+            files = dvc_ops.snapshot_outputs(root, dest, cfg.project.data_dir)
+            dvc_ops.push(root)
+        log.info("DVC experiment %s (%s): data version %s, workspace restored", experiment, rev[:10], version)
+    else:
+        dvc_ops.repro(root)
+        dvc_ops.push(root)
+        rev = _git_head(root)
+        version, corpus = dvc_ops.data_version(root), dvc_ops.corpus_version(root)
+        files = dvc_ops.snapshot_outputs(root, dest, cfg.project.data_dir)
+        log.info("dvc repro of params.yaml: data version %s", version)
+    _prune_run_data(dest.parent.parent)
+    log.info("%d data files for this run in %s", files, dest)
+    return {
+        "data_version": version,
+        "corpus_version": corpus,
+        "data_dir": str(dest),
+        "dvc_experiment": experiment,
+        "dvc_rev": rev,
+        "data_overrides": data,
+    }
+
+
+def registry_lineage(prepared: Mapping[str, Any], overrides: list[str]) -> dict[str, str]:
+    """The model version tags that say what was asked: the exact overrides and the DVC experiment/commit."""
+    own_data = f"project.data_dir={prepared.get('data_dir')}"  # set by the DAG, not asked for
+    tags = {"bertops.overrides": json.dumps([o for o in overrides if o != own_data])}
+    if prepared.get("dvc_experiment"):
+        tags["bertops.dvc_experiment"] = str(prepared["dvc_experiment"])
+    if prepared.get("dvc_rev"):
+        tags["bertops.dvc_rev"] = str(prepared["dvc_rev"])
+    return tags
+
+
+def lineage_env(prepared: Mapping[str, Any], overrides: list[str]) -> dict[str, str]:
+    """The environment that tells a training job its lineage (see :data:`LINEAGE_ENV`)."""
+    values = {**{k: prepared.get(k) for k in LINEAGE_ENV}, "overrides": json.dumps(overrides)}
+    return {LINEAGE_ENV[k]: str(v) for k, v in values.items() if v}
 
 
 # ------------------------------------------------------------------------------------------- training

@@ -55,6 +55,8 @@ class ModelCardInfo:
     gate_status: str | None = None
     gate_reasons: list[str] = field(default_factory=list)
     evaluation_run_id: str | None = None
+    overrides: str | None = None  # JSON list, as tagged
+    dvc_experiment: str | None = None
 
 
 def _fmt(value: float | None) -> str:
@@ -93,6 +95,10 @@ def render_model_card(info: ModelCardInfo) -> str:
     ]
     if info.evaluation_run_id:
         lines.append(f"- Evaluation run: `{info.evaluation_run_id}`")
+    if info.dvc_experiment:
+        lines.append(f"- DVC experiment: `{info.dvc_experiment}`")
+    if info.overrides:
+        lines.append(f"- Overrides: `{info.overrides}`")
     if info.training_config:
         lines += ["", "## Training configuration", "", "| key | value |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in sorted(info.training_config.items())]

@@ -38,6 +38,8 @@ TAG_GATE_CHAMPION = (
     "bertops.gate_champion"  # the champion version the gate compared with ("none": first model)
 )
 TAG_EVAL_RUN = "bertops.evaluation_run_id"
+TAG_OVERRIDES = "bertops.overrides"  # JSON list of the run's params.yaml overrides
+TAG_DVC_EXPERIMENT = "bertops.dvc_experiment"
 TAG_TEST_SHA = "bertops.test_data_sha256"
 TAG_PREVIOUS = "bertops.previous_champion"  # the champion this version replaced when promoted
 TAG_PROMOTED_AT = "bertops.promoted_at"
@@ -126,6 +128,8 @@ def card_info(client: MlflowClient, name: str, version: str) -> ModelCardInfo:
         airflow_run_id=tags.get(TAG_AIRFLOW_RUN),
         training_config=training_config(client, tags.get(TAG_TRAINING_RUN)),
         evaluation_run_id=tags.get(TAG_EVAL_RUN),
+        overrides=tags.get(TAG_OVERRIDES),
+        dvc_experiment=tags.get(TAG_DVC_EXPERIMENT),
     )
 
 
@@ -140,6 +144,7 @@ def register_candidate(
     ray_job_id: str | None = None,
     airflow_run_id: str | None = None,
     labels: list[str] | None = None,
+    lineage: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Register ``source_uri`` (a logged MLflow model) as a new version of ``model_name``, alias ``challenger``.
 
@@ -159,6 +164,7 @@ def register_candidate(
         TAG_TRAINING_RUN: training_run_id,
         TAG_RAY_JOB: ray_job_id,
         TAG_AIRFLOW_RUN: airflow_run_id,
+        **(lineage or {}),  # e.g. the run's overrides and DVC experiment
     }
     mv = mlflow.register_model(source_uri, model_name, tags={k: v for k, v in tags.items() if v})
     version = str(mv.version)

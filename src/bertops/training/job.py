@@ -8,10 +8,13 @@ job's logs. Exit status 2 for a run that cannot start (bad config, no data, reso
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
 from bertops.training.plan import Kind
+
+CONFIG_ERROR_MARKER = "BERTOPS_CONFIG_ERROR"  # a line "BERTOPS_CONFIG_ERROR {json}": do not retry this job
 
 
 def main(kind: Kind, argv: list[str] | None = None) -> int:
@@ -30,6 +33,10 @@ def main(kind: Kind, argv: list[str] | None = None) -> int:
         result = run_training(cfg, kind, args.run_name)
     except (ConfigError, TrainingSetupError) as exc:
         logging.getLogger(__name__).error("%s", exc)
+        # A configuration error fails the same way on every try: the orchestrator reads this line and does
+        # not retry (bertops.orchestration.ray_jobs.RayJobConfigError).
+        sys.stdout.write(f"{CONFIG_ERROR_MARKER} {json.dumps({'error': str(exc)})}\n")
+        sys.stdout.flush()
         return 2
     # The one line the orchestrator parses; flushed so that it reaches the job log even on a quick exit.
     sys.stdout.write(result.result_line() + "\n")

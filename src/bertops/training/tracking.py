@@ -31,6 +31,13 @@ TAG_AIRFLOW_RUN_ID = "bertops.airflow_run_id"
 TAG_PRETRAIN_RUN_ID = "bertops.pretrain_run_id"
 TAG_KIND = "bertops.kind"  # pretrain | finetune
 AIRFLOW_RUN_ENV = "BERTOPS_AIRFLOW_RUN_ID"
+# Set by the retrain DAG (bertops.orchestration.tasks.LINEAGE_ENV): what the run asked for and the data it got.
+RUN_LINEAGE_ENV = {
+    "BERTOPS_OVERRIDES": "bertops.overrides",
+    "BERTOPS_DVC_EXPERIMENT": "bertops.dvc_experiment",
+    "BERTOPS_DVC_REV": "bertops.dvc_rev",
+    "BERTOPS_DATA_VERSION": "bertops.dvc_data_version",
+}
 UNVERSIONED = "unversioned"
 
 
@@ -114,6 +121,7 @@ def lineage_tags(
         tags[TAG_AIRFLOW_RUN_ID] = os.environ[AIRFLOW_RUN_ENV]
     if pretrain_run_id:
         tags[TAG_PRETRAIN_RUN_ID] = pretrain_run_id
+    tags.update({tag: os.environ[env] for env, tag in RUN_LINEAGE_ENV.items() if os.environ.get(env)})
     return tags
 
 
