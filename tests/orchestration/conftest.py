@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -34,3 +37,40 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     yield home
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """``extra`` merged into ``base`` (nested dicts key by key)."""
+    for key, value in extra.items():
+        base[key] = merge(base.get(key) or {}, value) if isinstance(value, dict) else value
+    return base
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root, check=True,
+                          capture_output=True, text=True).stdout  # fmt: skip
+
+
+def make_project(root: Path, params: dict[str, Any]) -> Path:
+    """A small copy of the checkout in ``root``: a git repo with DVC, the pipelines, ray_jobs, dags, the
+    .gitignore, and params.yaml = the checkout's with ``params`` merged in (state_dir inside ``root``)."""
+    for name in ("dvc.yaml", ".dvcignore", "pyproject.toml", ".gitignore"):
+        shutil.copy2(REPO_ROOT / name, root / name)
+    (root / ".dvc").mkdir()
+    for name in ("config", ".gitignore"):
+        shutil.copy2(REPO_ROOT / ".dvc" / name, root / ".dvc" / name)
+    ignore = shutil.ignore_patterns("__pycache__")
+    for name in ("pipelines", "src", "ray_jobs", "dags"):
+        shutil.copytree(REPO_ROOT / name, root / name, ignore=ignore)
+    for path in REPO_ROOT.glob("data/**/.gitignore"):  # what DVC wrote for the stage outputs
+        (root / path.relative_to(REPO_ROOT)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, root / path.relative_to(REPO_ROOT))
+    (root / "data" / "raw").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO_ROOT / "data" / "raw" / "README.md", root / "data" / "raw" / "README.md")
+    full = merge(yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8")), params)
+    full["project"]["state_dir"] = str(root / ".bertops")
+    (root / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False), encoding="utf-8")
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "init")
+    return root

@@ -1,0 +1,114 @@
+"""A retrain's data, the DVC way, with the real ``dvc`` in a real git repo (no Airflow: the task bodies).
+
+Data overrides make a DVC experiment that ``dvc exp show`` lists with its params and metrics; params.yaml,
+dvc.lock and the workspace data are as they were afterwards; the next run without overrides is back on
+params.yaml's data (same data version) without any stage running again; each run reads its own data copy;
+``git status`` is clean throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from tests.orchestration.conftest import git, make_project
+
+from bertops.orchestration import dvc_ops, tasks
+
+pytestmark = pytest.mark.slow
+
+SMALL = {
+    "ingest": {
+        "corpus": {"max_records": 30},
+        "classification": {"max_records": 400},
+        "ner": {"max_records": 60},
+    },
+    "vocab": {"vocab_size": 300, "min_frequency": 1},
+    "pretrain_data": {"dupe_factor": 1, "max_seq_length": 64, "num_workers": 1},
+    "finetune_data": {"max_seq_length": 64},
+}
+OVERRIDE = "ingest.classification.max_records=200"
+
+
+def _lines(path: Path) -> int:
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+def _ran_stages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "Running stage" in r.getMessage()]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = make_project(tmp_path_factory.mktemp("run_data"), SMALL)
+    tasks.prepare_run_data({}, "manual__baseline", root)
+    # What a DVC user does after `dvc repro`: commit the lock (and the uncached metrics) with the params.
+    git(root, "add", "dvc.lock", "data/reports/data_report.json")
+    git(root, "commit", "-qm", "data: baseline")
+    return root
+
+
+def test_data_override_is_a_dvc_experiment_and_the_workspace_comes_back(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    params_before = (project / "params.yaml").read_bytes()
+    lock_before = (project / "dvc.lock").read_bytes()
+    base_version = dvc_ops.data_version(project)
+    test_split = project / "data/split/classification/test.jsonl"
+    base_test = test_split.read_bytes()
+
+    run = tasks.prepare_run_data({"overrides": [OVERRIDE]}, "manual__small", project)
+
+    assert run["data_overrides"] == [OVERRIDE]
+    assert run["dvc_experiment"] == "retrain-manual__small"
+    assert run["data_version"] != base_version
+    # the run's own copy has the asked-for data: ~10% of 200 classification records in test
+    own_test = Path(run["data_dir"]) / "split/classification/test.jsonl"
+    assert 10 <= _lines(own_test) <= 30, _lines(own_test)
+    assert (Path(run["data_dir"]) / "finetune/classification").is_dir()
+    # ... and the workspace is as it was
+    assert (project / "params.yaml").read_bytes() == params_before
+    assert (project / "dvc.lock").read_bytes() == lock_before
+    assert test_split.read_bytes() == base_test
+    assert git(project, "status", "--porcelain") == ""
+    # dvc exp show lists the experiment with its params and the data report's metrics
+    shown = json.loads(dvc_ops.run_dvc(project, "exp", "show", "--json").stdout)
+    exps = [
+        e for rev in shown for e in (rev.get("experiments") or []) if e.get("name") == run["dvc_experiment"]
+    ]
+    assert exps, shown
+    data = exps[0]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["ingest"]["classification"]["max_records"] == 200
+    assert data["metrics"], data
+
+    caplog.clear()
+    again = tasks.prepare_run_data({}, "manual__default_again", project)
+    assert again["data_version"] == base_version
+    assert not _ran_stages(caplog), _ran_stages(caplog)  # restored, not recomputed
+    assert _lines(Path(again["data_dir"]) / "split/classification/test.jsonl") == _lines(test_split)
+    # the earlier run's copy is untouched by the later one
+    assert 10 <= _lines(own_test) <= 30
+    assert git(project, "status", "--porcelain") == ""
+
+
+def test_a_failing_experiment_leaves_the_workspace_as_it_was(project: Path) -> None:
+    params_before = (project / "params.yaml").read_bytes()
+    lock_before = (project / "dvc.lock").read_bytes()
+    with pytest.raises(dvc_ops.DvcError, match="exp run"):
+        # rotten tomatoes is 42% negative: validate refuses the data
+        tasks.prepare_run_data({"overrides": ["validate.min_class_fraction=0.49"]}, "manual__bad", project)
+    assert (project / "params.yaml").read_bytes() == params_before
+    assert (project / "dvc.lock").read_bytes() == lock_before
+    assert git(project, "status", "--porcelain") == ""
+    assert dvc_ops.run_dvc(project, "status").stdout.strip().endswith("up to date.")
+
+
+def test_data_overrides_are_the_keys_dvc_stages_read() -> None:
+    keys = dvc_ops.param_keys(Path(__file__).resolve().parents[2])
+    assert dvc_ops.data_overrides(
+        ["ingest.classification.max_records=9", "finetune.max_steps=3", "vocab.lowercase=false",
+         "project.seed=1", "project.data_dir=x"], keys
+    ) == ["ingest.classification.max_records=9", "vocab.lowercase=false", "project.data_dir=x"]  # fmt: skip
