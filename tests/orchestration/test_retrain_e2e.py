@@ -1,25 +1,33 @@
 """``bert_retrain`` end to end with ``dag.test()`` against real components: DVC in a temp git repo, the shared Ray
-head (Jobs API), the shared MLflow server. Afterwards the registry has the new version as ``champion``.
+head (Jobs API), the shared MLflow server, and a live Ray Serve deployment of the serving app.
 
-Small on purpose (a few hundred records, tens of steps, pretraining skipped: its path is the same Ray job
-machinery as fine-tuning, tested in test_ray_jobs.py); the gate's absolute and majority-baseline thresholds are 0 so that this
-tiny model is promoted: the test checks the orchestration, not the model's quality.
+One run that exercises what a data scientist asks for: a data override (``ingest.classification.max_records``,
+which becomes a DVC experiment), pretraining through the Ray Jobs path (``ray_jobs/pretrain.py``,
+``after_pretrain``, a few steps) and fine-tuning from it. Afterwards: the evaluation saw the overridden data
+(~10% of the records in test), the lineage (MLflow run, model version tags, model card, summary) names the
+override and the DVC experiment, the live service answers with the new version, and ``git status`` is clean.
+
+Small on purpose (hundreds of records, a few steps); the gate's thresholds are loose so that this tiny model is
+promoted over the untrained champion the service starts with: the test checks the orchestration, not quality.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
-import yaml
-from tests.orchestration.conftest import REPO_ROOT, airflow_env
+from tests.orchestration.conftest import airflow_env, git, make_project
+from tests.serving.conftest import Registry, start_service
+
+from bertops.serving.client import predict
 
 pytestmark = [pytest.mark.slow]
 
+MODEL = f"e2e-sentiment-{uuid.uuid4().hex[:6]}"
 SMALL = {
     "ingest": {
         "corpus": {"max_records": 40},
@@ -29,86 +37,104 @@ SMALL = {
     "vocab": {"vocab_size": 400, "min_frequency": 1},
     "pretrain_data": {"dupe_factor": 1, "max_seq_length": 64, "num_workers": 1},
     "finetune_data": {"max_seq_length": 64},
+    "pretrain": {"batch_size": 8, "eval_batches": 2, "log_every_steps": 2},
     "finetune": {"batch_size": 16, "checkpoint_every_steps": 20, "log_every_steps": 5},
     "evaluation": {"latency_repeats": 2, "worst_examples": 5},
-    "promotion": {"min_absolute": 0.0, "min_over_majority": 0.0, "max_latency_ms": 100000.0},
+    "registry": {"model_name": MODEL},
+    "promotion": {"min_absolute": 0.0, "min_over_majority": 0.0, "min_improvement": -1.0,
+                  "max_regression": 1.0, "max_latency_ms": 100000.0},
     "orchestration": {"task_retries": 1, "retry_delay_s": 1, "ray_job_timeout_s": 900},
+}  # fmt: skip
+OVERRIDE = "ingest.classification.max_records=1500"
+CONF = {
+    "pretraining": "always",
+    "init_checkpoint": "pretrained",
+    "max_steps": 20,
+    "epochs": 1,
+    "workers": 1,
+    "overrides": [OVERRIDE, "pretrain.max_steps=4", "pretrain.eval_every_steps=4"],
 }
-CONF = {"pretraining": "skip", "init_checkpoint": "scratch", "max_steps": 20, "epochs": 1, "workers": 1}
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    for key, value in extra.items():
-        base[key] = _merge(base.get(key) or {}, value) if isinstance(value, dict) else value
-    return base
-
-
-def _git(root: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root, check=True,
-                   capture_output=True)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small copy of the checkout: git + DVC, the pipelines, ray_jobs, dags and a tiny params.yaml."""
-    root = tmp_path_factory.mktemp("retrain_project")
-    for name in ("dvc.yaml", ".dvcignore", "pyproject.toml"):
-        shutil.copy2(REPO_ROOT / name, root / name)
-    (root / ".dvc").mkdir()
-    for name in ("config", ".gitignore"):
-        shutil.copy2(REPO_ROOT / ".dvc" / name, root / ".dvc" / name)
-    ignore = shutil.ignore_patterns("__pycache__")
-    for name in ("pipelines", "src", "ray_jobs", "dags"):
-        shutil.copytree(REPO_ROOT / name, root / name, ignore=ignore)
-    (root / "data" / "raw").mkdir(parents=True)
-    shutil.copy2(REPO_ROOT / "data" / "raw" / "README.md", root / "data" / "raw" / "README.md")
-    params = _merge(yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8")), SMALL)
-    params["project"]["state_dir"] = str(root / ".bertops")
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    _git(root, "init", "-q")
-    _git(root, "add", "-A")
-    _git(root, "commit", "-qm", "init")
+    """The small project with its baseline data built and committed (dvc.lock), as a DVC user keeps it."""
+    root = make_project(tmp_path_factory.mktemp("retrain_project"), SMALL)
+    from bertops.orchestration import dvc_ops
+
+    dvc_ops.repro(root)
+    git(root, "add", "dvc.lock", "data/reports/data_report.json")
+    git(root, "commit", "-qm", "data: baseline")
     return root
 
 
-def test_bert_retrain_end_to_end_registers_and_promotes(
-    project: Path, airflow_home: Path, ray_cluster, mlflow_server
+@pytest.fixture(scope="module")
+def service(ray_cluster, mlflow_server, tmp_path_factory: pytest.TempPathFactory):
+    """The serving app, live on the shared Ray head, following ``champion`` of MODEL (an untrained v1)."""
+    registry = Registry(tracking_uri=mlflow_server.uri, name=MODEL)
+    registry.set_alias(registry.register_bertops_classifier(tmp_path_factory.mktemp("champion_v1")))
+    yield from start_service(ray_cluster.address, registry)
+
+
+def test_bert_retrain_does_what_was_asked_end_to_end(
+    project: Path, airflow_home: Path, ray_cluster, mlflow_server, service
 ) -> None:
+    served_before = predict(service.url, ["a fine film"])["version"]
     env = airflow_env(airflow_home, {
         "AIRFLOW__CORE__DAGS_FOLDER": str(project / "dags"),
         "BERTOPS_PROJECT_DIR": str(project),
         "MLFLOW_TRACKING_URI": mlflow_server.uri,
         "BERTOPS_RAY_DASHBOARD_URL": ray_cluster.dashboard_url,
         "RAY_ADDRESS": ray_cluster.address,
-        "BERTOPS_SERVING_URL": "http://127.0.0.1:9",  # nothing serves here: update_serving must cope
+        "BERTOPS_SERVING_URL": service.url,
     })  # fmt: skip
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("retrain_driver.py")), json.dumps(CONF)],
-        env=env, cwd=project, capture_output=True, text=True, timeout=1500,
+        env=env, cwd=project, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     line = next((x for x in proc.stdout.splitlines() if x.startswith("DRIVER ")), None)
     assert line, (proc.stdout + proc.stderr)[-6000:]
     result = json.loads(line.removeprefix("DRIVER "))
+    output = proc.stdout + proc.stderr
     if result["state"] != "success":
         # pytest.fail keeps the whole message (an assert's repr would be cut in the middle): the task states,
         # then every error line of the run's log, then its tail.
-        output = proc.stdout + proc.stderr
-        (project / "dag_test.log").write_text(output)
+        log = project.parent / "dag_test.log"
+        log.write_text(output)
         errors = [x for x in output.splitlines() if "error" in x.lower() or "Traceback" in x][-40:]
-        pytest.fail(f"bert_retrain {result['state']}: {result['tasks']}\nfull log: {project / 'dag_test.log'}\n"
+        pytest.fail(f"bert_retrain {result['state']}: {result['tasks']}\nfull log: {log}\n"
                     + "\n".join(errors) + "\n--- tail ---\n" + output[-4000:])  # fmt: skip
-    tasks = result["tasks"]
-    assert tasks["pretrain"] == "skipped"
-    assert all(tasks[t] == "success" for t in ("check_params", "prepare_data", "finetune", "evaluate",
-                                                "register", "promotion_gate", "update_serving", "summary"))  # fmt: skip
-    assert (project / "dvc.lock").exists()
+    assert all(state == "success" for state in result["tasks"].values()), result["tasks"]
+    summary = result["xcoms"]["summary"]
+    assert "plan: pretraining: yes" in output  # check_params logged the plan
+
+    # the evaluation saw the overridden data: ~10% of 1500 records
+    assert 120 <= summary["metrics"]["num_examples"] <= 180, summary["metrics"]
+    assert OVERRIDE in summary["overrides"]
+    assert summary["dvc_experiment"] and summary["data_version"]
+    assert summary["pretrained"] is True
 
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=mlflow_server.uri, registry_uri=mlflow_server.uri)
-    champion = client.get_model_version_by_alias("bert-sentiment", "champion")
+    run = client.get_run(summary["training_run_id"])
+    assert f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in summary["mlflow_run_url"]
+    assert run.data.tags["bertops.airflow_run_id"] == result["run_id"]
+    assert OVERRIDE in json.loads(run.data.tags["bertops.overrides"])
+    assert run.data.tags["bertops.dvc_experiment"] == summary["dvc_experiment"]
+    assert run.data.tags["bertops.dvc_data_version"] == summary["data_version"]
+    assert run.data.tags.get("bertops.pretrain_run_id")  # fine-tuned from this run's pretraining
+
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert champion.version == summary["version"] != served_before
     assert champion.tags["bertops.airflow_run_id"] == result["run_id"]
-    assert champion.tags["bertops.gate"] == "passed"
+    assert champion.tags["bertops.data_version"] == summary["data_version"]
+    assert champion.tags["bertops.dvc_experiment"] == summary["dvc_experiment"]
+    assert OVERRIDE in json.loads(champion.tags["bertops.overrides"])
     assert champion.tags.get("bertops.ray_job_id", "").startswith("bert_retrain-finetune-")
-    run = client.get_run(champion.tags["bertops.training_run_id"])
-    assert run.data.tags.get("bertops.airflow_run_id") == result["run_id"]
+    assert summary["dvc_experiment"] in champion.description and OVERRIDE in champion.description
+
+    # the live service follows the new champion, and the checkout is as clean as before the run
+    assert summary["serving_version"] == champion.version
+    assert predict(service.url, ["a fine film"])["version"] == champion.version
+    assert git(project, "status", "--porcelain") == ""
