@@ -464,6 +464,10 @@ class OrchestrationConfig(_Section):
         default="http://127.0.0.1:8265", description="Ray dashboard, where Ray jobs are submitted."
     )
     dvc_pool: str = Field(default="dvc", description="Airflow pool that serialises DVC tasks.")
+    dags_paused: bool = Field(
+        default=False,
+        description="The local stack: whether `bertops stack up` leaves bert_data and bert_retrain paused.",
+    )
     task_retries: int = Field(default=2, ge=0, description="Retries of a failed Airflow task.")
     retry_delay_s: int = Field(
         default=30, ge=0, description="Delay before the first retry; later ones back off exponentially."

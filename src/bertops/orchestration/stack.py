@@ -36,7 +36,14 @@ from urllib.parse import urlparse
 
 from bertops.config import BertopsConfig
 from bertops.net import free_port, port_or_free
-from bertops.orchestration.airflow_api import USERNAME, passwords_file
+from bertops.orchestration.airflow_api import (
+    USERNAME,
+    AirflowApiError,
+    AirflowClient,
+    passwords_file,
+    read_credentials,
+)
+from bertops.orchestration.retrain import DAG_ID, DATA_DAG_ID
 from bertops.serving.ingress import HAPROXY_SWITCHES, ray_process_env
 
 log = logging.getLogger(__name__)
@@ -121,13 +128,14 @@ def ensure_secrets(paths: StackPaths) -> dict[str, str]:
 
 
 def airflow_settings(
-    home: Path, root: Path, api_port: int, secret: dict[str, str] | None = None
+    home: Path, root: Path, api_port: int, secret: dict[str, str] | None = None, paused: bool = True
 ) -> dict[str, str]:
     """``AIRFLOW__*`` settings of a bertops Airflow: its own home and SQLite DB, our dags/, LocalExecutor."""
     env = {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": str(paused),
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USERNAME}:admin",
@@ -385,7 +393,7 @@ def up(
         env = {
             **base_env,
             **service_env(state, paths),
-            **airflow_settings(paths.airflow_home, paths.root, port, secret),
+            **airflow_settings(paths.airflow_home, paths.root, port, secret, cfg.orchestration.dags_paused),
         }
         proc = spawn("airflow", [str(VENV_BIN / "airflow"), "standalone"], env, paths)
         url = f"http://127.0.0.1:{port}"
@@ -393,15 +401,33 @@ def up(
         _save_state(paths, state)
         wait_until("airflow", lambda: http_ok(f"{url}/api/v2/monitor/health"), timeout, proc, paths)
         _ensure_pool(cfg, paths, url)
+    _apply_paused(cfg, paths, services["airflow"]["url"], note)
     _save_state(paths, state)
     return state
+
+
+def _apply_paused(cfg: BertopsConfig, paths: StackPaths, url: str, note: Callable[[str], None]) -> None:
+    """Put the DAGs Airflow already knows in the state ``orchestration.dags_paused`` says (new ones are created
+    in it: ``dags_are_paused_at_creation``), so that a stack started with other settings follows the config."""
+    client = AirflowClient(url, *read_credentials(paths.airflow_home))
+    want = cfg.orchestration.dags_paused
+    for dag_id in (DATA_DAG_ID, DAG_ID):
+        try:
+            paused = client.get_dag(dag_id)["is_paused"]
+        except AirflowApiError as exc:
+            if exc.status_code == 404:  # not parsed yet: it is created as dags_paused says
+                continue
+            raise
+        if paused != want:
+            client.set_paused(dag_id, want)
+            note(
+                f"{dag_id}: {'paused' if want else 'unpaused'} (orchestration.dags_paused: {str(want).lower()})"
+            )
 
 
 def airflow_client(cfg: BertopsConfig, root: Path, url: str | None = None) -> Any:
     """An :class:`AirflowClient`: ``url``, else ``BERTOPS_AIRFLOW_URL``, else the running stack's, else
     ``orchestration.airflow_url``; credentials from the environment or the stack's generated ones."""
-    from bertops.orchestration.airflow_api import AirflowClient, read_credentials
-
     paths = StackPaths.of(cfg, root)
     services = read_state(paths).get("services", {})
     url = (
@@ -414,8 +440,6 @@ def airflow_client(cfg: BertopsConfig, root: Path, url: str | None = None) -> An
 
 
 def _ensure_pool(cfg: BertopsConfig, paths: StackPaths, url: str) -> None:
-    from bertops.orchestration.airflow_api import AirflowApiError, AirflowClient, read_credentials
-
     client = AirflowClient(url, *read_credentials(paths.airflow_home))
     name = cfg.orchestration.dvc_pool
     try:
