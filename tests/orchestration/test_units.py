@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from bertops.config import load_config
-from bertops.orchestration import dvc_ops
+from bertops.orchestration import dvc_ops, tasks
 from bertops.orchestration.retrain_params import (
     RetrainParamsError,
     airflow_params,
@@ -123,3 +123,38 @@ def test_stack_credentials_are_private_and_stable(tmp_path: Path) -> None:
         assert stat.S_IMODE(f.stat().st_mode) == 0o600
     assert read_credentials(paths.airflow_home) == ("bertops", first["airflow_password"])
     assert json.loads(paths.secrets_file.read_text())["jwt_secret"] == first["jwt_secret"]
+
+
+def test_check_params_refuses_pretrained_init_with_pretraining_skipped_and_no_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from bertops.orchestration import retrain
+
+    root = tmp_path
+    for name in ("params.yaml", "dvc.yaml"):
+        (root / name).write_bytes((REPO_ROOT / name).read_bytes())
+    conf = {"pretraining": "skip", "init_checkpoint": "pretrained",
+            "overrides": [f"pretrain.output_dir={root / 'artifacts/pretrain'}"]}  # fmt: skip
+    with pytest.raises(tasks.RetrainRefused, match=r"not a bertops bundle.*scratch"):
+        tasks.check_params(conf, root)
+    (root / "artifacts/pretrain").mkdir(parents=True)
+    (root / "artifacts/pretrain/bertops.json").write_text("{}")
+    assert tasks.check_params(conf, root)["overrides"][-1].startswith("pretrain.output_dir=")
+    # in the DAG, the refusal fails the run at once (no retries)
+    conf["overrides"] = [f"pretrain.output_dir={root / 'nowhere'}"]
+    monkeypatch.setenv("BERTOPS_PROJECT_DIR", str(root))
+    with pytest.raises(AirflowFailException, match="not a bertops bundle"):
+        retrain.check_params(conf)
+
+
+def test_plan_says_what_a_retrain_will_do() -> None:
+    cfg = load_config(REPO_ROOT / "params.yaml", ["finetune.max_steps=20", "ingest.corpus.max_records=5"])
+    lines = tasks.plan_lines(cfg, "auto", ["finetune.max_steps=20", "ingest.corpus.max_records=5"], REPO_ROOT)
+    text = "\n".join(lines)
+    assert "DVC experiment" in text and "ingest.corpus.max_records=5" in text
+    assert "pretraining: yes, 2000 steps (the data overrides change the pretraining corpus)" in text
+    assert "at most 20 steps" in text
+    skip = "\n".join(tasks.plan_lines(cfg, "skip", [], REPO_ROOT))
+    assert "`dvc repro` of params.yaml" in skip and "pretraining: no (skipped by the run's parameters)" in skip

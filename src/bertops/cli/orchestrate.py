@@ -33,14 +33,17 @@ def retrain_command(
     url: Annotated[str | None, typer.Option(help="Airflow base URL (default: the local stack's).")] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the run to finish and print its summary.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 3600,
+    unpause: Annotated[bool, typer.Option(help="Unpause bert_retrain first if it is paused.")] = False,
 ) -> None:
     """Trigger a bert_retrain run, e.g. ``bertops retrain --set finetune.learning_rate=3e-5 --set finetune.epochs=3``.
 
     The parameters are checked against the DAG's JSON schema and every key against params.yaml before anything
-    is sent; a bad one is refused with a message naming it (exit 2).
+    is sent; a bad one is refused with a message naming it (exit 2). The plan (data, pretraining or not and
+    why, fine-tuning steps) is printed first. A paused DAG, or a run that nothing would start, stops at once
+    with the fix (exit 1) instead of waiting.
     """
     from bertops.config import ConfigError
-    from bertops.orchestration.airflow_api import AirflowApiError
+    from bertops.orchestration.airflow_api import AirflowApiError, RunStuck
     from bertops.orchestration.retrain import DAG_ID
     from bertops.orchestration.retrain_params import (
         RetrainParamsError,
@@ -49,6 +52,7 @@ def retrain_command(
         validate_conf,
     )
     from bertops.orchestration.stack import airflow_client
+    from bertops.orchestration.tasks import RetrainRefused, plan_lines, refuse_impossible
 
     cfg = load_or_exit(params, None)
     try:
@@ -56,12 +60,28 @@ def retrain_command(
         if pretraining is not None:
             conf["pretraining"] = pretraining
         full = validate_conf(conf)
-        load_or_exit(params, conf_to_overrides(full))  # every key and value, as the DAG will resolve them
-    except (RetrainParamsError, ConfigError) as exc:
+        overrides = conf_to_overrides(full)
+        run_cfg = load_or_exit(params, overrides)  # every key and value, as the DAG will resolve them
+        root = params.resolve().parent
+        refuse_impossible(run_cfg, full["pretraining"], root)
+    except (RetrainParamsError, ConfigError, RetrainRefused) as exc:
         err_console.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(2) from None
+    console.print(f"[bold]{DAG_ID}[/bold] plan:")
+    for line in plan_lines(run_cfg, full["pretraining"], overrides, root):
+        console.print(f"  - {line}")
     try:
         client = airflow_client(cfg, Path.cwd(), url=url)
+        if client.get_dag(DAG_ID).get("is_paused"):
+            if not unpause:
+                err_console.print(
+                    f"[red]not triggered:[/red] {DAG_ID} is paused in Airflow, so the run would never start. "
+                    "Run again with [bold]--unpause[/bold] (or unpause it in the UI; "
+                    "`orchestration.dags_paused: false` makes `bertops stack up` leave it unpaused)."
+                )
+                raise typer.Exit(1)
+            client.set_paused(DAG_ID, False)
+            console.print(f"unpaused {DAG_ID}")
         run = client.trigger_dag(DAG_ID, conf)
     except AirflowApiError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
@@ -69,13 +89,50 @@ def retrain_command(
     run_id = run["dag_run_id"]
     console.print(f"triggered [bold]{DAG_ID}[/bold] run [cyan]{run_id}[/cyan]")
     console.print(f"  {client.run_url(DAG_ID, run_id)}")
-    if wait:
-        final = client.wait_run(DAG_ID, run_id, timeout)
-        console.print(f"run {run_id}: [bold]{final['state']}[/bold]")
-        if final["state"] == "success":
-            console.print_json(data=client.xcom(DAG_ID, run_id, "summary"))
-        else:
-            raise typer.Exit(1)
+    if not wait:
+        return
+    try:
+        with RunProgress(console) as progress:
+            final = client.wait_run(DAG_ID, run_id, timeout, on_poll=progress.update)
+    except (RunStuck, AirflowApiError) as exc:
+        err_console.print(f"[red]stopped waiting:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"run {run_id}: [bold]{final['state']}[/bold]")
+    if final["state"] == "success":
+        console.print_json(data=client.xcom(DAG_ID, run_id, "summary"))
+    else:
+        raise typer.Exit(1)
+
+
+_STATE_COLOURS = {"success": "green", "failed": "red", "running": "yellow", "skipped": "dim",
+                  "up_for_retry": "magenta", "upstream_failed": "red"}  # fmt: skip
+
+
+class RunProgress:
+    """A live line per task of a DAG run (rich), fed by :meth:`AirflowClient.wait_run`'s ``on_poll``."""
+
+    def __init__(self, out: object) -> None:
+        from rich.live import Live
+
+        self._live = Live(console=out, refresh_per_second=2, transient=False)
+
+    def __enter__(self) -> RunProgress:
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.__exit__(*exc)
+
+    def update(self, run: dict, task_instances: list[dict]) -> None:
+        from rich.table import Table
+
+        table = Table(title=f"run {run['dag_run_id']}: {run['state']}", show_header=False, box=None)
+        for ti in sorted(task_instances, key=lambda t: t.get("start_date") or "~"):
+            state = ti.get("state") or "waiting"
+            tries = f" (try {ti['try_number']})" if (ti.get("try_number") or 1) > 1 else ""
+            colour = _STATE_COLOURS.get(state, "white")
+            table.add_row(ti["task_id"], f"[{colour}]{state}[/{colour}]{tries}")
+        self._live.update(table)
 
 
 @stack_app.command("up")

@@ -25,6 +25,10 @@ USERNAME = "bertops"
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
 
 
+class RunStuck(RuntimeError):
+    """A queued run that nothing will start (paused DAG, no scheduler); the message names the fix."""
+
+
 class AirflowApiError(RuntimeError):
     """An Airflow API call that failed; the message has the method, the path, the status and Airflow's detail."""
 
@@ -159,13 +163,58 @@ class AirflowClient:
         )
         return self.request("GET", path, params={"deserialize": "true"}).get("value")
 
-    def wait_run(self, dag_id: str, run_id: str, timeout_s: float, poll_s: float = 3.0) -> dict[str, Any]:
-        """Poll until the run is ``success`` or ``failed``; raise :class:`AirflowApiError` on timeout."""
+    def active_runs(self, dag_id: str) -> list[dict[str, Any]]:
+        """The DAG's runs that are running now."""
+        path = f"/dags/{quote(dag_id, safe='')}/dagRuns"
+        return list(self.request("GET", path, params={"state": "running"})["dag_runs"])
+
+    def why_stuck(self, dag_id: str, run_id: str) -> str | None:
+        """Why a queued run will not start (None when something will start it: a slot frees, the scheduler
+        picks it up)."""
+        if self.get_dag(dag_id).get("is_paused"):
+            return (f"{dag_id} is paused, so its queued run {run_id} never starts. Unpause it: "
+                    f"`bertops retrain --unpause ...`, the UI's toggle, or `orchestration.dags_paused: false`")  # fmt: skip
+        scheduler = (self.health().get("scheduler") or {}).get("status")
+        if scheduler != "healthy":
+            return f"Airflow's scheduler is {scheduler or 'not running'}: nothing starts run {run_id}. "\
+                   "Check `bertops stack status` (and `make up`)"  # fmt: skip
+        return None
+
+    def wait_run(
+        self,
+        dag_id: str,
+        run_id: str,
+        timeout_s: float,
+        poll_s: float = 3.0,
+        on_poll: Any = None,
+        queued_grace_s: float = 90.0,
+    ) -> dict[str, Any]:
+        """Poll until the run is ``success`` or ``failed``; ``on_poll(run, task_instances)`` each time.
+
+        Raises :class:`RunStuck` as soon as a queued run has nothing that would start it (paused DAG, scheduler
+        down), and when it stays queued ``queued_grace_s`` with no other run of the DAG holding the slot;
+        :class:`AirflowApiError` on timeout.
+        """
         deadline = time.monotonic() + timeout_s
+        queued_alone_since: float | None = None
         while True:
             run = self.get_run(dag_id, run_id)
+            if on_poll is not None:
+                on_poll(run, self.task_instances(dag_id, run_id) if run["state"] != "queued" else [])
             if run["state"] in ("success", "failed"):
                 return run
+            if run["state"] == "queued":
+                reason = self.why_stuck(dag_id, run_id)
+                if reason:
+                    raise RunStuck(reason)
+                others = [r for r in self.active_runs(dag_id) if r["dag_run_id"] != run_id]
+                if others:  # max_active_runs: waits for the slot, which the running run frees
+                    queued_alone_since = None
+                elif queued_alone_since is None:
+                    queued_alone_since = time.monotonic()
+                elif time.monotonic() - queued_alone_since > queued_grace_s:
+                    raise RunStuck(f"run {run_id} of {dag_id} stayed queued {queued_grace_s:.0f}s with no other "
+                                   "run holding its slot; see the scheduler log (`bertops stack status`)")  # fmt: skip
             if time.monotonic() > deadline:
                 raise AirflowApiError(f"run {run_id} of {dag_id} still {run['state']} after {timeout_s:.0f}s")
             time.sleep(poll_s)
