@@ -95,3 +95,26 @@ def test_timeout_stops_the_ray_job(ray_cluster, tmp_path) -> None:
     with pytest.raises(RayJobError, match="did not finish"):
         runner.wait(sid, timeout_s=1)
     assert _wait_status(runner, sid, {"STOPPED"}, timeout=60) == "STOPPED"
+
+
+@pytest.mark.slow
+def test_a_config_error_in_the_real_job_fails_the_task_without_retries(ray_cluster, tmp_path) -> None:
+    """``ray_jobs/finetune.py`` refusing its config: RayJobConfigError, which the operator turns into
+    AirflowFailException (no retries); an infrastructure error stays a plain RayJobError (retried)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from bertops.config import load_config
+    from bertops.orchestration import tasks
+    from bertops.orchestration.operators import RayJobOperator
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "params.yaml")
+    spec = tasks.training_job("finetune", cfg, ["finetune.epochs=0"], None, root=root)
+    op = RayJobOperator(task_id="finetune", build=lambda ctx: (ray_cluster.dashboard_url, spec, 300.0),
+                        poll_interval_s=0.5)  # fmt: skip
+    with pytest.raises(AirflowFailException, match=r"refused its configuration.*finetune\.epochs"):
+        op.execute({"run_id": f"manual__{tmp_path.name}"})
+    down = RayJobOperator(task_id="finetune", build=lambda ctx: ("http://127.0.0.1:9", spec, 30.0))
+    with pytest.raises(RayJobError, match="cannot reach the Ray Jobs API") as err:
+        down.execute({"run_id": f"manual__{tmp_path.name}"})
+    assert not isinstance(err.value, AirflowFailException)

@@ -62,8 +62,29 @@ def _runs(client: AirflowClient) -> list[dict]:
     return list(client.request("GET", "/dags/bert_retrain/dagRuns")["dag_runs"])
 
 
+def test_retrain_on_a_paused_dag_stops_at_once_naming_the_fix(api_server: ApiServer) -> None:
+    client = AirflowClient(api_server.url, USERNAME, api_server.password)
+    client.set_paused("bert_retrain", True)
+    before = len(_runs(client))
+    proc = _cli(api_server, "--set", "finetune.epochs=2", "--wait")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "paused" in proc.stderr and "--unpause" in proc.stderr
+    assert "plan:" in proc.stdout and "fine-tuning: classification" in proc.stdout
+    assert len(_runs(client)) == before
+
+
+def test_a_run_nothing_will_start_stops_the_wait_at_once(api_server: ApiServer) -> None:
+    # This API server has no scheduler: the queued run has no slot in sight, and --wait says so at once.
+    proc = _cli(api_server, "--unpause", "--set", "finetune.epochs=2", "--wait", "--timeout", "600")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "unpaused bert_retrain" in proc.stdout and "triggered" in proc.stdout
+    assert "stopped waiting" in proc.stderr and "scheduler" in proc.stderr, proc.stderr
+    client = AirflowClient(api_server.url, USERNAME, api_server.password)
+    assert client.get_dag("bert_retrain")["is_paused"] is False
+
+
 def test_retrain_cli_triggers_a_run_with_the_validated_conf(api_server: ApiServer) -> None:
-    proc = _cli(api_server, "--set", "finetune.learning_rate=3e-5", "--set", "finetune.epochs=3",
+    proc = _cli(api_server, "--unpause", "--set", "finetune.learning_rate=3e-5", "--set", "finetune.epochs=3",
                 "--set", "pretrain.max_steps=7")  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     client = AirflowClient(api_server.url, USERNAME, api_server.password)
@@ -87,6 +108,18 @@ def test_bad_params_are_refused_by_the_cli_before_sending(api_server: ApiServer)
         (["--set", "finetune.bogus_key=1"], "finetune.bogus_key"),
         (["--set", "finetune.learning_rate=fast"], "learning_rate"),
         (["--pretraining", "sometimes"], "pretraining"),
+        # nothing pretrained to fine-tune from, and pretraining skipped: refused before anything starts
+        (
+            [
+                "--pretraining",
+                "skip",
+                "--set",
+                "finetune.init=pretrained",
+                "--set",
+                "pretrain.output_dir=/nowhere",
+            ],
+            "not a bertops bundle",
+        ),
     ):
         proc = _cli(api_server, *args)
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
