@@ -112,7 +112,7 @@ def test_a_config_error_in_the_real_job_fails_the_task_without_retries(ray_clust
     spec = tasks.training_job("finetune", cfg, ["finetune.epochs=0"], None, root=root)
     op = RayJobOperator(task_id="finetune", build=lambda ctx: (ray_cluster.dashboard_url, spec, 300.0),
                         poll_interval_s=0.5)  # fmt: skip
-    with pytest.raises(AirflowFailException, match=r"refused its configuration.*finetune\.epochs"):
+    with pytest.raises(AirflowFailException, match=r"refused its configuration(.|\n)*finetune\.epochs"):
         op.execute({"run_id": f"manual__{tmp_path.name}"})
     down = RayJobOperator(task_id="finetune", build=lambda ctx: ("http://127.0.0.1:9", spec, 30.0))
     with pytest.raises(RayJobError, match="cannot reach the Ray Jobs API") as err:
