@@ -154,7 +154,8 @@ def test_plan_says_what_a_retrain_will_do() -> None:
     lines = tasks.plan_lines(cfg, "auto", ["finetune.max_steps=20", "ingest.corpus.max_records=5"], REPO_ROOT)
     text = "\n".join(lines)
     assert "DVC experiment" in text and "ingest.corpus.max_records=5" in text
-    assert "pretraining: yes, 2000 steps (the data overrides change the pretraining corpus)" in text
-    assert "at most 20 steps" in text
+    assert "pretraining: yes, 2000 steps, ~" in text
+    assert "(the data overrides change the pretraining corpus)" in text
+    assert "at most 20 steps (~20 steps, ~" in text and "estimate: ~" in text
     skip = "\n".join(tasks.plan_lines(cfg, "skip", [], REPO_ROOT))
     assert "`dvc repro` of params.yaml" in skip and "pretraining: no (skipped by the run's parameters)" in skip

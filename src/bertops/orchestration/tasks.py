@@ -23,6 +23,7 @@ from typing import Any
 
 from bertops.config import BertopsConfig, load_config
 from bertops.model.bundle import META_FILE
+from bertops.model.presets import resolve_architecture
 from bertops.orchestration import dvc_ops
 from bertops.orchestration.ray_jobs import JobSpec, python_entrypoint
 from bertops.orchestration.retrain_params import conf_to_overrides, validate_conf
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 
 PARAMS_FILE = "params.yaml"
 PRETRAIN_STATE = "orchestration/pretrain_state.json"
+# A rough training throughput of one CPU worker, in FLOP/s (calibrated on the 2-core reference machine of
+# docs/benchmarks.md: tiny ~11k tokens/s); plus the start-up of one Ray job (processes, TensorFlow import).
+CPU_FLOPS = 3e10
+JOB_STARTUP_S = 60.0
 RUN_DATA = "runs"  # <state_dir>/runs/<run>/data: the data one retrain reads (hard links into the DVC cache)
 KEEP_RUN_DATA = 5
 # The lineage a retrain hands its Ray jobs (bertops.training.tracking tags the MLflow run with it).
@@ -125,17 +130,54 @@ def plan_lines(cfg: BertopsConfig, mode: str, overrides: list[str], root: Path) 
         needed, why = True, "the data overrides change the pretraining corpus"
     else:
         needed, why = pretrain_decision(cfg, mode, dvc_ops.corpus_version(root), root)
+    seconds = 0.0
     if needed:
-        lines.append(f"pretraining: yes, {cfg.pretrain.max_steps} steps ({why})")
+        pre = cfg.pretrain
+        pre_s = _train_seconds(
+            cfg, pre.max_steps, pre.batch_size, cfg.pretrain_data.max_seq_length, pre.scaling
+        )
+        seconds += pre_s
+        lines.append(f"pretraining: yes, {pre.max_steps} steps, ~{_minutes(pre_s)} ({why})")
     else:
         lines.append(f"pretraining: no ({why})")
     ft = cfg.finetune
-    steps = f"at most {ft.max_steps} steps" if ft.max_steps else f"{ft.epochs} epochs"
+    n_train = _train_examples(cfg, root)
+    steps = ft.max_steps or (ft.epochs * -(-n_train // ft.batch_size) if n_train else None)
+    what = f"at most {ft.max_steps} steps" if ft.max_steps else f"{ft.epochs} epochs"
+    if steps:
+        ft_s = _train_seconds(cfg, steps, ft.batch_size, cfg.finetune_data.max_seq_length, ft.scaling)
+        seconds += ft_s
+        what += f" (~{steps} steps, ~{_minutes(ft_s)})"
     lines.append(
-        f"fine-tuning: {ft.task}, model {cfg.model.preset}, init {ft.init}, {steps}, batch {ft.batch_size}"
+        f"fine-tuning: {ft.task}, model {cfg.model.preset}, init {ft.init}, {what}, batch {ft.batch_size}"
     )
     lines.append(f"then: evaluate, register, promotion gate (mode {cfg.promotion.mode}), update serving")
+    lines.append(f"estimate: ~{_minutes(seconds)} of training (rough: CPU throughput, job start-up)")
     return lines
+
+
+def _train_seconds(cfg: BertopsConfig, steps: int, batch: int, seq: int, scaling: Any) -> float:
+    """A rough wall time: 6 FLOPs per parameter and token (forward + backward) at :data:`CPU_FLOPS` a worker."""
+    arch = resolve_architecture(cfg.model, vocab_size=cfg.vocab.vocab_size)
+    per_token = 6 * (arch.num_parameters() - arch.vocabulary_size * arch.hidden_dim)  # lookups cost ~nothing
+    rate = CPU_FLOPS * max(1, scaling.num_workers) * (20 if scaling.use_gpu else 1)
+    return JOB_STARTUP_S + steps * batch * seq * per_token / rate
+
+
+def _train_examples(cfg: BertopsConfig, root: Path) -> int | None:
+    """Training examples in the workspace's fine-tuning records (None before the first ``dvc repro``)."""
+    data_dir = Path(cfg.project.data_dir)
+    manifest = (data_dir if data_dir.is_absolute() else root / data_dir) / "finetune" / cfg.finetune.task
+    try:
+        return int(
+            json.loads((manifest / "manifest.json").read_text(encoding="utf-8"))["num_examples"]["train"]
+        )
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def data_cycle(root: Path | None = None) -> dict[str, Any]:
