@@ -163,6 +163,28 @@ def stack_down(params: ParamsOption = Path("params.yaml"), set_: SetOption = Non
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
+@stack_app.command("env")
+def stack_env(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
+    """Shell exports for the stock clients of the running stack: ``eval "$(bertops stack env)"``.
+
+    ``ray job submit`` / ``ray.init()`` / ``serve.get_app_handle`` (Ray addresses and the stack's Ray token),
+    ``mlflow`` (MLFLOW_TRACKING_URI), ``airflow``'s URL, the serving URL. The token is a secret of this machine's
+    stack: the output is for your shell, not for logs.
+    """
+    import shlex
+
+    from bertops.orchestration.stack import StackPaths, client_env, read_state
+
+    cfg = load_or_exit(params, set_)
+    paths = StackPaths.of(cfg, Path.cwd())
+    state = read_state(paths)
+    if not state.get("services"):
+        err_console.print("[red]error:[/red] the local stack is not running here; start it with `make up`")
+        raise typer.Exit(1)
+    for key, value in client_env(state, paths).items():
+        typer.echo(f"export {key}={shlex.quote(value)}")
+
+
 @stack_app.command("status")
 def stack_status(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
     """Each service's URL and health."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 from typing import Annotated
@@ -22,6 +23,16 @@ from bertops.cli.common import (
 UrlOption = Annotated[
     str | None, typer.Option("--url", help="Service base URL (default: http://serving.host:serving.port).")
 ]
+
+
+def _port_taken(host: str, port: int) -> bool:
+    """Whether something listens on ``host:port`` already (a bind there fails)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def _default_url(params: Path, set_: list[str] | None) -> str:
@@ -48,6 +59,14 @@ def serve_command(
 
     setup_logging(verbose)
     cfg = load_or_exit(params, set_)
+    bind_host, bind_port = host or cfg.serving.host, port or cfg.serving.port
+    if (address or cfg.ray_address()) is None and _port_taken(bind_host, bind_port):
+        # A new local Ray would start a second HTTP proxy (or HAProxy) on the same port: refuse instead.
+        err_console.print(
+            f"[red]refused:[/red] {bind_host}:{bind_port} is already in use (the local stack's serving app? "
+            "`bertops stack status` shows it). Use it as it is, pick another --port, or stop it (`make down`)."
+        )
+        raise typer.Exit(1)
     url = start(cfg, host=host, port=port, address=address)
     try:
         ready = wait_ready(url, timeout=60)

@@ -276,6 +276,22 @@ def service_env(state: dict[str, Any], paths: StackPaths) -> dict[str, str]:
     return env
 
 
+CLIENT_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI",
+              "BERTOPS_RAY_DASHBOARD_URL", "BERTOPS_SERVING_URL", "BERTOPS_AIRFLOW_URL", "AIRFLOW_URL")  # fmt: skip
+
+
+def client_env(state: dict[str, Any], paths: StackPaths) -> dict[str, str]:
+    """What the stock clients need to reach the running stack (``bertops stack env``): Ray's addresses for
+    ``ray.init``/Serve (``RAY_ADDRESS``) and for ``ray job submit`` (``RAY_API_SERVER_ADDRESS``, the dashboard)
+    with the token, MLflow's URI, the Airflow and serving URLs."""
+    env = service_env(state, paths)
+    if "BERTOPS_RAY_DASHBOARD_URL" in env:
+        env["RAY_API_SERVER_ADDRESS"] = env["BERTOPS_RAY_DASHBOARD_URL"]
+    if "BERTOPS_AIRFLOW_URL" in env:
+        env["AIRFLOW_URL"] = env["BERTOPS_AIRFLOW_URL"]
+    return {k: env[k] for k in CLIENT_ENV if k in env}
+
+
 def up(
     cfg: BertopsConfig,
     root: Path,
