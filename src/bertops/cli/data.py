@@ -1,8 +1,9 @@
 """CLI commands for the data step: ``bertops data repro | summary | report``.
 
 ``repro`` wraps ``dvc repro`` (the stages in dvc.yaml) so that the stage commands run with this environment's
-Python, then prints what each stage produced. DVC is run as a subprocess: its own output (which stage runs,
-and a failing stage's error naming file, row and field) streams to the terminal unchanged.
+Python, then prints what each stage produced. DVC is run as a subprocess: the terminal shows which stage runs
+and which are unchanged, DVC's full output goes to a log file (path printed; ``-v`` streams it instead), and a
+failing stage's error (naming file, row and field) is printed from it.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from bertops.cli.common import ParamsOption, console, err_console, load_or_exit
+from bertops.cli.common import ParamsOption, VerboseOption, console, err_console, load_or_exit
 
 data_app = typer.Typer(
     help="The DVC data pipeline: ingest, validate, split, vocab, pretrain_data, finetune_data."
@@ -33,6 +35,37 @@ def dvc_env() -> dict[str, str]:
 def run_dvc(args: list[str], cwd: Path | None = None) -> int:
     """Run ``dvc <args>`` with :func:`dvc_env`; returns its exit status."""
     return subprocess.call([sys.executable, "-m", "dvc", *args], cwd=cwd, env=dvc_env())
+
+
+def run_dvc_logged(args: list[str], log_file: Path) -> int:
+    """``dvc <args>`` with its output in ``log_file``; each stage shown live as it runs or is skipped."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        open(log_file, "a", encoding="utf-8") as fh,
+        console.status("dvc repro: checking what changed...") as status,
+        subprocess.Popen(
+            [sys.executable, "-m", "dvc", *args],
+            env=dvc_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ) as proc,  # fmt: skip
+    ):
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            fh.write(line)
+            stage = _quoted(line)
+            if line.startswith("Running stage") and stage:
+                console.print(f"  running stage [bold]{stage}[/bold]")
+                status.update(f"dvc repro: stage {stage}...")
+            elif "didn't change, skipping" in line and stage:
+                console.print(f"  [dim]{stage}: unchanged[/dim]")
+    return proc.returncode
+
+
+def _quoted(line: str) -> str | None:
+    parts = line.split("'")
+    return parts[1] if len(parts) >= 3 else None
 
 
 def _show_summary(params: Path) -> None:
@@ -79,11 +112,20 @@ def repro_command(
     params: ParamsOption = Path("params.yaml"),
     force: Annotated[bool, typer.Option("--force", "-f", help="Re-run even if nothing changed.")] = False,
     dry: Annotated[bool, typer.Option("--dry", help="Only show what would run.")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Run ``dvc repro`` (only what changed) and print counts per split, vocabulary size and instances."""
-    load_or_exit(params, None)  # a bad params.yaml fails here, naming the key, before DVC starts
+    cfg = load_or_exit(params, None)  # a bad params.yaml fails here, naming the key, before DVC starts
     args = ["repro", *(stages or [])] + (["--force"] if force else []) + (["--dry"] if dry else [])
-    rc = run_dvc(args)
+    if verbose or dry:
+        rc = run_dvc(args)
+    else:
+        log_file = cfg.state_dir / "logs" / f"data-repro-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        console.print(f"[dim]logs: {log_file} (-v shows them here)[/dim]")
+        rc = run_dvc_logged(args, log_file)
+        if rc != 0:
+            tail = log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-25:]
+            err_console.print("\n".join(tail), markup=False, highlight=False)
     if rc != 0:
         err_console.print(f"[red]dvc repro failed (exit {rc}); earlier outputs are unchanged.[/red]")
         raise typer.Exit(rc)

@@ -18,6 +18,7 @@ from bertops.cli.common import (
     load_or_exit,
     setup_logging,
 )
+from bertops.config import BertopsConfig
 
 stack_app = typer.Typer(
     help="The local stack: Airflow, Ray, MLflow and serving on 127.0.0.1.", no_args_is_help=True
@@ -92,7 +93,7 @@ def retrain_command(
     if not wait:
         return
     try:
-        with RunProgress(console) as progress:
+        with RunProgress(console, _tracking_uri(cfg), cfg) as progress:
             final = client.wait_run(DAG_ID, run_id, timeout, on_poll=progress.update)
     except (RunStuck, AirflowApiError) as exc:
         err_console.print(f"[red]stopped waiting:[/red] {exc}")
@@ -108,13 +109,26 @@ _STATE_COLOURS = {"success": "green", "failed": "red", "running": "yellow", "ski
                   "up_for_retry": "magenta", "upstream_failed": "red"}  # fmt: skip
 
 
-class RunProgress:
-    """A live line per task of a DAG run (rich), fed by :meth:`AirflowClient.wait_run`'s ``on_poll``."""
+def _tracking_uri(cfg: BertopsConfig) -> str:
+    """The MLflow the DAG's tasks log to: the running stack's server, else the config's."""
+    from bertops.orchestration.stack import StackPaths, read_state
 
-    def __init__(self, out: object) -> None:
+    mlflow = read_state(StackPaths.of(cfg, Path.cwd())).get("services", {}).get("mlflow", {})
+    return str(mlflow.get("url") or cfg.tracking_uri())
+
+
+class RunProgress:
+    """A live line per task of a DAG run (rich), fed by :meth:`AirflowClient.wait_run`'s ``on_poll``; while
+    ``pretrain`` or ``finetune`` runs, also its progress from the rank-0 worker's MLflow metrics."""
+
+    def __init__(self, out: object, tracking_uri: str, cfg: BertopsConfig) -> None:
         from rich.live import Live
 
         self._live = Live(console=out, refresh_per_second=2, transient=False)
+        self._tracking_uri = tracking_uri
+        self._experiments = {"pretrain": cfg.tracking.pretrain_experiment,
+                             "finetune": cfg.tracking.finetune_experiment}  # fmt: skip
+        self._runs: dict[str, str] = {}
 
     def __enter__(self) -> RunProgress:
         self._live.__enter__()
@@ -132,7 +146,33 @@ class RunProgress:
             tries = f" (try {ti['try_number']})" if (ti.get("try_number") or 1) > 1 else ""
             colour = _STATE_COLOURS.get(state, "white")
             table.add_row(ti["task_id"], f"[{colour}]{state}[/{colour}]{tries}")
+            if state == "running" and ti["task_id"] in self._experiments:
+                line = self._training_line(ti["task_id"], run["dag_run_id"])
+                if line:
+                    table.add_row("", line)
         self._live.update(table)
+
+    def _training_line(self, kind: str, dag_run_id: str) -> str | None:
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        from bertops.cli.progress import progress_line, run_progress
+
+        try:
+            client = MlflowClient(self._tracking_uri)
+            if kind not in self._runs:
+                experiment = client.get_experiment_by_name(self._experiments[kind])
+                found = experiment and client.search_runs(
+                    [experiment.experiment_id],
+                    f"tags.`bertops.airflow_run_id` = '{dag_run_id}' and tags.`bertops.kind` = '{kind}'",
+                    order_by=["attributes.start_time DESC"], max_results=1,
+                )  # fmt: skip
+                if not found:
+                    return progress_line(kind, {})
+                self._runs[kind] = found[0].info.run_id
+            return progress_line(kind, run_progress(client, self._runs[kind]))
+        except (MlflowException, OSError):  # best effort: the task states still show
+            return None
 
 
 @stack_app.command("up")

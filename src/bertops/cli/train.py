@@ -21,8 +21,9 @@ from bertops.cli.common import (
     console,
     exit_on,
     load_or_exit,
-    setup_logging,
 )
+from bertops.cli.progress import TrainingProgress, quiet_output
+from bertops.training.trainer import TrainingSetupError, run_training
 
 RunNameOption = Annotated[
     str | None,
@@ -31,11 +32,9 @@ RunNameOption = Annotated[
 
 
 def _run(kind: str, params: Path, set_: list[str] | None, run_name: str | None, verbose: bool) -> None:
-    setup_logging(verbose)
     cfg = load_or_exit(params, set_)
-    from bertops.training.trainer import TrainingSetupError, run_training
-
-    with exit_on(TrainingSetupError, code=2):
+    # Before TensorFlow and Ray are imported: their start-up lines go to the log file as well.
+    with quiet_output(cfg, kind, verbose), exit_on(TrainingSetupError, code=2), TrainingProgress(cfg, kind):
         result = run_training(cfg, kind, run_name)  # type: ignore[arg-type]
     console.print(f"[bold]{kind}[/bold] run [cyan]{result.run_name}[/cyan] finished")
     console.print(f"MLflow run id: {result.run_id}")

@@ -263,7 +263,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     peak = _gpu_peak(plan)
     devices = max(1, len(tf.config.list_physical_devices("GPU"))) * world
-    logger = MetricLogger(plan.tracking_uri, plan.run_id) if rank == 0 else None
+    logger = MetricLogger(plan.tracking_uri, plan.run_id, plan.total_steps) if rank == 0 else None
 
     def report(metrics: dict[str, Any], with_checkpoint: bool, bundle: bool = False) -> None:
         """All workers call this (it is a barrier); rank 0 attaches the checkpoint."""

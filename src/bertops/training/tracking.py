@@ -181,17 +181,25 @@ def close_run(
 
 
 class MetricLogger:
-    """Per-step metrics into an existing run, from the rank-0 worker (batched; never raises into training)."""
+    """Per-step metrics into an existing run, from the rank-0 worker (batched; never raises into training).
 
-    def __init__(self, tracking_uri: str, run_id: str) -> None:
+    Also the progress relay: with ``total_steps`` the first batch carries a ``total_steps`` metric, so that a
+    watcher (``bertops finetune``'s live display, ``bertops retrain --wait``) shows step / total and an ETA.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str, total_steps: int | None = None) -> None:
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri)
         self.run_id = run_id
+        self._pending_total = total_steps
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         from mlflow.entities import Metric
 
+        if self._pending_total is not None:
+            metrics = {**metrics, "total_steps": self._pending_total}
+            self._pending_total = None
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
         try:
