@@ -1,0 +1,106 @@
+"""The command blocks of README.md and docs/ marked ``runnable`` (```` ```bash runnable ````, ```` ```python
+runnable ````) run as written against a live local stack (``bertops stack up`` in a small copy of the checkout),
+in page order, so that a page cannot drift from the code. Afterwards ``git status`` of the copy is empty.
+
+The copy has tiny data and a fine-tune of a few steps from scratch (its params.yaml), so that the training
+commands the pages show finish in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.orchestration.conftest import git, make_project
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PAGES = ["README.md", "docs/operations.md", "docs/training.md", "docs/model.md", "docs/serving.md"]
+BLOCK = re.compile(r"^```(bash|python) runnable\n(.*?)^```", re.S | re.M)
+SMALL = {
+    "ingest": {
+        "corpus": {"max_records": 30},
+        "classification": {"max_records": 300},
+        "ner": {"max_records": 60},
+    },
+    "vocab": {"vocab_size": 300, "min_frequency": 1},
+    "pretrain_data": {"dupe_factor": 1, "max_seq_length": 64, "num_workers": 1},
+    "finetune_data": {"max_seq_length": 64},
+    "finetune": {"init": "scratch", "max_steps": 3, "batch_size": 8, "log_every_steps": 1},
+    "evaluation": {"latency_repeats": 2},
+    "orchestration": {"stack_start_timeout_s": 600},
+}
+
+
+def runnable_blocks() -> list[tuple[str, str, str]]:
+    """``(page, language, code)`` of every runnable block, in page order."""
+    out = []
+    for page in PAGES:
+        text = (REPO_ROOT / page).read_text(encoding="utf-8")
+        out += [(page, lang, code) for lang, code in BLOCK.findall(text)]
+    return out
+
+
+def test_the_pages_mark_blocks_runnable() -> None:
+    pages = {page for page, _, _ in runnable_blocks()}
+    assert {"docs/operations.md", "docs/training.md", "docs/model.md", "docs/serving.md"} <= pages
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
+    root = make_project(tmp_path_factory.mktemp("doc_stack"), SMALL)
+    (root / ".venv").symlink_to(Path(sys.executable).parents[1])  # the docs call .venv/bin/python
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "COLUMNS": "200"}  # fmt: skip
+    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_MODE", "BERTOPS_AIRFLOW_URL"):
+        env.pop(name, None)  # the session's test settings are not the stack's
+    subprocess.run(
+        ["bertops", "data", "repro"], cwd=root, env=env, check=True, capture_output=True, timeout=900
+    )
+    git(root, "add", "dvc.lock", "data/reports/data_report.json")
+    git(root, "commit", "-qm", "data")
+    up = subprocess.run(["bertops", "stack", "up"], cwd=root, env=env, capture_output=True, text=True,
+                        timeout=1800)  # fmt: skip
+    try:
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        yield root, env
+    finally:
+        subprocess.run(["bertops", "stack", "down"], cwd=root, env=env, capture_output=True, timeout=300)
+
+
+def test_runnable_doc_blocks_work_against_a_live_stack(stack: tuple[Path, dict[str, str]]) -> None:
+    root, env = stack
+    failures = []
+    for page, lang, code in runnable_blocks():
+        if lang == "bash":
+            cmd = ["bash", "-euo", "pipefail", "-c", code]
+        else:  # the stack's settings, as the page says to get them
+            cmd = [
+                "bash",
+                "-euo",
+                "pipefail",
+                "-c",
+                f"eval \"$(bertops stack env)\"\npython - <<'PY'\n{code}PY\n",
+            ]
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            failures.append(f"--- {page} ({lang}), exit {proc.returncode}:\n{code}\n{proc.stdout[-2000:]}\n"
+                            f"{proc.stderr[-3000:]}")  # fmt: skip
+    assert not failures, "\n".join(failures)
+    assert git(root, "status", "--porcelain") == ""
+
+
+def test_bertops_serve_refuses_the_port_the_stack_serves_on(stack: tuple[Path, dict[str, str]]) -> None:
+    root, env = stack
+    url = subprocess.run(["bash", "-c", 'eval "$(bertops stack env)"; echo "$BERTOPS_SERVING_URL"'], cwd=root,
+                         env=env, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    proc = subprocess.run(["bertops", "serve", "--port", port], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 1 and "already in use" in proc.stderr, proc.stdout + proc.stderr
