@@ -96,6 +96,27 @@ def test_runnable_doc_blocks_work_against_a_live_stack(stack: tuple[Path, dict[s
     assert git(root, "status", "--porcelain") == ""
 
 
+def test_stack_up_leaves_the_dags_unpaused_by_default(stack: tuple[Path, dict[str, str]]) -> None:
+    import time
+
+    from bertops.config import load_config
+    from bertops.orchestration.airflow_api import AirflowApiError
+    from bertops.orchestration.stack import airflow_client
+
+    root, _ = stack
+    client = airflow_client(load_config(root / "params.yaml"), root)
+    deadline = time.monotonic() + 300
+    while True:  # the dag-processor parses dags/ after start-up
+        try:
+            dag = client.get_dag("bert_retrain")
+            break
+        except AirflowApiError as exc:
+            if exc.status_code != 404 or time.monotonic() > deadline:
+                raise
+            time.sleep(5)
+    assert dag["is_paused"] is False  # orchestration.dags_paused: false
+
+
 def test_bertops_serve_refuses_the_port_the_stack_serves_on(stack: tuple[Path, dict[str, str]]) -> None:
     root, env = stack
     url = subprocess.run(["bash", "-c", 'eval "$(bertops stack env)"; echo "$BERTOPS_SERVING_URL"'], cwd=root,

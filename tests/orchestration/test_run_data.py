@@ -84,6 +84,17 @@ def test_data_override_is_a_dvc_experiment_and_the_workspace_comes_back(
     assert data["params"]["params.yaml"]["data"]["ingest"]["classification"]["max_records"] == 200
     assert data["metrics"], data
 
+    # a second retrain with other data overrides, right after: its own data, the first run's copy unchanged
+    other = tasks.prepare_run_data(
+        {"overrides": ["ingest.classification.max_records=300"]}, "manual__other", project
+    )
+    other_test = Path(other["data_dir"]) / "split/classification/test.jsonl"
+    assert other["data_version"] not in (base_version, run["data_version"])
+    assert 20 <= _lines(other_test) <= 40 and 10 <= _lines(own_test) <= 30, (
+        _lines(other_test),
+        _lines(own_test),
+    )
+
     caplog.clear()
     again = tasks.prepare_run_data({}, "manual__default_again", project)
     assert again["data_version"] == base_version
