@@ -123,3 +123,21 @@ def test_data_overrides_are_the_keys_dvc_stages_read() -> None:
         ["ingest.classification.max_records=9", "finetune.max_steps=3", "vocab.lowercase=false",
          "project.seed=1", "project.data_dir=x"], keys
     ) == ["ingest.classification.max_records=9", "vocab.lowercase=false", "project.data_dir=x"]  # fmt: skip
+
+
+def test_a_task_killed_inside_an_experiment_is_put_right_by_the_retry(project: Path) -> None:
+    params_before = (project / "params.yaml").read_bytes()
+    # What a process killed inside `dvc exp run` leaves: the backup, and a workspace on the experiment's params.
+    with pytest.raises(KeyboardInterrupt), dvc_ops.workspace_restored(project):
+        backup = project / dvc_ops.BACKUP_DIR
+        saved = {p.name: p.read_bytes() for p in backup.iterdir()}
+        raise KeyboardInterrupt
+    backup.mkdir(parents=True)
+    for name, content in saved.items():
+        (backup / name).write_bytes(content)
+    (project / "params.yaml").write_text("ingest: {}\n", encoding="utf-8")  # the half-run experiment's
+    run = tasks.prepare_run_data({"overrides": [OVERRIDE]}, "manual__retried", project)
+    assert run["dvc_experiment"] == "retrain-manual__retried"
+    assert (project / "params.yaml").read_bytes() == params_before
+    assert not backup.exists()
+    assert git(project, "status", "--porcelain") == ""

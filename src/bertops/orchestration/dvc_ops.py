@@ -167,25 +167,48 @@ def _uncached_outs(root: Path) -> list[Path]:
     return found
 
 
+BACKUP_DIR = ".dvc/tmp/bertops-workspace"  # git- and DVC-ignored; outlives a process killed mid-experiment
+
+
+def _restore(root: Path, backup: Path) -> None:
+    """Write the saved files back (a missing one: delete it), then ``dvc checkout`` the cached outputs."""
+    manifest = json.loads((backup / "manifest.json").read_text(encoding="utf-8"))
+    for rel, name in manifest.items():
+        if name is None:
+            (root / rel).unlink(missing_ok=True)
+        else:
+            (root / rel).write_bytes((backup / name).read_bytes())
+    if manifest.get("dvc.lock") is not None:
+        run_dvc(root, "checkout", "--force")
+    shutil.rmtree(backup)
+
+
 @contextmanager
 def workspace_restored(root: Path) -> Iterator[None]:
     """Run a workspace experiment, then put the workspace back as it was (params, lock, data) the DVC way.
 
-    ``params.yaml``, ``dvc.lock`` and the uncached outputs are saved byte for byte and written back; the cached
-    outputs are then restored from the DVC cache by ``dvc checkout`` (no stage runs again). Also on failure.
+    ``params.yaml``, ``dvc.lock`` and the uncached outputs are saved byte for byte (in :data:`BACKUP_DIR`) and
+    written back; the cached outputs are then restored from the DVC cache by ``dvc checkout`` (no stage runs
+    again). Also on failure; and a backup left by a process killed inside is restored first, so a retried task
+    starts from the real workspace, not from the half-run experiment's.
     """
-    saved = {p: (p.read_bytes() if p.exists() else None)
-             for p in [root / "params.yaml", root / "dvc.lock", *_uncached_outs(root)]}  # fmt: skip
+    backup = root / BACKUP_DIR
+    if (backup / "manifest.json").exists():
+        log.warning("restoring the workspace saved before an interrupted experiment (%s)", backup)
+        _restore(root, backup)
+    shutil.rmtree(backup, ignore_errors=True)
+    backup.mkdir(parents=True)
+    manifest: dict[str, str | None] = {}
+    for i, path in enumerate([root / "params.yaml", root / "dvc.lock", *_uncached_outs(root)]):
+        rel = path.relative_to(root).as_posix()
+        manifest[rel] = f"{i}.bin" if path.exists() else None
+        if path.exists():
+            shutil.copyfile(path, backup / f"{i}.bin")
+    (backup / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")  # written last: complete
     try:
         yield
     finally:
-        for path, content in saved.items():
-            if content is None:
-                path.unlink(missing_ok=True)
-            else:
-                path.write_bytes(content)
-        if saved[root / "dvc.lock"] is not None:
-            run_dvc(root, "checkout", "--force")
+        _restore(root, backup)
 
 
 def exp_run(root: Path, name: str, overrides: Iterable[str]) -> str:
