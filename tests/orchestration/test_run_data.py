@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import yaml
 from tests.orchestration.conftest import git, make_project
 
 from bertops.orchestration import dvc_ops, tasks
@@ -135,7 +136,9 @@ def test_a_task_killed_inside_an_experiment_is_put_right_by_the_retry(project: P
     backup.mkdir(parents=True)
     for name, content in saved.items():
         (backup / name).write_bytes(content)
-    (project / "params.yaml").write_text("ingest: {}\n", encoding="utf-8")  # the half-run experiment's
+    half_run = yaml.safe_load(params_before)
+    half_run["ingest"]["classification"]["max_records"] = 7  # what `dvc exp run --set-param` had written
+    (project / "params.yaml").write_text(yaml.safe_dump(half_run, sort_keys=False), encoding="utf-8")
     run = tasks.prepare_run_data({"overrides": [OVERRIDE]}, "manual__retried", project)
     assert run["dvc_experiment"] == "retrain-manual__retried"
     assert (project / "params.yaml").read_bytes() == params_before
