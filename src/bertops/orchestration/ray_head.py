@@ -26,9 +26,7 @@ def _raylet_died() -> bool:
     import psutil
 
     raylets = [c for c in psutil.Process().children(recursive=True) if _name(c) == "raylet"]
-    return bool(raylets) and all(
-        _status(c) in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD, None) for c in raylets
-    )
+    return bool(raylets) and all(_status(c) in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD, None) for c in raylets)
 
 
 def _name(proc: Any) -> str:
