@@ -125,3 +125,19 @@ def test_bertops_serve_refuses_the_port_the_stack_serves_on(stack: tuple[Path, d
     proc = subprocess.run(["bertops", "serve", "--port", port], cwd=root, env=env, capture_output=True, text=True,
                           timeout=120)  # fmt: skip
     assert proc.returncode == 1 and "already in use" in proc.stderr, proc.stdout + proc.stderr
+
+
+def test_finetune_shows_progress_and_keeps_the_noise_in_a_log(stack: tuple[Path, dict[str, str]]) -> None:
+    """``bertops finetune`` on the stack's Ray: the live line relayed from the rank-0 worker, a log file for
+    TensorFlow's and Ray's output."""
+    root, env = stack
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", 'eval "$(bertops stack env)"\n'
+                           "bertops finetune --set finetune.output_dir=artifacts/ft-progress"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    terminal = proc.stdout + proc.stderr
+    assert proc.returncode == 0, terminal[-4000:]
+    assert "logs: " in terminal and "step 3/3" in terminal and "finished" in terminal, terminal[-4000:]
+    for noise in ("oneDNN", "absl", "Failed to query Ray Train Controller"):
+        assert noise not in terminal, terminal[-4000:]
+    log_file = next((root / ".bertops" / "logs").glob("finetune-*.log"))
+    assert "oneDNN" in log_file.read_text(errors="replace")
