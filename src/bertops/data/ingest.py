@@ -102,7 +102,7 @@ class _Fields:
             file=self.sf.name,
             row=self.row,
             field=name,
-            hint="nothing is converted: quote the value in the file (JSON \"...\")",
+            hint='nothing is converted: quote the value in the file (JSON "...")',
         )
 
     def _clean(self, name: str, value: str) -> str:
@@ -155,7 +155,9 @@ class _Fields:
         return cleaned
 
 
-def _rows(sf: sources.SourceFile, cfg: SourceConfig, columns: list[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+def _rows(
+    sf: sources.SourceFile, cfg: SourceConfig, columns: list[str]
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """Rows of a columnar file, or one row per document of a text file (its text under ``text_column``)."""
     if sf.format == "text":
         return ((r, {cfg.text_column: block}) for r, block in sources.iter_text_blocks(sf, cfg.encoding))
@@ -172,9 +174,7 @@ def _refuse_folder(sf: sources.SourceFile, name: str) -> None:
         )
 
 
-def iter_corpus(
-    cfg: SourceConfig, stats: IngestStats, *, drop_empty: bool, min_chars: int
-) -> Iterator[dict]:
+def iter_corpus(cfg: SourceConfig, stats: IngestStats, *, drop_empty: bool, min_chars: int) -> Iterator[dict]:
     """Documents of sentences from a corpus source (CSV/JSONL/Parquet with text (+title) columns, or text),
     split by the segmenter of ``cfg.language`` (:func:`bertops.data.sentences.split_sentences`)."""
     for sf in sources.resolve_source(cfg):
@@ -207,7 +207,11 @@ def _folder_rows(
     for label, files in by_label.items():
         for path in files:
             doc = sources.SourceFile(path=path, name=str(path), format="folder")
-            yield doc, 1, {cfg.text_column: sources.read_document(path, cfg.encoding), cfg.label_column: label}
+            yield (
+                doc,
+                1,
+                {cfg.text_column: sources.read_document(path, cfg.encoding), cfg.label_column: label},
+            )
 
 
 def iter_classification(cfg: SourceConfig, stats: IngestStats, *, drop_empty: bool) -> Iterator[dict]:
@@ -219,7 +223,10 @@ def iter_classification(cfg: SourceConfig, stats: IngestStats, *, drop_empty: bo
         if sf.format == "folder":
             rows: Iterator[tuple[sources.SourceFile, int, dict[str, Any]]] = _folder_rows(sf, cfg, stats)
         else:
-            rows = ((sf, r, f) for r, f in sources.iter_rows(sf, cfg.encoding, [cfg.text_column, cfg.label_column]))
+            rows = (
+                (sf, r, f)
+                for r, f in sources.iter_rows(sf, cfg.encoding, [cfg.text_column, cfg.label_column])
+            )
         for where, row, raw in rows:
             stats.rows_read += 1
             fields = _Fields(where, row, raw, stats)

@@ -210,7 +210,9 @@ def _iter_csv(sf: SourceFile, encoding: str, columns: list[str]) -> Iterator[tup
     counts such rows and the data report lists them, in case a quote closed by chance in the right place).
     """
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # news articles exceed the 128 KiB default
-    reader = csv.reader(io.StringIO(_read_text(sf, encoding), newline=""), delimiter=sf.delimiter, strict=True)
+    reader = csv.reader(
+        io.StringIO(_read_text(sf, encoding), newline=""), delimiter=sf.delimiter, strict=True
+    )
     try:
         header = next(reader)
     except csv.Error as exc:
@@ -257,7 +259,7 @@ def _csv_error(sf: SourceFile, error: str, *, row: int, start: int, line: int) -
         what,
         file=sf.name,
         row=row,
-        hint="close the quote, or double a quote that is part of the text (\"\")",
+        hint='close the quote, or double a quote that is part of the text ("")',
     )
 
 
