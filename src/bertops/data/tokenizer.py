@@ -370,6 +370,13 @@ class EncodingSettings:
             )
         return settings
 
+    @classmethod
+    def of_records(cls, manifest: Mapping[str, Any], where: str) -> EncodingSettings:
+        """The settings a records manifest was built with: its ``tokenizer`` block and ``max_seq_length``
+        (blocks written before truncation was configurable, and pretraining's, mean the defaults)."""
+        block = {k: v for k, v in (manifest.get("tokenizer") or {}).items() if k != "vocab_file"}
+        return cls.from_dict({**asdict(cls()), "max_seq_length": manifest["max_seq_length"], **block}, where)
+
     def differences(self, other: EncodingSettings) -> dict[str, tuple[Any, Any]]:
         """``{setting: (mine, theirs)}`` for every setting that differs (an unknown vocabulary hash matches)."""
         out = {}
