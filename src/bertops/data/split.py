@@ -81,7 +81,8 @@ def assign_by_size(keys: list[str], sizes: list[int], fraction: float, seed: int
     """``name`` or ``"train"`` per record, holding out about ``fraction`` of the total size.
 
     Groups (same key) are visited in hash order; each goes to ``name`` when that brings the held-out size
-    closer to the target (``held + size / 2 <= target``), so one large group cannot overshoot it.
+    closer to the target (``held + size / 2 <= target``), so one large group cannot overshoot it. When none
+    fits, the first group is held out anyway (there are at least two): an empty held-out set measures nothing.
     """
     group_size: dict[str, int] = defaultdict(int)
     for key, size in zip(keys, sizes, strict=True):
@@ -95,6 +96,8 @@ def assign_by_size(keys: list[str], sizes: list[int], fraction: float, seed: int
             held += group_size[key]
         else:
             decided[key] = "train"
+    if fraction > 0 and held == 0 and len(decided) > 1:  # at least one group, as assign_splits does
+        decided[min(group_size, key=lambda k: _rank(seed, k))] = name
     return [decided[k] for k in keys]
 
 
