@@ -55,6 +55,7 @@ SETTINGS = {
     },
     "validate": {"labels": None},
     "vocab": {"vocab_size": 300, "min_frequency": 1, "max_input_chars_per_word": 200},
+    "pretrain_data": {"max_seq_length": 32},  # not built here (dvc repro finetune_data), but validated
     "finetune_data": {"max_seq_length": 32, "truncation": "head_tail"},
     "model": {"preset": "custom", "num_layers": 1, "hidden_dim": 32, "num_heads": 2, "intermediate_dim": 64,
               "max_sequence_length": 64, "dropout": 0.0},
