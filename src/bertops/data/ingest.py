@@ -9,6 +9,11 @@ of any problem. Empty or whitespace-only texts fail the stage unless ``ingest.dr
 they are dropped and listed in ``ingest_stats.json`` (which the data report includes). The three outputs and the
 stats are written together: a failure in any source leaves all four files as they were.
 
+Fields are read as they are (:class:`_Fields`): a text or token that is not a string is an error naming file,
+row and field (an integer label becomes its decimal string, a JSON ``null`` text counts as empty); control
+characters are removed by :func:`clean_text` and counted. In the folder layout each file is a classification
+record labelled by its folder (:func:`bertops.data.sources.folder_layout`).
+
 Run it as ``python pipelines/ingest.py --params params.yaml`` (DVC does) or call :func:`run_ingest`.
 """
 
