@@ -38,10 +38,13 @@ class SourceConfig(_Section):
     """Where one dataset comes from: a packaged set (``builtin:<name>``) or the user's own files."""
 
     source: str = Field(
-        description="builtin:news | builtin:rotten_tomatoes | builtin:wnut16 | a path or glob"
+        description="builtin:news | builtin:rotten_tomatoes | builtin:wnut16 | a path or glob | a directory "
+        "(<dir>/<label>/<file>: classification)"
     )
-    format: Literal["auto", "csv", "jsonl", "parquet", "text", "conll"] = Field(
-        default="auto", description="File format; auto: from each file's extension."
+    format: Literal["auto", "csv", "jsonl", "parquet", "text", "conll", "folder"] = Field(
+        default="auto",
+        description="File format; auto: from each file's extension, folder for a directory "
+        "(one subfolder per label, one document per file).",
     )
     text_column: str = Field(default="text", description="Column (or JSON key) holding the text.")
     label_column: str = Field(default="label", description="Column holding the classification label.")
@@ -65,6 +68,12 @@ class SourceConfig(_Section):
         description="Cap on the number of rows/documents read (None = all): small configs for tests and demos.",
     )
     encoding: str = Field(default="utf-8", description="Text encoding of the source files.")
+    language: str = Field(
+        default="en",
+        pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$",
+        description="Language code (ISO 639) of the text, for sentence splitting of the corpus: en uses "
+        "bertops' English rules, any other code the sentencex segmenter (docs/own_data.md).",
+    )
 
 
 class IngestConfig(_Section):
@@ -97,10 +106,10 @@ class IngestConfig(_Section):
 
 
 class ValidateConfig(_Section):
-    labels: list[str] = Field(
+    labels: list[str] | None = Field(
         default_factory=lambda: ["negative", "positive"],
-        min_length=2,
-        description="The canonical label set of the classification data; a label outside it is an error.",
+        description="The canonical label set of the classification data (the model's output order); a label "
+        "outside it is an error. null or []: the labels found in the data, sorted.",
     )
     min_class_fraction: float = Field(
         default=0.05,
@@ -120,6 +129,15 @@ class ValidateConfig(_Section):
         description="A classification text longer than this (in characters) is an error.",
     )
 
+    @field_validator("labels")
+    @classmethod
+    def _two_labels_or_none(cls, labels: list[str] | None) -> list[str] | None:
+        if labels and len(labels) < 2:
+            raise ValueError("needs at least two labels, or null to take them from the data")
+        if labels and len(set(labels)) != len(labels):
+            raise ValueError(f"lists a label twice: {labels}")
+        return labels or None
+
 
 class SplitConfig(_Section):
     seed: int = Field(default=13, description="Seed of the train/validation/test shuffle.")
@@ -133,7 +151,13 @@ class SplitConfig(_Section):
         default=0.02,
         ge=0,
         lt=0.5,
-        description="Share of corpus documents held out to measure pretraining (masked-LM / NSP) quality.",
+        description="Share of the corpus (in corpus_heldout_unit) held out to measure pretraining (masked-LM / "
+        "NSP) quality.",
+    )
+    corpus_heldout_unit: Literal["characters", "words", "documents"] = Field(
+        default="characters",
+        description="What corpus_heldout_fraction measures; characters / words: documents longer than the "
+        "held-out share are cut into runs of sentences first, so a few long documents still split near it.",
     )
 
 
@@ -183,6 +207,17 @@ class PretrainDataConfig(_Section):
 class FinetuneDataConfig(_Section):
     max_seq_length: int = Field(
         default=128, ge=8, description="Word pieces per fine-tuning example; longer texts are truncated."
+    )
+    truncation: Literal["head", "head_tail"] = Field(
+        default="head",
+        description="Which pieces a too-long classification text keeps: head: the first max_seq_length - 2; "
+        "head_tail: the first head_fraction of them and the rest from the end (stored with the model).",
+    )
+    head_fraction: float = Field(
+        default=0.25,
+        ge=0,
+        le=1,
+        description="head_tail truncation: share of the kept pieces taken from the start of the text.",
     )
 
 

@@ -261,6 +261,18 @@ BAD = {
         "ingest",
         files={"blank.csv": rows(2) + b"   ,positive\n", "c.txt": b"One doc. Two.\n\nAnother.\n"},
     ),
+    "unterminated-quote": Bad(
+        cls_source("quote.csv"),
+        ("data/raw/quote.csv", "row 3", "unterminated quote", "opened on line 4"),
+        "ingest",
+        files={"quote.csv": rows(2) + b'"never closed,positive\n' + rows(3).split(b"\n", 1)[1]},
+    ),
+    "jsonl-text-not-a-string": Bad(
+        cls_source("n.jsonl"),
+        ("data/raw/n.jsonl", "row 2", "field 'text'", "expected a string, got int 5"),
+        "ingest",
+        files={"n.jsonl": b'{"text": "fine", "label": "positive"}\n{"text": 5, "label": "negative"}\n'},
+    ),
     "label-outside-set": Bad(
         cls_source("neutral.csv"),
         ("data/raw/neutral.csv", "row 21", "field 'label'", "'neutral' is not one of"),

@@ -1,8 +1,12 @@
 """The ``finetune_data`` stage: tokenised classification and NER sets as TFRecords, with their label maps.
 
-Classification: ``[CLS] text [SEP]`` (:func:`bertops.data.tokenizer.encode_texts`; the first
-``max_seq_length - 2`` word pieces are kept) and ``label`` = the index of the text's label in
-``validate.labels``, which is the label map (and the model's output order).
+Classification: ``[CLS] text [SEP]`` (:func:`bertops.data.tokenizer.encode_texts`; a longer text keeps
+``max_seq_length - 2`` word pieces by ``finetune_data.truncation``: ``head``, the first ones, or ``head_tail``,
+a ``head_fraction`` share from the start and the rest from the end) and ``label`` = the index of the text's
+label in the label map (and the model's output order): ``validate.labels`` when set, else every label of the
+three splits, sorted (:func:`bertops.data.validate.resolve_labels`, the rule the data report records).
+The manifest's ``tokenizer`` block holds every encoding setting (:class:`~bertops.data.tokenizer.EncodingSettings`);
+training copies it into the model bundle, so serving encodes texts exactly as these records were.
 
 NER: the words are tokenised as given (``is_pretokenized``), ``[CLS] pieces [SEP]``; ``labels`` holds the tag
 index at the *first* word piece of each word and ``-100`` everywhere else (later pieces, special tokens,
@@ -16,6 +20,7 @@ Outputs: ``data/finetune/<task>/{train,validation,test}.tfrecord`` + ``manifest.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +30,20 @@ from bertops.config import BertopsConfig
 from bertops.data.errors import DataError
 from bertops.data.io import atomic_dir, read_jsonl, write_json
 from bertops.data.records import IGNORE_INDEX, make_manifest, serialize_examples
-from bertops.data.tokenizer import encode_texts, load_tokenizer, special_ids
+from bertops.data.tokenizer import EncodingSettings, encode_texts, file_sha256, special_ids
+from bertops.data.validate import resolve_labels
 from bertops.paths import LABEL_MAP, MANIFEST, SPLITS, DataLayout
 
 log = logging.getLogger(__name__)
 
 
 def encode_classification(
-    tokenizer: Any, rows: list[dict[str, Any]], labels: list[str], max_seq_length: int, file: str
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    labels: list[str],
+    max_seq_length: int,
+    file: str,
+    settings: EncodingSettings | None = None,
 ) -> dict[str, np.ndarray]:
     """Features of the ``classification`` record spec for JSONL rows ``{"text", "label"}``."""
     index = {label: i for i, label in enumerate(labels)}
@@ -42,10 +53,13 @@ def encode_classification(
         if not isinstance(text, str):
             raise DataError("expected a string", file=file, row=row, field="text")
         if label not in index:
-            raise DataError(f"label {label!r} is not one of {labels} (validate.labels)", file=file, row=row, field="label")
+            raise DataError(
+                f"label {label!r} is not one of the label map {labels}", file=file, row=row, field="label"
+            )
         texts.append(text)
         y.append(index[label])
-    features = encode_texts(tokenizer, texts, max_seq_length)
+    settings = settings or EncodingSettings(max_seq_length=max_seq_length)
+    features = encode_texts(tokenizer, texts, max_seq_length, settings.truncation, settings.head_fraction)
     features["label"] = np.asarray(y, dtype=np.int32).reshape(-1, 1)
     return features
 
@@ -78,7 +92,13 @@ def align_words(
     token_ids = np.full((n, s), ids.pad, dtype=np.int32)
     word_at = np.full((n, s), -1, dtype=np.int32)
     padding_mask = np.zeros((n, s), dtype=np.int32)
-    counts = {"examples": n, "words": 0, "words_truncated": 0, "words_without_pieces": 0, "examples_truncated": 0}
+    counts = {
+        "examples": n,
+        "words": 0,
+        "words_truncated": 0,
+        "words_without_pieces": 0,
+        "examples_truncated": 0,
+    }
     encodings = tokenizer.encode_batch(words, is_pretokenized=True, add_special_tokens=False) if n else []
     for i, enc in enumerate(encodings):
         pieces, word_of = enc.ids[: s - 2], enc.word_ids[: s - 2]
@@ -99,7 +119,11 @@ def align_words(
         counts["words_without_pieces"] += len(words[i]) - len(all_words)
         counts["words_truncated"] += len(all_words - labelled)
         counts["examples_truncated"] += len(enc.ids) > s - 2
-    inputs = {"token_ids": token_ids, "segment_ids": np.zeros((n, s), dtype=np.int32), "padding_mask": padding_mask}
+    inputs = {
+        "token_ids": token_ids,
+        "segment_ids": np.zeros((n, s), dtype=np.int32),
+        "padding_mask": padding_mask,
+    }
     return inputs, word_at, counts
 
 
@@ -134,12 +158,14 @@ def encode_ner(
 def run_finetune_data(cfg: BertopsConfig, layout: DataLayout | None = None) -> dict[str, Any]:
     """The stage: both tasks, all splits, written into ``data/finetune`` at once (or not at all)."""
     layout = layout or DataLayout(Path(cfg.project.data_dir))
-    vc, s = cfg.vocab, cfg.finetune_data.max_seq_length
-    tokenizer = load_tokenizer(layout.vocab_file, vc.lowercase, vc.strip_accents, vc.max_input_chars_per_word)
+    vc, fc, s = cfg.vocab, cfg.finetune_data, cfg.finetune_data.max_seq_length
+    settings = EncodingSettings(
+        lowercase=vc.lowercase, strip_accents=vc.strip_accents, max_input_chars_per_word=vc.max_input_chars_per_word,
+        max_seq_length=s, truncation=fc.truncation, head_fraction=fc.head_fraction,
+        vocab_sha256=file_sha256(layout.vocab_file),
+    )  # fmt: skip
+    tokenizer = settings.tokenizer(layout.vocab_file)
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=False)
-    common = {"tokenizer": {"vocab_file": layout.vocab_file.name, "lowercase": vc.lowercase,
-                            "strip_accents": vc.strip_accents,
-                            "max_input_chars_per_word": vc.max_input_chars_per_word}}
 
     rows = {
         task: {split: list(read_jsonl(layout.split_file(task, split))) for split in SPLITS}
@@ -148,8 +174,12 @@ def run_finetune_data(cfg: BertopsConfig, layout: DataLayout | None = None) -> d
     for task, by_split in rows.items():
         for split, recs in by_split.items():
             if not recs:
-                raise DataError(f"no {task} examples (split {split!r} is empty)", file=str(layout.split_file(task, split)))
-    labels = list(cfg.validate_data.labels)
+                raise DataError(
+                    f"no {task} examples (split {split!r} is empty)", file=str(layout.split_file(task, split))
+                )
+    labels = resolve_labels(
+        cfg.validate_data.labels, (r.get("label") for recs in rows["classification"].values() for r in recs)
+    )
     all_tags = {t for recs in rows["ner"].values() for r in recs for t in (r.get("tags") or [])}
     tag_map = ner_label_map(all_tags, str(layout.split_file("ner", "train")))
 
@@ -158,11 +188,13 @@ def run_finetune_data(cfg: BertopsConfig, layout: DataLayout | None = None) -> d
         for task, label_map in (("classification", labels), ("ner", tag_map)):
             out = tmp / task
             out.mkdir()
+            # NER keeps the first pieces whatever finetune_data.truncation says (words must stay aligned).
+            task_settings = settings if task == "classification" else replace(settings, truncation="head")
             files, counts, extra = {}, {}, {}
             for split in SPLITS:
                 file = str(layout.split_file(task, split))
                 if task == "classification":
-                    features = encode_classification(tokenizer, rows[task][split], labels, s, file)
+                    features = encode_classification(tokenizer, rows[task][split], labels, s, file, settings)
                     extra[split] = {"at_max_length": int((features["padding_mask"][:, -1] == 1).sum())}
                 else:
                     features, extra[split] = encode_ner(tokenizer, rows[task][split], label_map, s, file)
@@ -170,11 +202,25 @@ def run_finetune_data(cfg: BertopsConfig, layout: DataLayout | None = None) -> d
                 files[split] = [f"{split}.tfrecord"]
                 counts[split] = len(rows[task][split])
             manifest = make_manifest(
-                task, max_seq_length=s, num_examples=counts, files=files, vocab_size=vocab_size,
-                label_map=label_map, extra={**common, "stats": extra},
+                task,
+                max_seq_length=s,
+                num_examples=counts,
+                files=files,
+                vocab_size=vocab_size,
+                label_map=label_map,
+                extra={
+                    "tokenizer": {"vocab_file": layout.vocab_file.name, **task_settings.to_dict()},
+                    "stats": extra,
+                },
             )
             write_json(out / MANIFEST, manifest)
             write_json(out / LABEL_MAP, {"labels": label_map})
             summary[task] = {"num_examples": counts, "num_labels": len(label_map)}
-            log.info("%s: %s examples, %d labels -> %s", task, counts, len(label_map), layout.finetune_task_dir(task))
+            log.info(
+                "%s: %s examples, %d labels -> %s",
+                task,
+                counts,
+                len(label_map),
+                layout.finetune_task_dir(task),
+            )
     return summary

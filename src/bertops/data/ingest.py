@@ -9,6 +9,11 @@ of any problem. Empty or whitespace-only texts fail the stage unless ``ingest.dr
 they are dropped and listed in ``ingest_stats.json`` (which the data report includes). The three outputs and the
 stats are written together: a failure in any source leaves all four files as they were.
 
+Fields are read as they are (:class:`_Fields`): a text or token that is not a string is an error naming file,
+row and field (an integer label becomes its decimal string, a JSON ``null`` text counts as empty); control
+characters are removed by :func:`clean_text` and counted. In the folder layout each file is a classification
+record labelled by its folder (:func:`bertops.data.sources.folder_layout`).
+
 Run it as ``python pipelines/ingest.py --params params.yaml`` (DVC does) or call :func:`run_ingest`.
 """
 
@@ -17,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +42,7 @@ MAX_LISTED = 20  # dropped rows listed by location in the stats; the count is al
 
 @dataclass
 class IngestStats:
-    """What one data set's ingestion read, kept and dropped."""
+    """What one data set's ingestion read, kept, dropped and cleaned."""
 
     source: str
     files: list[str] = field(default_factory=list)
@@ -45,11 +51,24 @@ class IngestStats:
     excluded: int = 0  # rows whose raw label is in exclude_labels
     dropped_empty: int = 0
     dropped_empty_rows: list[str] = field(default_factory=list)  # "file:row" of the first MAX_LISTED
+    control_chars_removed: int = 0  # characters removed by clean_text (NUL and other C0/C1 controls)
+    control_char_rows: int = 0
+    control_char_examples: list[str] = field(default_factory=list)
+    multiline_rows: int = 0  # CSV rows whose quoted field spans lines (legal, but so is a misplaced quote)
+    multiline_examples: list[str] = field(default_factory=list)
+    ignored_files: list[str] = field(default_factory=list)  # folder layout: files in the root, outside labels
 
     def drop_empty(self, sf: sources.SourceFile, row: int) -> None:
         self.dropped_empty += 1
         if len(self.dropped_empty_rows) < MAX_LISTED:
             self.dropped_empty_rows.append(f"{sf.name}:{row}")
+
+    def cleaned(self, where: str, removed: int) -> None:
+        if removed:
+            self.control_chars_removed += removed
+            self.control_char_rows += 1
+            if len(self.control_char_examples) < MAX_LISTED:
+                self.control_char_examples.append(where)
 
 
 def _empty(sf: sources.SourceFile, row: int, fld: str, stats: IngestStats, drop: bool) -> None:
@@ -65,63 +84,170 @@ def _empty(sf: sources.SourceFile, row: int, fld: str, stats: IngestStats, drop:
     stats.drop_empty(sf, row)
 
 
-def _as_text(value: Any) -> str:
-    return "" if value is None else str(value)
+# C0 and C1 control characters (Unicode category Cc) except tab, line feed and carriage return, which are
+# whitespace. NUL bytes and stray escapes in exported text are of this kind; format characters (Cf: zero-width
+# joiners, soft hyphens) are kept, since scripts such as Persian and emoji sequences need them.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
-def _as_list(value: Any) -> list[str]:
-    """A token or tag column: a list (JSONL/Parquet) or a whitespace-separated string (CSV)."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return value.split()
-    return [str(v) for v in value]
+def clean_text(text: str) -> tuple[str, int]:
+    """``text`` without control characters (see ``_CONTROL``), and how many were removed."""
+    return _CONTROL.subn("", text)
+
+
+class _Fields:
+    """Typed access to one raw row: strings stay strings, anything else is an error naming file, row, field."""
+
+    def __init__(self, sf: sources.SourceFile, row: int, fields: dict[str, Any], stats: IngestStats) -> None:
+        self.sf, self.row, self.fields, self.stats = sf, row, fields, stats
+
+    def _error(self, name: str, expected: str, value: Any) -> DataError:
+        return DataError(
+            f"expected {expected}, got {type(value).__name__} {value!r:.40}",
+            file=self.sf.name,
+            row=self.row,
+            field=name,
+            hint='nothing is converted: quote the value in the file (JSON "...")',
+        )
+
+    def _clean(self, name: str, value: str) -> str:
+        value, removed = clean_text(value)
+        self.stats.cleaned(f"{self.sf.name}:{self.row}:{name}", removed)
+        return value
+
+    def text(self, name: str) -> str:
+        """A text field: a string; null (JSON/Parquet) counts as empty."""
+        value = self.fields.get(name)
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise self._error(name, "a string", value)
+        if self.sf.format == "csv" and "\n" in value:
+            self.stats.multiline_rows += 1
+            if len(self.stats.multiline_examples) < MAX_LISTED:
+                self.stats.multiline_examples.append(f"{self.sf.name}:{self.row}")
+        return self._clean(name, value)
+
+    def label(self, name: str) -> str:
+        """A label: a string, or an integer (JSON ``0``/``1`` labels), written as its decimal string."""
+        value = self.fields.get(name)
+        if value is None:
+            return ""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise self._error(name, "a string or an integer label", value)
+        return self._clean(name, value).strip()
+
+    def words(self, name: str) -> list[str]:
+        """A token or tag column: a list of strings (JSONL/Parquet) or a whitespace-separated string (CSV)."""
+        value = self.fields.get(name)
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return self._clean(name, value).split()
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise self._error(name, "a list of strings", value)
+        cleaned = [self._clean(name, v) for v in value]
+        for i, word in enumerate(cleaned, start=1):
+            if not word.strip():
+                raise DataError(
+                    f"token {i} is empty (or only control characters / whitespace)",
+                    file=self.sf.name,
+                    row=self.row,
+                    field=name,
+                )
+        return cleaned
+
+
+def _rows(
+    sf: sources.SourceFile, cfg: SourceConfig, columns: list[str]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows of a columnar file, or one row per document of a text file (its text under ``text_column``)."""
+    if sf.format == "text":
+        return ((r, {cfg.text_column: block}) for r, block in sources.iter_text_blocks(sf, cfg.encoding))
+    return sources.iter_rows(sf, cfg.encoding, columns)
+
+
+def _refuse_folder(sf: sources.SourceFile, name: str) -> None:
+    if sf.format == "folder":
+        raise DataError(
+            f"format folder (<dir>/<label>/<file>) is for classification data, not {name}",
+            file=sf.name,
+            field="format",
+            hint='for a corpus of files use a glob, e.g. "data/raw/corpus/**/*.txt" (format text)',
+        )
 
 
 def iter_corpus(cfg: SourceConfig, stats: IngestStats, *, drop_empty: bool, min_chars: int) -> Iterator[dict]:
-    """Documents of sentences from a corpus source (CSV/JSONL/Parquet with text (+title) columns, or text)."""
+    """Documents of sentences from a corpus source (CSV/JSONL/Parquet with text (+title) columns, or text),
+    split by the segmenter of ``cfg.language`` (:func:`bertops.data.sentences.split_sentences`)."""
     for sf in sources.resolve_source(cfg):
+        _refuse_folder(sf, "a corpus")
         stats.files.append(sf.name)
-        if sf.format == "text":
-            rows: Iterator[tuple[int, dict[str, Any]]] = (
-                (r, {cfg.text_column: block}) for r, block in sources.iter_text_blocks(sf, cfg.encoding)
-            )
-        else:
-            cols = [cfg.text_column] + ([cfg.title_column] if cfg.title_column else [])
-            rows = sources.iter_rows(sf, cfg.encoding, cols)
-        for row, fields in rows:
+        cols = [cfg.text_column] + ([cfg.title_column] if cfg.title_column else [])
+        for row, raw in _rows(sf, cfg, cols):
             stats.rows_read += 1
-            body = split_sentences(_as_text(fields[cfg.text_column]), min_chars)
+            fields = _Fields(sf, row, raw, stats)
+            body = split_sentences(fields.text(cfg.text_column), min_chars, cfg.language)
             if not body:  # a title alone is no document
                 _empty(sf, row, cfg.text_column, stats, drop_empty)
                 continue
-            title = _as_text(fields.get(cfg.title_column)) if cfg.title_column else ""
-            sentences = split_sentences(title, min_chars) + body
+            title = fields.text(cfg.title_column) if cfg.title_column else ""
+            sentences = split_sentences(title, min_chars, cfg.language) + body
             stats.records += 1
             yield {"doc_id": f"{sf.name}#{row}", "sentences": sentences, "source": sf.name, "row": row}
             if cfg.max_records and stats.records >= cfg.max_records:
                 return
 
 
+def _folder_rows(
+    sf: sources.SourceFile, cfg: SourceConfig, stats: IngestStats
+) -> Iterator[tuple[sources.SourceFile, int, dict[str, Any]]]:
+    """Folder layout: one row per file, its label the folder name (row 1: the whole file is the record)."""
+    by_label, loose = sources.folder_layout(sf)
+    stats.ignored_files = [str(p) for p in loose[:MAX_LISTED]]
+    if loose:
+        log.warning("%s: %d file(s) outside any label folder ignored, e.g. %s", sf.name, len(loose), loose[0])
+    for label, files in by_label.items():
+        for path in files:
+            doc = sources.SourceFile(path=path, name=str(path), format="folder")
+            yield (
+                doc,
+                1,
+                {cfg.text_column: sources.read_document(path, cfg.encoding), cfg.label_column: label},
+            )
+
+
 def iter_classification(cfg: SourceConfig, stats: IngestStats, *, drop_empty: bool) -> Iterator[dict]:
-    """``(text, label)`` records; raw labels in ``exclude_labels`` are skipped, then ``label_mapping`` applies."""
+    """``(text, label)`` records; raw labels in ``exclude_labels`` are skipped, then ``label_mapping`` applies.
+
+    In the folder layout each file is a record and its folder's name is the raw label."""
     for sf in sources.resolve_source(cfg):
         stats.files.append(sf.name)
-        for row, fields in sources.iter_rows(sf, cfg.encoding, [cfg.text_column, cfg.label_column]):
+        if sf.format == "folder":
+            rows: Iterator[tuple[sources.SourceFile, int, dict[str, Any]]] = _folder_rows(sf, cfg, stats)
+        else:
+            rows = (
+                (sf, r, f)
+                for r, f in sources.iter_rows(sf, cfg.encoding, [cfg.text_column, cfg.label_column])
+            )
+        for where, row, raw in rows:
             stats.rows_read += 1
-            raw_label = _as_text(fields[cfg.label_column]).strip()
+            fields = _Fields(where, row, raw, stats)
+            raw_label = fields.label(cfg.label_column)
             if raw_label in cfg.exclude_labels:
                 stats.excluded += 1
                 continue
             if not raw_label:
-                raise DataError("missing label", file=sf.name, row=row, field=cfg.label_column)
-            text = " ".join(_as_text(fields[cfg.text_column]).split())
+                raise DataError("missing label", file=where.name, row=row, field=cfg.label_column)
+            text = " ".join(fields.text(cfg.text_column).split())
             if not text:
-                _empty(sf, row, cfg.text_column, stats, drop_empty)
+                _empty(where, row, cfg.text_column, stats, drop_empty)
                 continue
             stats.records += 1
             label = cfg.label_mapping.get(raw_label, raw_label)
-            yield {"text": text, "label": label, "source": sf.name, "row": row}
+            yield {"text": text, "label": label, "source": where.name, "row": row}
             if cfg.max_records and stats.records >= cfg.max_records:
                 return
 
@@ -129,16 +255,19 @@ def iter_classification(cfg: SourceConfig, stats: IngestStats, *, drop_empty: bo
 def iter_ner(cfg: SourceConfig, stats: IngestStats, *, drop_empty: bool) -> Iterator[dict]:
     """``(tokens, tags)`` records from CoNLL files, or from list / space-separated columns."""
     for sf in sources.resolve_source(cfg):
+        _refuse_folder(sf, "NER")
         stats.files.append(sf.name)
         if sf.format == "conll":
-            rows: Iterator[tuple[int, list[str], list[str]]] = sources.iter_conll(sf, cfg.encoding)
-        else:
-            rows = (
-                (r, _as_list(f[cfg.tokens_column]), _as_list(f[cfg.tags_column]))
-                for r, f in sources.iter_rows(sf, cfg.encoding, [cfg.tokens_column, cfg.tags_column])
+            rows: Iterator[tuple[int, dict[str, Any]]] = (
+                (r, {cfg.tokens_column: toks, cfg.tags_column: tags})
+                for r, toks, tags in sources.iter_conll(sf, cfg.encoding)
             )
-        for row, tokens, tags in rows:
+        else:
+            rows = sources.iter_rows(sf, cfg.encoding, [cfg.tokens_column, cfg.tags_column])
+        for row, raw in rows:
             stats.rows_read += 1
+            fields = _Fields(sf, row, raw, stats)
+            tokens, tags = fields.words(cfg.tokens_column), fields.words(cfg.tags_column)
             if len(tokens) != len(tags):
                 raise DataError(
                     f"{len(tokens)} tokens but {len(tags)} tags", file=sf.name, row=row, field=cfg.tags_column

@@ -1,7 +1,15 @@
-"""A rule-based English sentence splitter that knows abbreviations, initials, decimals and quotes.
+"""Sentence splitting of the corpus, in any language: English rules of our own, sentencex for the rest.
 
-BERT's pretraining recipe needs documents as sentences (next-sentence prediction pairs them). NLTK's Punkt
-needs a model download, which this project may not do, so this module implements the usual rules::
+BERT's pretraining recipe needs documents as sentences (next-sentence prediction pairs them).
+:func:`split_sentences` takes the corpus' language (``ingest.corpus.language``):
+
+- ``en``: the English rules below (tuned on the news corpus; the tests pin them);
+- any other code: `sentencex <https://github.com/wikimedia/sentencex>`_ (Wikimedia, rule-based, ~300
+  languages with fallbacks, no model download), which knows each language's terminators (Chinese and
+  Japanese ``。！？``, Hindi ``।``, Arabic ``؟``...) and abbreviations (German ``z. B.``, ordinals such as
+  ``am 3. Mai``). An unknown code falls back along sentencex's language chains to its generic rules.
+
+NLTK's Punkt needs a model download, which this project may not do, so the English rules are written out::
 
     >>> split_sentences('Mr. Smith paid $3.14 in the U.S. on Monday. "He left." She said so.')
     ['Mr. Smith paid $3.14 in the U.S. on Monday.', '"He left."', 'She said so.']
@@ -48,6 +56,7 @@ SENTENCE_OPENERS = _words(
     "also then now still thus instead later earlier today yesterday tomorrow mr mrs ms dr"
 )
 
+ENGLISH = "en"
 _BOUNDARY = re.compile(r"""([.!?…]+)(["'”’»)\]]*)(\s+)""")
 _PARAGRAPH = re.compile(r"\n\s*\n")
 _INITIALISM = re.compile(r"^(?:[A-Za-z]\.)+[A-Za-z]$")  # "U.S" / "e.g" (the final period is the boundary)
@@ -93,14 +102,23 @@ def _split_paragraph(text: str) -> list[str]:
     return sentences
 
 
-def split_sentences(text: str, min_chars: int = 1) -> list[str]:
+def _segment(paragraph: str, language: str) -> list[str]:
+    if language == ENGLISH:
+        return _split_paragraph(paragraph)
+    import sentencex  # compiled extension; imported on first use
+
+    return list(sentencex.segment(language, paragraph))
+
+
+def split_sentences(text: str, min_chars: int = 1, language: str = "en") -> list[str]:
     """Split ``text`` into sentences, whitespace-normalised.
 
-    Sentences shorter than ``min_chars`` and fragments without a letter or digit (a stray ``...``) are dropped.
+    Blank lines always end a sentence. Sentences shorter than ``min_chars`` and fragments without a letter
+    or digit (a stray ``...``) are dropped.
     """
     out: list[str] = []
     for paragraph in _PARAGRAPH.split(text):
-        for sentence in _split_paragraph(paragraph.strip()):
+        for sentence in _segment(paragraph.strip(), language):
             sentence = " ".join(sentence.split())
             if len(sentence) >= min_chars and any(c.isalnum() for c in sentence):  # no bare "..." or "."
                 out.append(sentence)

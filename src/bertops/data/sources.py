@@ -1,4 +1,5 @@
-"""Where raw data comes from: the packaged data sets or the user's own CSV, JSONL, Parquet, text or CoNLL files.
+"""Where raw data comes from: the packaged data sets or the user's own CSV, JSONL, Parquet, text or CoNLL files,
+or a folder per label (``<dir>/<label>/<file>``, one document a file).
 
 A :class:`~bertops.config.SourceConfig` names a source as ``builtin:<name>`` or as a path or glob. This module
 resolves it to files and reads them row by row, checking what every later step relies on: the file exists and
@@ -112,6 +113,10 @@ def resolve_source(cfg: SourceConfig) -> list[SourceFile]:
         if cfg.format not in ("auto", sf.format):
             raise DataError(f"{cfg.source} is {sf.format}, not {cfg.format}", field="format")
         return [sf]
+    if cfg.format == "folder" or (cfg.format == "auto" and Path(cfg.source).is_dir()):
+        if not Path(cfg.source).is_dir():
+            raise DataError("format folder needs a directory (<dir>/<label>/<file>)", file=cfg.source)
+        return [SourceFile(path=Path(cfg.source), name=cfg.source, format="folder")]
     if glob.has_magic(cfg.source):
         paths = sorted(Path(p) for p in glob.glob(cfg.source, recursive=True) if Path(p).is_file())
         if not paths:
@@ -198,20 +203,64 @@ def iter_rows(sf: SourceFile, encoding: str, columns: list[str]) -> Iterator[tup
 
 
 def _iter_csv(sf: SourceFile, encoding: str, columns: list[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Parse strictly (a quote that closes mid-field, or never, is an error) and check every row's width.
+
+    An unterminated quote would otherwise swallow the rows after it into one field: the message names the
+    line where the quoted field opened. A quoted field that legitimately spans lines is allowed (ingest
+    counts such rows and the data report lists them, in case a quote closed by chance in the right place).
+    """
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # news articles exceed the 128 KiB default
-    reader = csv.DictReader(io.StringIO(_read_text(sf, encoding), newline=""), delimiter=sf.delimiter)
-    _check_columns(sf, list(reader.fieldnames or []), columns)
-    n = 0
+    reader = csv.reader(
+        io.StringIO(_read_text(sf, encoding), newline=""), delimiter=sf.delimiter, strict=True
+    )
     try:
-        for n, fields in enumerate(reader, start=1):
-            for c in columns:
-                if fields.get(c) is None:
-                    raise DataError("the row has fewer fields than the header", file=sf.name, row=n, field=c)
-            yield n, fields
+        header = next(reader)
     except csv.Error as exc:
-        raise DataError(f"malformed CSV: {exc}", file=sf.name, row=n + 1) from None
+        raise DataError(f"malformed CSV header: {exc}", file=sf.name) from None
+    _check_columns(sf, header, columns)
+    n, last_line = 0, reader.line_num
+    while True:
+        start = last_line + 1  # the physical line this row starts on
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise _csv_error(sf, str(exc), row=n + 1, start=start, line=reader.line_num) from None
+        last_line = reader.line_num
+        if not values:  # a blank line (csv.DictReader skips them too)
+            continue
+        n += 1
+        if len(values) != len(header):
+            raise DataError(
+                f"the row has {len(values)} fields but the header has {len(header)} (line {start})",
+                file=sf.name,
+                row=n,
+                field=columns[0] if len(values) < len(header) else None,
+                hint="quote fields that contain the delimiter; a .csv with tabs needs format: csv and a .tsv name",
+            )
+        yield n, dict(zip(header, values, strict=True))
     if n == 0:
         raise DataError("input file has a header but no data rows", file=sf.name)
+
+
+def _csv_error(sf: SourceFile, error: str, *, row: int, start: int, line: int) -> DataError:
+    """A ``csv.Error`` as a message a user can act on: where the offending quoted field opened."""
+    if "unexpected end of data" in error:
+        what = f"unterminated quote: the quoted field opened on line {start} never closes"
+    elif "expected after" in error:
+        what = (
+            f"unterminated or stray quote: a quoted field opened on line {start} closes in the middle of a "
+            f"field on line {line} ({error})"
+        )
+    else:
+        what = f"malformed CSV on line {line}: {error}"
+    return DataError(
+        what,
+        file=sf.name,
+        row=row,
+        hint='close the quote, or double a quote that is part of the text ("")',
+    )
 
 
 def _iter_jsonl(sf: SourceFile, encoding: str, columns: list[str]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -253,6 +302,46 @@ def _iter_parquet(sf: SourceFile, columns: list[str]) -> Iterator[tuple[int, dic
         for fields in batch.to_pylist():
             n += 1
             yield n, fields
+
+
+def _visible(path: Path, root: Path) -> bool:
+    """Not hidden: no part of the path below ``root`` starts with a dot (``.DS_Store``, ``.git``)."""
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def folder_layout(sf: SourceFile) -> tuple[dict[str, list[Path]], list[Path]]:
+    """The folder-per-label layout (as Keras ``text_dataset_from_directory`` and scikit-learn ``load_files``
+    read it): ``{label: [files]}`` with one entry per visible subfolder of ``sf.path`` and every visible file
+    below it (any depth, any name; sorted), and the files directly in the root, which belong to no label.
+
+    A root without label folders, or a label folder without files, is a :class:`DataError` naming it.
+    """
+    root = sf.path
+    entries = sorted(p for p in root.iterdir() if _visible(p, root))
+    labels = {
+        d.name: sorted(p for p in d.rglob("*") if p.is_file() and _visible(p, root))
+        for d in entries
+        if d.is_dir()
+    }
+    if not labels:
+        raise DataError(
+            "no label folders: the folder layout is <dir>/<label>/<file>, one subfolder per label",
+            file=sf.name,
+        )
+    for label, files in labels.items():
+        if not files:
+            raise DataError(f"label folder {label!r} holds no files", file=str(root / label))
+    return labels, [p for p in entries if p.is_file()]
+
+
+def read_document(path: Path, encoding: str) -> str:
+    """One whole file as a document (folder layout), decoded strictly; an empty file gives ``""``."""
+    sf = SourceFile(path=path, name=str(path), format="text")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read: {exc}", file=str(path)) from None
+    return decode(sf, data, encoding)
 
 
 def iter_text_blocks(sf: SourceFile, encoding: str) -> Iterator[tuple[int, str]]:

@@ -20,11 +20,12 @@ Special tokens are always looked up by name (:func:`special_ids`): a vocabulary 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -80,7 +81,9 @@ def read_vocab(vocab_file: str | Path) -> list[str]:
         seen[token] = line_no
     missing = [t for t in SPECIAL_TOKENS if t not in seen]
     if missing:
-        raise VocabError(f"{path}: missing special token(s) {', '.join(missing)}; BERT needs all of {SPECIAL_TOKENS}")
+        raise VocabError(
+            f"{path}: missing special token(s) {', '.join(missing)}; BERT needs all of {SPECIAL_TOKENS}"
+        )
     return tokens
 
 
@@ -175,7 +178,9 @@ class WordPieceCache:
 
     def __init__(self, tokenizer: Tokenizer, max_words: int = 1_000_000) -> None:
         if tokenizer.truncation or tokenizer.padding:
-            raise ValueError("WordPieceCache needs a tokenizer without truncation or padding (see load_tokenizer)")
+            raise ValueError(
+                "WordPieceCache needs a tokenizer without truncation or padding (see load_tokenizer)"
+            )
         self.tokenizer = tokenizer
         self.max_words = max_words
         self._clear()
@@ -229,8 +234,12 @@ class WordPieceCache:
         keep = [i for i, w in enumerate(composite) if w not in self._ids]  # e.g. "," is its own part
         if keep:
             seqs = [parts[i] for i in keep]
-            part_ids = np.fromiter(map(self._ids.__getitem__, itertools.chain.from_iterable(seqs)), dtype=np.int64)
-            flat, lengths = self._gather(part_ids, np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs)))
+            part_ids = np.fromiter(
+                map(self._ids.__getitem__, itertools.chain.from_iterable(seqs)), dtype=np.int64
+            )
+            flat, lengths = self._gather(
+                part_ids, np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+            )
             self._append([composite[i] for i in keep], lengths, flat)
 
     def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -249,25 +258,50 @@ class WordPieceCache:
         return self._gather(word_ids, counts)
 
 
+TRUNCATIONS = ("head", "head_tail")
+
+
+def truncate_pieces(
+    pieces: Sequence[int], keep: int, truncation: str = "head", head_fraction: float = 0.25
+) -> Sequence[int]:
+    """At most ``keep`` pieces of a text: ``head`` keeps the first ones; ``head_tail`` keeps the first
+    ``round(keep * head_fraction)`` and fills the rest from the end (Sun et al. 2019, "How to Fine-Tune BERT
+    for Text Classification": the start and the end of a long review or article carry most of its label)."""
+    if len(pieces) <= keep:
+        return pieces
+    if truncation == "head":
+        return pieces[:keep]
+    if truncation != "head_tail":
+        raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
+    head = round(keep * head_fraction)
+    return [*pieces[:head], *pieces[len(pieces) - (keep - head) :]]
+
+
 def pack_single(
-    pieces: Sequence[Sequence[int]], max_seq_length: int, cls_id: int, sep_id: int, pad_id: int
+    pieces: Sequence[Sequence[int]],
+    max_seq_length: int,
+    cls_id: int,
+    sep_id: int,
+    pad_id: int,
+    truncation: str = "head",
+    head_fraction: float = 0.25,
 ) -> dict[str, np.ndarray]:
-    """``[CLS] pieces [SEP] [PAD]...`` per row, keeping the first ``max_seq_length - 2`` pieces.
+    """``[CLS] pieces [SEP] [PAD]...`` per row, keeping ``max_seq_length - 2`` pieces (:func:`truncate_pieces`).
 
     Returns int32 ``token_ids``, ``segment_ids`` (all 0), ``padding_mask`` (1 on real tokens),
     each of shape ``(len(pieces), max_seq_length)``.
     """
     if max_seq_length < 3:
         raise ValueError(f"max_seq_length must be at least 3 ([CLS] x [SEP]), got {max_seq_length}")
-    n = len(pieces)
     keep = max_seq_length - 2
+    if truncation != "head":
+        pieces = [truncate_pieces(p, keep, truncation, head_fraction) for p in pieces]
+    n = len(pieces)
     token_ids = np.full((n, max_seq_length), pad_id, dtype=np.int32)
     lengths = np.fromiter((min(len(p), keep) for p in pieces), dtype=np.int64, count=n)
     if n:
         # One flat copy of all kept pieces, scattered into the rows with a boolean mask (row-major order).
-        flat = np.fromiter(
-            (i for p in pieces for i in p[:keep]), dtype=np.int32, count=int(lengths.sum())
-        )
+        flat = np.fromiter((i for p in pieces for i in p[:keep]), dtype=np.int32, count=int(lengths.sum()))
         cols = np.arange(max_seq_length)
         body = (cols >= 1) & (cols[None, :] <= lengths[:, None])
         token_ids[body] = flat
@@ -281,13 +315,86 @@ def pack_single(
     }
 
 
-def encode_texts(tokenizer: Tokenizer, texts: Sequence[str], max_seq_length: int) -> dict[str, np.ndarray]:
+def encode_texts(
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    max_seq_length: int,
+    truncation: str = "head",
+    head_fraction: float = 0.25,
+) -> dict[str, np.ndarray]:
     """Encode texts as model inputs: ``[CLS] text [SEP]`` padded with ``[PAD]`` to ``max_seq_length``.
 
-    Truncation rule: the first ``max_seq_length - 2`` word pieces of the text are kept. Returns int32 arrays
-    ``token_ids``, ``segment_ids``, ``padding_mask`` of shape ``(len(texts), max_seq_length)``.
+    Truncation rule (:func:`truncate_pieces`): ``head`` keeps the first ``max_seq_length - 2`` word pieces,
+    ``head_tail`` a share from the start and the rest from the end. Returns int32 arrays ``token_ids``,
+    ``segment_ids``, ``padding_mask`` of shape ``(len(texts), max_seq_length)``.
     """
     if isinstance(texts, str):
         raise TypeError("encode_texts takes a sequence of texts, not one string")
     ids = special_ids(tokenizer)
-    return pack_single(tokenize_ids(tokenizer, texts), max_seq_length, ids.cls, ids.sep, ids.pad)
+    return pack_single(
+        tokenize_ids(tokenizer, texts), max_seq_length, ids.cls, ids.sep, ids.pad, truncation, head_fraction
+    )
+
+
+@dataclass(frozen=True)
+class EncodingSettings:
+    """Every setting that shapes a text's model inputs: the records are built with it and the model bundle
+    stores it (``bertops.json`` key ``tokenizer``), so evaluation, the pyfunc and serving encode the same way.
+
+    ``vocab_sha256`` identifies the vocabulary (the bundle carries the file itself).
+    """
+
+    lowercase: bool = True
+    strip_accents: bool = True
+    max_input_chars_per_word: int = 100
+    max_seq_length: int = 128
+    truncation: str = "head"
+    head_fraction: float = 0.25
+    vocab_sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> EncodingSettings:
+        """Read the settings back; an unknown key, a missing one or a wrong type raises naming ``where``."""
+        names = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(data) - set(names) - {"vocab_file"})
+        missing = sorted(n for n in names if n not in data and n != "vocab_sha256")
+        if unknown or missing:
+            raise VocabError(f"{where}: tokenizer settings have unknown keys {unknown} / lack keys {missing}")
+        settings = cls(**{k: v for k, v in data.items() if k in names})
+        if settings.truncation not in TRUNCATIONS:
+            raise VocabError(
+                f"{where}: tokenizer.truncation must be one of {TRUNCATIONS}, got {settings.truncation!r}"
+            )
+        return settings
+
+    @classmethod
+    def of_records(cls, manifest: Mapping[str, Any], where: str) -> EncodingSettings:
+        """The settings a records manifest was built with: its ``tokenizer`` block and ``max_seq_length``
+        (blocks written before truncation was configurable, and pretraining's, mean the defaults)."""
+        block = {k: v for k, v in (manifest.get("tokenizer") or {}).items() if k != "vocab_file"}
+        return cls.from_dict({**asdict(cls()), "max_seq_length": manifest["max_seq_length"], **block}, where)
+
+    def differences(self, other: EncodingSettings) -> dict[str, tuple[Any, Any]]:
+        """``{setting: (mine, theirs)}`` for every setting that differs (an unknown vocabulary hash matches)."""
+        out = {}
+        for name, mine in asdict(self).items():
+            theirs = getattr(other, name)
+            if name == "vocab_sha256" and (mine is None or theirs is None):
+                continue
+            if mine != theirs:
+                out[name] = (mine, theirs)
+        return out
+
+    def tokenizer(self, vocab_file: str | Path) -> Tokenizer:
+        return load_tokenizer(vocab_file, self.lowercase, self.strip_accents, self.max_input_chars_per_word)
+
+    def encode(self, tokenizer: Tokenizer, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        return encode_texts(tokenizer, texts, self.max_seq_length, self.truncation, self.head_fraction)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file (identifies a vocabulary)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

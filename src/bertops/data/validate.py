@@ -3,7 +3,8 @@
 Checks (each failure is a :class:`~bertops.data.errors.DataError` naming the *raw* file, row and field):
 
 - schema: every record has its fields with the right types (text str, label str, tokens/tags lists of str);
-- classification: texts non-empty and at most ``validate.max_text_chars``; labels inside ``validate.labels``;
+- classification: texts non-empty and at most ``validate.max_text_chars``; labels inside ``validate.labels``
+  (when it is set; otherwise the labels found in the data, sorted, are the label map, see :func:`resolve_labels`);
   at least two classes and the rarest at least ``validate.min_class_fraction`` of rows; no text (compared
   after :func:`normalise_text`) with two different labels; duplicates (same text, same label) reported and an
   error above ``validate.max_duplicate_fraction``;
@@ -25,6 +26,7 @@ import logging
 import re
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,14 @@ MAX_EXAMPLES = 10
 def normalise_text(text: str) -> str:
     """The key under which two texts count as identical: case-folded, whitespace collapsed."""
     return " ".join(text.casefold().split())
+
+
+def resolve_labels(configured: list[str] | None, observed: Iterable[str]) -> list[str]:
+    """The label map: ``validate.labels`` when set, else every label found in the data, sorted.
+
+    The order is the model's output order; the data report records it and ``finetune_data`` writes it.
+    """
+    return list(configured) if configured else sorted(set(observed))
 
 
 def length_stats(values: list[int]) -> dict[str, float]:
@@ -121,7 +131,7 @@ def check_classification(path: Path, cfg: BertopsConfig, p: _Problems) -> dict[s
                 rec,
                 "text",
             )
-        if label not in vc.labels:
+        if vc.labels and label not in vc.labels:
             p.error(
                 f"label {label!r} is not one of validate.labels {vc.labels}",
                 rec,
@@ -144,7 +154,8 @@ def check_classification(path: Path, cfg: BertopsConfig, p: _Problems) -> dict[s
                 "label",
             )
         seen.setdefault(label, rec)
-    known = {k: v for k, v in labels.items() if k in vc.labels}  # an unknown label is an error of its own
+    label_set = resolve_labels(vc.labels, labels)
+    known = {k: v for k, v in labels.items() if k in label_set}  # an unknown label is an error of its own
     if n == 0:
         p.error("no classification records", file=str(path))
     elif len(labels) < 2:
@@ -169,7 +180,7 @@ def check_classification(path: Path, cfg: BertopsConfig, p: _Problems) -> dict[s
             file=str(path),
             fld="text",
         )
-    missing = [lab for lab in vc.labels if lab not in labels]
+    missing = [lab for lab in label_set if lab not in labels]
     if n and missing:
         p.warnings.append(f"classification: configured labels with no rows: {missing}")
     return {
@@ -177,6 +188,9 @@ def check_classification(path: Path, cfg: BertopsConfig, p: _Problems) -> dict[s
         "unique_texts": len(by_text),
         "duplicates": duplicates,
         "labels": dict(sorted(labels.items())),
+        # The label map the model is trained with (finetune_data uses the same rule on the splits).
+        "label_set": label_set,
+        "labels_from": "validate.labels" if vc.labels else "data",
         "label_fractions": {k: round(v / n, 4) for k, v in sorted(labels.items())} if n else {},
         "chars": length_stats(chars),
         "words": length_stats(words),
@@ -269,10 +283,31 @@ def build_report(cfg: BertopsConfig, layout: DataLayout) -> tuple[dict[str, Any]
     if stats_file.exists():
         ingest = json.loads(stats_file.read_text(encoding="utf-8"))
         report["ingest"] = {
-            k: {"rows_read": v["rows_read"], "excluded": v["excluded"], "dropped_empty": v["dropped_empty"]}
+            k: {
+                "rows_read": v["rows_read"],
+                "excluded": v["excluded"],
+                "dropped_empty": v["dropped_empty"],
+                "control_chars_removed": v.get("control_chars_removed", 0),
+                "multiline_rows": v.get("multiline_rows", 0),
+            }
             for k, v in ingest.items()
         }
         for k, v in ingest.items():
+            if v.get("control_chars_removed"):
+                p.warnings.append(
+                    f"{k}: removed {v['control_chars_removed']} control characters (NUL and other C0/C1 controls) "
+                    f"from {v['control_char_rows']} fields, e.g. " + ", ".join(v["control_char_examples"][:3])
+                )
+            if v.get("multiline_rows"):
+                p.warnings.append(
+                    f"{k}: {v['multiline_rows']} CSV rows have a quoted text spanning lines (check for a misplaced "
+                    "quote), e.g. " + ", ".join(v["multiline_examples"][:3])
+                )
+            if v.get("ignored_files"):
+                p.warnings.append(
+                    f"{k}: files outside any label folder were ignored, e.g. "
+                    + ", ".join(v["ignored_files"][:3])
+                )
             if v["dropped_empty"]:
                 p.warnings.append(
                     f"{k}: dropped {v['dropped_empty']} empty texts (ingest.drop_empty), e.g. "
@@ -289,7 +324,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     """The report as a readable Markdown page."""
     lines = ["# Data report", "", f"**Status: {report['status']}** ({report['errors']} errors)", ""]
     c, n, k = report["classification"], report["ner"], report["corpus"]
-    lines += ["## Classification", "", "| label | rows | share |", "|---|---:|---:|"]
+    lines += ["## Classification", ""]
+    if "label_set" in c:
+        lines += [f"Label map ({c['labels_from']}): {', '.join(c['label_set'])}.", ""]
+    lines += ["| label | rows | share |", "|---|---:|---:|"]
     lines += [
         f"| {lab} | {cnt} | {c['label_fractions'].get(lab, 0):.1%} |" for lab, cnt in c["labels"].items()
     ]
@@ -326,11 +364,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [
             "## Ingestion",
             "",
-            "| data set | rows read | excluded | dropped empty |",
-            "|---|---:|---:|---:|",
+            "| data set | rows read | excluded | dropped empty | control chars removed |",
+            "|---|---:|---:|---:|---:|",
         ]
         lines += [
-            f"| {name} | {v['rows_read']} | {v['excluded']} | {v['dropped_empty']} |"
+            f"| {name} | {v['rows_read']} | {v['excluded']} | {v['dropped_empty']} | "
+            f"{v.get('control_chars_removed', 0)} |"
             for name, v in report["ingest"].items()
         ]
         lines.append("")

@@ -120,8 +120,7 @@ def _from_mlflow(uri: str, workdir: Path) -> Candidate:
     """Download an MLflow model, load it as a pyfunc and find its tokenizer (the bundle inside it)."""
     import mlflow
 
-    from bertops.data.tokenizer import load_tokenizer
-    from bertops.model.bundle import META_FILE, VOCAB_FILE, read_labels, read_meta
+    from bertops.model.bundle import META_FILE, VOCAB_FILE, bundle_settings, read_labels, read_meta
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(workdir)))
     model = mlflow.pyfunc.load_model(str(local))
@@ -131,9 +130,7 @@ def _from_mlflow(uri: str, workdir: Path) -> Candidate:
     bundle_dir = metas[0].parent
     meta = read_meta(bundle_dir)
     labels = read_labels(bundle_dir) or []
-    tokenizer = load_tokenizer(
-        bundle_dir / VOCAB_FILE, lowercase=meta["lowercase"], strip_accents=meta["strip_accents"]
-    )
+    tokenizer = bundle_settings(bundle_dir, meta).tokenizer(bundle_dir / VOCAB_FILE)  # as the model encodes
     columns = [f"{PROB_PREFIX}{label}" for label in labels]
 
     def predict_proba(texts: Sequence[str]) -> np.ndarray:

@@ -3,8 +3,13 @@
     <bundle>/model.keras     the Keras task model (bertops classes registered; keras.saving.load_model works)
     <bundle>/vocab.txt       the vocabulary it was trained with
     <bundle>/label_map.json  {"labels": [...]}   (classification / ner bundles)
-    <bundle>/bertops.json    {"task", "max_seq_length", "lowercase", "strip_accents", "model": {...},
-                              "data_version", "source_run_id", ...}
+    <bundle>/bertops.json    {"task", "max_seq_length", "lowercase", "strip_accents", "tokenizer": {...},
+                              "model": {...}, "data_version", "source_run_id", ...}
+
+``tokenizer`` holds every setting that shaped the training records (:class:`EncodingSettings`: casing,
+accents, ``max_input_chars_per_word``, ``max_seq_length``, the truncation rule, the vocabulary's SHA-256).
+Loading rebuilds the tokenizer from it, so evaluation, the pyfunc and serving encode text exactly as the
+records were; a bundle whose settings contradict each other or its ``vocab.txt`` is refused.
 
 Usage::
 
@@ -29,6 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from bertops.data.tokenizer import EncodingSettings, VocabError, file_sha256
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -61,6 +68,7 @@ class Bundle:
     tokenizer: Tokenizer
     labels: list[str] | None
     meta: dict[str, Any]
+    settings: EncodingSettings = field(default_factory=EncodingSettings)
     _forward: Any = field(default=None, repr=False)
 
     @property
@@ -73,9 +81,7 @@ class Bundle:
 
     def encode(self, texts: Sequence[str], trim: bool = True) -> dict[str, np.ndarray]:
         """Tokenise texts into model inputs; ``trim`` cuts trailing all-padding columns (bucketed)."""
-        from bertops.data.tokenizer import encode_texts
-
-        batch = encode_texts(self.tokenizer, list(texts), self.max_seq_length)
+        batch = self.settings.encode(self.tokenizer, list(texts))
         if trim and len(texts):
             return trim_padding(batch, LENGTH_BUCKET)
         return batch
@@ -195,10 +201,13 @@ def save_bundle(
     data_version: str | None = None,
     source_run_id: str | None = None,
     extra: dict[str, Any] | None = None,
+    tokenizer: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a bundle directory atomically (temp sibling, then rename) and return its path.
 
     ``task`` is one of :data:`TASKS`; labelled tasks need ``labels`` matching the model's ``num_classes``.
+    ``tokenizer`` is the records' encoding settings (the manifest's ``tokenizer`` block); it must agree with
+    ``max_seq_length``, ``lowercase``, ``strip_accents`` and ``vocab_file``. Without it the defaults are stored.
     ``extra`` keys are merged into ``bertops.json`` (e.g. training metrics, the pretrain run id).
     """
     path = Path(path)
@@ -219,12 +228,14 @@ def save_bundle(
         raise BundleError(
             f"max_seq_length={max_seq_length} exceeds the model's max_sequence_length={arch['max_sequence_length']}"
         )
+    settings = _settings_to_store(tokenizer, vocab_file, max_seq_length, lowercase, strip_accents)
     meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "task": task,
         "max_seq_length": int(max_seq_length),
         "lowercase": bool(lowercase),
         "strip_accents": bool(strip_accents),
+        "tokenizer": settings.to_dict(),
         "model": arch,
         "data_version": data_version,
         "source_run_id": source_run_id,
@@ -252,6 +263,66 @@ def save_bundle(
         raise
     logger.info("saved %s bundle to %s (%s)", task, path, arch["class_name"])
     return path
+
+
+def _settings_to_store(
+    tokenizer: Mapping[str, Any] | None,
+    vocab_file: Path,
+    max_seq_length: int,
+    lowercase: bool,
+    strip_accents: bool,
+) -> EncodingSettings:
+    vocab_sha = file_sha256(vocab_file)
+    if tokenizer is None:
+        return EncodingSettings(
+            lowercase=bool(lowercase), strip_accents=bool(strip_accents), max_seq_length=int(max_seq_length),
+            vocab_sha256=vocab_sha,
+        )  # fmt: skip
+    try:
+        settings = EncodingSettings.from_dict(tokenizer, "the records' tokenizer settings")
+    except VocabError as exc:
+        raise BundleError(str(exc)) from None
+    given = EncodingSettings(
+        **{**settings.to_dict(), "lowercase": bool(lowercase), "strip_accents": bool(strip_accents),
+           "max_seq_length": int(max_seq_length), "vocab_sha256": vocab_sha}
+    )  # fmt: skip
+    _refuse_mismatch(settings, given, "the records' tokenizer settings", "this bundle", vocab_file)
+    return given
+
+
+def _refuse_mismatch(
+    expected: EncodingSettings, actual: EncodingSettings, expected_name: str, actual_name: str, where: Path
+) -> None:
+    diff = expected.differences(actual)
+    if diff:
+        listed = "; ".join(f"{k}: {a!r} in {expected_name}, {b!r} in {actual_name}" for k, (a, b) in diff.items())
+        raise BundleError(
+            f"{where}: tokenizer settings do not match ({listed}); text would be encoded differently from the "
+            "training records: rebuild the records (dvc repro) or the bundle with the same settings"
+        )
+
+
+def bundle_settings(path: str | Path, meta: Mapping[str, Any]) -> EncodingSettings:
+    """The encoding settings of a bundle, checked against its top-level keys and its ``vocab.txt``.
+
+    A bundle written before settings were stored (no ``tokenizer`` key) gets the defaults it was built with
+    (``max_input_chars_per_word`` 100, ``head`` truncation)."""
+    path = Path(path)
+    top = EncodingSettings(
+        lowercase=meta["lowercase"], strip_accents=meta["strip_accents"], max_seq_length=int(meta["max_seq_length"]),
+        vocab_sha256=file_sha256(path / VOCAB_FILE) if (path / VOCAB_FILE).is_file() else None,
+    )  # fmt: skip
+    if "tokenizer" not in meta:
+        logger.warning("%s: no stored tokenizer settings (an older bundle); using the defaults", path)
+        return top
+    try:
+        stored = EncodingSettings.from_dict(meta["tokenizer"], str(path / META_FILE))
+    except VocabError as exc:
+        raise BundleError(str(exc)) from None
+    check = EncodingSettings(**{**stored.to_dict(), **{k: getattr(top, k) for k in
+                                ("lowercase", "strip_accents", "max_seq_length", "vocab_sha256")}})  # fmt: skip
+    _refuse_mismatch(stored, check, f"{META_FILE} 'tokenizer'", f"its top-level keys / {VOCAB_FILE}", path)
+    return stored
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -290,8 +361,6 @@ def load_bundle(path: str | Path, compile: bool = False) -> Bundle:
     import keras
 
     import bertops.model.heads  # noqa: F401  (registers the bertops classes for deserialisation)
-    from bertops.data.tokenizer import load_tokenizer
-
     path = Path(path)
     meta = read_meta(path)
     for name in (MODEL_FILE, VOCAB_FILE):
@@ -306,13 +375,12 @@ def load_bundle(path: str | Path, compile: bool = False) -> Bundle:
         raise BundleError(
             f"{path / LABEL_MAP_FILE} lists {len(labels)} labels but {MODEL_FILE} has num_classes={num_classes}"
         )
-    tokenizer = load_tokenizer(
-        path / VOCAB_FILE, lowercase=meta["lowercase"], strip_accents=meta["strip_accents"]
-    )
+    settings = bundle_settings(path, meta)
+    tokenizer = settings.tokenizer(path / VOCAB_FILE)
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=False)
     expected = meta["model"].get("vocabulary_size")
     if expected is not None and vocab_size > expected:
         raise BundleError(
             f"{path / VOCAB_FILE} has {vocab_size} tokens but the model's vocabulary_size is {expected}"
         )
-    return Bundle(path=path, model=model, tokenizer=tokenizer, labels=labels, meta=meta)
+    return Bundle(path=path, model=model, tokenizer=tokenizer, labels=labels, meta=meta, settings=settings)

@@ -158,6 +158,7 @@ def log_classifier(
         "bertops_task": meta["task"],
         "labels": labels,
         "max_seq_length": meta["max_seq_length"],
+        "tokenizer": meta.get("tokenizer"),
         "data_version": meta.get("data_version"),
         "source_run_id": meta.get("source_run_id"),
         **(metadata_extra or {}),

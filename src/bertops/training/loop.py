@@ -405,6 +405,7 @@ def _write_bundle(plan: RunPlan, model: Any, path: Path, metrics: dict[str, Any]
         strip_accents=plan.strip_accents,
         data_version=plan.data_version,
         source_run_id=plan.run_id,
+        tokenizer=plan.tokenizer or None,
         extra={
             "kind": plan.kind,
             "init": plan.init,

@@ -50,6 +50,8 @@ class RunPlan:
     pretrain_run_id: str | None = None
     peak_tflops: float | None = None  # per device, for model FLOPs utilisation; None = look up the GPU
     extra: dict[str, Any] = field(default_factory=dict)
+    # The records' encoding settings (bertops.data.tokenizer.EncodingSettings), stored in the bundle.
+    tokenizer: dict[str, Any] = field(default_factory=dict)
 
     @property
     def global_batch_size(self) -> int:

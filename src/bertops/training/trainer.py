@@ -182,6 +182,7 @@ def make_plan(cfg: BertopsConfig, kind: Kind, run_id: str = "", data_version: st
             total = min(total, section.max_steps)
         eval_every, eval_batches, patience = per_epoch, None, section.early_stopping_patience
         eval_split, test_split = "validation", "test"
+    settings = _record_settings(cfg, manifest, manifest_path, init)
     return RunPlan(
         kind=kind,
         task=task,
@@ -212,11 +213,47 @@ def make_plan(cfg: BertopsConfig, kind: Kind, run_id: str = "", data_version: st
         tracking_uri=cfg.tracking_uri(),
         run_id=run_id,
         vocab_file=str(vocab_file.resolve()),
-        lowercase=cfg.vocab.lowercase,
-        strip_accents=cfg.vocab.strip_accents,
+        lowercase=settings.lowercase,
+        strip_accents=settings.strip_accents,
         data_version=data_version,
         pretrain_run_id=pretrain_run,
+        tokenizer=settings.to_dict(),
     )
+
+
+_VOCAB_SETTINGS = ("lowercase", "strip_accents", "max_input_chars_per_word")
+
+
+def _record_settings(cfg: BertopsConfig, manifest: dict[str, Any], manifest_path: Path, init: str) -> Any:
+    """The records' encoding settings (they go into the bundle), refused when ``params.yaml`` or the initial
+    bundle tokenises differently: the model would be trained or served on text encoded another way."""
+    from bertops.data.tokenizer import EncodingSettings, VocabError
+    from bertops.model.bundle import BundleError, bundle_settings, read_meta
+
+    try:
+        settings = EncodingSettings.of_records(manifest, str(manifest_path))
+    except VocabError as exc:
+        raise TrainingSetupError(str(exc)) from None
+    stale = [f"vocab.{k}={getattr(cfg.vocab, k)!r} (records: {getattr(settings, k)!r})"
+             for k in _VOCAB_SETTINGS if getattr(cfg.vocab, k) != getattr(settings, k)]  # fmt: skip
+    if stale:
+        raise TrainingSetupError(
+            f"{manifest_path}: the records were built with other tokenizer settings than params.yaml has: "
+            f"{', '.join(stale)}; rebuild them (dvc repro / bertops data repro)"
+        )
+    if init.startswith("bundle:"):
+        directory = Path(init.removeprefix("bundle:"))
+        try:
+            start = bundle_settings(directory, read_meta(directory))
+        except BundleError as exc:
+            raise TrainingSetupError(f"finetune.init: {exc}") from None
+        differ = [f"{k}: {getattr(start, k)!r} there, {getattr(settings, k)!r} in the records"
+                  for k in _VOCAB_SETTINGS if getattr(start, k) != getattr(settings, k)]  # fmt: skip
+        if differ:
+            raise TrainingSetupError(
+                f"finetune.init: {directory} was trained on text tokenised differently ({'; '.join(differ)})"
+            )
+    return settings
 
 
 def _count_lines(path: Path) -> int:
