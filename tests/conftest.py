@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,21 @@ from bertops.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
+
+
+def copy_dvc_project(
+    root: Path, dirs: tuple[str, ...] = ("pipelines", "src"), gitignore: bool = False
+) -> None:
+    """Copy the checkout's DVC project into ``root``: dvc.yaml, .dvcignore, pyproject.toml, .dvc/config and
+    .dvc/.gitignore, the top-level ``.gitignore`` when asked, and the ``dirs`` trees (no ``__pycache__``)."""
+    names = ("dvc.yaml", ".dvcignore", "pyproject.toml", *((".gitignore",) if gitignore else ()))
+    for name in names:
+        shutil.copy2(REPO_ROOT / name, root / name)
+    (root / ".dvc").mkdir()
+    for name in ("config", ".gitignore"):
+        shutil.copy2(REPO_ROOT / ".dvc" / name, root / ".dvc" / name)
+    for name in dirs:
+        shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
 
 
 def wait_http(

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.conftest import copy_dvc_project
 
 from bertops.cli.data import dvc_env
 
@@ -107,13 +108,7 @@ def _run(cmd: list[str], cwd: Path) -> None:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DvcRepo]:
     root = tmp_path_factory.mktemp("dvcrepo")
-    for name in ("dvc.yaml", ".dvcignore", "pyproject.toml"):
-        shutil.copy2(REPO_ROOT / name, root / name)
-    (root / ".dvc").mkdir()
-    for name in ("config", ".gitignore"):
-        shutil.copy2(REPO_ROOT / ".dvc" / name, root / ".dvc" / name)
-    shutil.copytree(REPO_ROOT / "pipelines", root / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO_ROOT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_dvc_project(root)
     (root / "data" / "raw").mkdir(parents=True)
     shutil.copy2(REPO_ROOT / "data" / "raw" / "README.md", root / "data" / "raw" / "README.md")
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import uuid
@@ -31,7 +30,7 @@ import httpx
 import numpy as np
 import pytest
 import yaml
-from tests.conftest import ray_env
+from tests.conftest import copy_dvc_project, ray_env
 from tests.serving.conftest import Registry, start_service
 
 from bertops.cli.data import dvc_env
@@ -98,13 +97,7 @@ def make_topics(root: Path, per_label: int = 30) -> None:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("own_data_project")
-    for name in ("dvc.yaml", ".dvcignore", "pyproject.toml"):
-        shutil.copy2(REPO_ROOT / name, root / name)
-    (root / ".dvc").mkdir()
-    for name in ("config", ".gitignore"):
-        shutil.copy2(REPO_ROOT / ".dvc" / name, root / ".dvc" / name)
-    for name in ("pipelines", "src"):
-        shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_dvc_project(root)
     raw = root / "data" / "raw"
     make_topics(raw / "topics")
     rng = random.Random(3)

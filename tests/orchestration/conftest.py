@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.conftest import copy_dvc_project
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -54,14 +55,7 @@ def git(root: Path, *args: str) -> str:
 def make_project(root: Path, params: dict[str, Any]) -> Path:
     """A small copy of the checkout in ``root``: a git repo with DVC, the pipelines, ray_jobs, dags, the
     .gitignore, and params.yaml = the checkout's with ``params`` merged in (state_dir inside ``root``)."""
-    for name in ("dvc.yaml", ".dvcignore", "pyproject.toml", ".gitignore"):
-        shutil.copy2(REPO_ROOT / name, root / name)
-    (root / ".dvc").mkdir()
-    for name in ("config", ".gitignore"):
-        shutil.copy2(REPO_ROOT / ".dvc" / name, root / ".dvc" / name)
-    ignore = shutil.ignore_patterns("__pycache__")
-    for name in ("pipelines", "src", "ray_jobs", "dags"):
-        shutil.copytree(REPO_ROOT / name, root / name, ignore=ignore)
+    copy_dvc_project(root, ("pipelines", "src", "ray_jobs", "dags"), gitignore=True)
     for path in REPO_ROOT.glob("data/**/.gitignore"):  # what DVC wrote for the stage outputs
         (root / path.relative_to(REPO_ROOT)).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, root / path.relative_to(REPO_ROOT))
