@@ -229,9 +229,9 @@ def prepare_run_data(params: Mapping[str, Any], run_id: str, root: Path | None =
     cfg = load_config(root / PARAMS_FILE, overrides)
     data = dvc_ops.data_overrides(overrides, dvc_ops.param_keys(root))
     dest = run_data_dir(cfg, root, run_id)
-    dvc_ops.pull(root)
     experiment = None
     if data:
+        dvc_ops.pull(root)
         experiment = dvc_ops.experiment_name(run_id)
         with dvc_ops.workspace_restored(root):
             rev = dvc_ops.exp_run(root, experiment, data)
@@ -240,10 +240,9 @@ def prepare_run_data(params: Mapping[str, Any], run_id: str, root: Path | None =
             dvc_ops.push(root)
         log.info("DVC experiment %s (%s): data version %s, workspace restored", experiment, rev[:10], version)
     else:
-        dvc_ops.repro(root)
-        dvc_ops.push(root)
+        cycle = data_cycle(root)
         rev = _git_head(root)
-        version, corpus = dvc_ops.data_version(root), dvc_ops.corpus_version(root)
+        version, corpus = cycle["data_version"], cycle["corpus_version"]
         files = dvc_ops.snapshot_outputs(root, dest, cfg.project.data_dir)
         log.info("dvc repro of params.yaml: data version %s", version)
     _prune_run_data(dest.parent.parent)
