@@ -58,8 +58,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict
     (root / ".venv").symlink_to(Path(sys.executable).parents[1])  # the docs call .venv/bin/python
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "COLUMNS": "200"}  # fmt: skip
-    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_MODE", "BERTOPS_AIRFLOW_URL"):
-        env.pop(name, None)  # the session's test settings are not the stack's
+    # The session's test settings are not the stack's. MLFLOW_EXPERIMENT_ID is set in this process by any
+    # earlier in-process test's mlflow.set_experiment (an experiment of another server): a new shell has none.
+    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
+                 "MLFLOW_RUN_ID", "RAY_AUTH_MODE", "BERTOPS_AIRFLOW_URL"):  # fmt: skip
+        env.pop(name, None)
     subprocess.run(
         ["bertops", "data", "repro"], cwd=root, env=env, check=True, capture_output=True, timeout=900
     )
