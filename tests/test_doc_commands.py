@@ -56,6 +56,8 @@ def test_the_pages_mark_blocks_runnable() -> None:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
     root = make_project(tmp_path_factory.mktemp("doc_stack"), SMALL)
     (root / ".venv").symlink_to(Path(sys.executable).parents[1])  # the docs call .venv/bin/python
+    with open(root / ".git" / "info" / "exclude", "a") as fh:  # `.venv/` in .gitignore matches no symlink
+        fh.write("/.venv\n")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "COLUMNS": "200"}  # fmt: skip
     # The session's test settings are not the stack's. MLFLOW_EXPERIMENT_ID is set in this process by any
