@@ -376,6 +376,13 @@ class RegistryConfig(_Section):
 class PromotionConfig(_Section):
     metric: str = Field(default="accuracy", description="The test metric the gate compares.")
     min_absolute: float = Field(default=0.6, ge=0, description="The candidate's metric must reach this.")
+    ner_metric: str = Field(default="entity_f1", description="NER: the test metric the gate compares.")
+    ner_min_absolute: float = Field(
+        default=0.0,
+        ge=0,
+        description="NER: the candidate's ner_metric must reach this (the all-O baseline check, "
+        "min_over_majority, applies as well).",
+    )
     min_improvement: float = Field(
         default=0.0, description="Candidate minus champion on metric must be at least this."
     )
@@ -383,7 +390,8 @@ class PromotionConfig(_Section):
         default=0.02,
         ge=0,
         description="Classification: test accuracy must beat the majority-class baseline "
-        "(always answering the most frequent test class) by at least this.",
+        "(always answering the most frequent test class) by at least this; NER: entity_f1 must beat the "
+        "all-O baseline by at least this.",
     )
     max_regression: float = Field(
         default=0.05,

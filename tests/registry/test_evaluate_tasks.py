@@ -21,12 +21,12 @@ from tests.training.conftest import PREDS, SEQ, VOCAB, pretraining_features
 
 from bertops.config import EvaluationConfig
 from bertops.data.records import make_manifest, write_records
-from bertops.evaluation.evaluate import default_output_dir, evaluate_any
+from bertops.evaluation.errors import EvaluationError, LabelMapMismatch
+from bertops.evaluation.evaluate import default_output_dir, evaluate
 from bertops.evaluation.metrics import masked_lm_metrics, ner_metrics
 from bertops.evaluation.ner import evaluate_ner
 from bertops.evaluation.pretraining import evaluate_pretraining
 from bertops.paths import MANIFEST, DataLayout
-from bertops.registry.errors import EvaluationError, LabelMapMismatch
 
 pytestmark = pytest.mark.slow
 CFG = EvaluationConfig(worst_examples=3)
@@ -185,7 +185,7 @@ def test_ner_evaluation_logs_an_mlflow_run(per_bundle: Path, ner_dir: Path, tmp_
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)
     client.create_experiment("eval-ner", artifact_location=(tmp_path / "artifacts").as_uri())
-    result = evaluate_any(
+    result = evaluate(
         per_bundle, None, CFG, layout=DataLayout(ner_dir / "data"), tracking_uri=uri, experiment="eval-ner",
         tags={"bertops.airflow_run_id": "manual-1"},
     )  # fmt: skip
