@@ -106,7 +106,9 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_graph_is_read() -> None:
     graph = import_graph()
     assert "bertops.evaluation.result" in graph["bertops.evaluation.ner"]
-    assert "bertops.evaluation.evaluate" in graph["bertops.registry.promote"]  # function-level or top: both count
+    assert (
+        "bertops.evaluation.evaluate" in graph["bertops.registry.promote"]
+    )  # function-level or top: both count
 
 
 def test_no_import_circle() -> None:

@@ -447,6 +447,11 @@ class ServingConfig(_Section):
         default=30, gt=0, description="How often replicas check the registry alias for a new model version."
     )
     model_alias: str = Field(default="champion", description="The registry alias served.")
+    models: list[str] | None = Field(
+        default=None,
+        description="Registered models served, each at POST /models/{name}/predict following its own alias; "
+        "POST /predict answers with registry.model_name. None: registry.model_name and registry.ner_model_name.",
+    )
     ingress: Literal["proxy", "haproxy"] = Field(
         default="proxy",
         description="HTTP path into the replicas. proxy: Ray Serve's Python HTTP proxy (binds serving.host only). "

@@ -149,8 +149,14 @@ def test_ner_evaluation_matches_metrics_of_the_models_own_predictions(ner_dir: P
     )
     assert len({t for p in pred for t in p}) > 1, "the check needs a model whose predictions vary"
     expected = ner_metrics([r["tags"] for r in rows], pred)
-    assert {k: v for k, v in result.metrics.items() if not k.startswith("words_")} == pytest.approx(expected)
+    extra = ("words_", "all_o_", "latency_")
+    assert {k: v for k, v in result.metrics.items() if not k.startswith(extra)} == pytest.approx(expected)
     assert result.metrics["words_truncated"] == 0
+    # The all-O baseline, measured on the same words: no entity found, every O word right.
+    all_o = ner_metrics([r["tags"] for r in rows], [["O"] * len(r["tags"]) for r in rows])
+    assert result.metrics["all_o_entity_f1"] == all_o["entity_f1"] == 0.0
+    assert result.metrics["all_o_token_accuracy"] == pytest.approx(all_o["token_accuracy"])
+    assert result.metrics["latency_p50_ms_batch1"] > 0
 
 
 def test_ner_tag_set_mismatch_and_wrong_task_are_rejected_outputs_untouched(
