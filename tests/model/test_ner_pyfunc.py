@@ -23,9 +23,8 @@ from bertops.data.tokenizer import build_tokenizer
 from bertops.model.entities import bio_spans, entities_of, split_words
 from bertops.net import free_port
 
-LABELS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
-WORDS = ["anna", "smith", "flew", "to", "zurich", "paris", "today", "ecole", "creme"]
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+from .ner_bundles import LABELS, SPECIAL, WORDS, constant_tag_bundle
+
 # Hand-made texts: accents (precomposed and combining), CJK without spaces, emoji (one and two code points),
 # runs of spaces, tabs and a newline, punctuation glued to words.
 TEXTS = [
@@ -85,28 +84,6 @@ def test_entities_carry_the_original_text_and_offsets() -> None:
 
 
 # --------------------------------------------------------------------------------------- a real bundle
-def constant_tag_bundle(path: Path, tag: str) -> Path:
-    """A tiny NER bundle whose logits are one-hot on ``tag`` at every position."""
-    import numpy as np
-
-    from bertops.model.backbone import BertBackbone
-    from bertops.model.bundle import save_bundle
-    from bertops.model.heads import BertTokenClassifier
-
-    vocab = path.parent / f"{path.name}-vocab.txt"
-    vocab.write_text("\n".join(SPECIAL + WORDS) + "\n", encoding="utf-8")
-    backbone = BertBackbone(
-        vocabulary_size=len(SPECIAL + WORDS), num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32,
-        dropout=0.0, max_sequence_length=64,
-    )  # fmt: skip
-    model = BertTokenClassifier(backbone, num_classes=len(LABELS), dropout=0.0)
-    model.output_dense.kernel.assign(np.zeros(model.output_dense.kernel.shape, "float32"))
-    bias = np.full(len(LABELS), -5.0, "float32")
-    bias[LABELS.index(tag)] = 5.0
-    model.output_dense.bias.assign(bias)
-    return save_bundle(path, model, vocab_file=vocab, task="ner", max_seq_length=32, labels=LABELS)
-
-
 def _check_constant_entities(tag: str, texts: list[str], got: list[list[dict]]) -> None:
     tok = _tokenizer()
     kind = tag.partition("-")[2]

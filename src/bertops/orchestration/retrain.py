@@ -242,7 +242,7 @@ def update_serving(params: dict[str, Any], gate: dict[str, Any]) -> dict[str, An
     cfg = tasks.run_config(params)
     url = tasks.serving_url(cfg)
     try:
-        answer = notify_reload(url, timeout=300)
+        answer = notify_reload(url, timeout=300, model=gate.get("name"))
     except ServingClientError as exc:
         if (
             exc.status is None
