@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -69,15 +69,6 @@ def serve_command(
         serve.delete(APP_NAME)
 
 
-def mark_entities(text: str, entities: list[dict[str, Any]]) -> str:
-    """``text`` with each entity marked in place: ``[Anna Smith](PER) flew to [Zürich](LOC)``."""
-    out, last = [], 0
-    for e in sorted(entities, key=lambda e: e["start"]):
-        out += [text[last : e["start"]], f"[{text[e['start'] : e['end']]}]({e['type']})"]
-        last = e["end"]
-    return "".join([*out, text[last:]])
-
-
 def predict_command(
     texts: Annotated[list[str], typer.Argument(help="Texts to send.")],
     model: Annotated[
@@ -96,6 +87,7 @@ def predict_command(
     from rich.markup import escape
     from rich.table import Table
 
+    from bertops.model.entities import mark_entities
     from bertops.serving.client import ServingClientError, predict
 
     with exit_on(ServingClientError):

@@ -146,3 +146,12 @@ def extract_entities(bundle: Bundle, texts: Sequence[str], batch_size: int = 64)
         return []
     tags, scores, _ = tag_words(bundle, [[w for w, _, _ in ws] for ws in words], batch_size)
     return [entities_of(t, ws, tg, sc) for t, ws, tg, sc in zip(texts, words, tags, scores, strict=True)]
+
+
+def mark_entities(text: str, entities: Sequence[dict[str, Any]]) -> str:
+    """``text`` with each entity marked in place, for people to read: ``[Anna Smith](PER) flew to [Zürich](LOC)``."""
+    out, last = [], 0
+    for e in sorted(entities, key=lambda e: e["start"]):
+        out += [text[last : e["start"]], f"[{text[e['start'] : e['end']]}]({e['type']})"]
+        last = e["end"]
+    return "".join([*out, text[last:]])
