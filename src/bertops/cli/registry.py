@@ -52,10 +52,12 @@ def _errors_exit():
         yield
 
 
-def _default_test_file(cfg: object) -> Path:
+def _default_test_file(cfg: object, model_name: str | None = None) -> Path:
+    """The test split of the model's task: NER for ``registry.ner_model_name``, else classification."""
     from bertops.paths import DataLayout
 
-    return DataLayout(Path(cfg.project.data_dir)).split_file("classification", "test")
+    task = "ner" if model_name == cfg.registry.ner_model_name else "classification"
+    return DataLayout(Path(cfg.project.data_dir)).split_file(task, "test")
 
 
 def evaluate_command(
@@ -177,7 +179,7 @@ def _log_bundle(cfg: object, bundle: Path, training_run_id: str | None) -> str:
 def promote_command(
     version: Annotated[str, typer.Argument(help="The version to promote.")],
     gate: Annotated[
-        bool, typer.Option("--gate/--no-gate", help="Run the gate first (re-evaluates the champion).")
+        bool, typer.Option("--gate/--no-gate", help="Run the gate first (champion: evaluated once per test data).")
     ] = True,
     test_file: TestFileOption = None,
     wait: Annotated[
@@ -196,7 +198,7 @@ def promote_command(
     model_name = name or cfg.registry.model_name
     with _errors_exit():
         if gate:
-            decision = run_gate(cfg, model_name, version, test_file or _default_test_file(cfg))
+            decision = run_gate(cfg, model_name, version, test_file or _default_test_file(cfg, model_name))
             for check in decision.checks:
                 mark = "[green]pass[/green]" if check.passed else "[red]FAIL[/red]"
                 console.print(f"{mark} {check.name}: {check.detail}")
