@@ -178,9 +178,7 @@ def _log_bundle(cfg: object, bundle: Path, training_run_id: str | None) -> str:
 
 def promote_command(
     version: Annotated[str, typer.Argument(help="The version to promote.")],
-    gate: Annotated[
-        bool, typer.Option("--gate/--no-gate", help="Run the gate first (champion: evaluated once per test data).")
-    ] = True,
+    gate: Annotated[bool, typer.Option("--gate/--no-gate", help="Run the gate first.")] = True,
     test_file: TestFileOption = None,
     wait: Annotated[
         bool, typer.Option(help="Wait for a reviewer's approval (promotion.approval_timeout_s).")
