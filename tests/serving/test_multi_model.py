@@ -86,6 +86,17 @@ def test_both_models_are_served_and_listed(served: dict) -> None:
     assert "/models/{name}/predict" in spec["paths"]
 
 
+def test_cli_prints_the_text_with_its_entities_marked(served: dict) -> None:
+    from typer.testing import CliRunner
+
+    from bertops.cli import app
+
+    service: Service = served["service"]
+    result = CliRunner().invoke(app, ["predict", "--model", served["ner"].name, "--url", service.url, TEXT])
+    assert result.exit_code == 0, result.output
+    assert f"[{TEXT}](PER)" in result.output and f"{served['ner'].name} version 1" in result.output
+
+
 def test_ner_promotion_under_load_on_both_models_fails_no_request(served: dict) -> None:
     service: Service = served["service"]
     ner: Registry = served["ner"]
