@@ -26,6 +26,7 @@ This module imports Ray and FastAPI: it is the serving entry point, imported onl
 # No `from __future__ import annotations`: Ray Serve and FastAPI inspect these annotations at run time.
 import asyncio
 import dataclasses
+import functools
 import hmac
 import logging
 import os
@@ -174,7 +175,7 @@ class BertopsService:
             name: ModelManager(
                 ModelSource(self.settings.tracking_uri, name, self.settings.alias),
                 on_switch=self.metrics.model_switched,
-                on_failure=self.metrics.switch_failed,
+                on_failure=functools.partial(self.metrics.switch_failed, model=name),
             )
             for name in self.settings.served
         }
