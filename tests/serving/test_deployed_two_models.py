@@ -4,6 +4,9 @@ real HTTP from Ray Serve on the session's Ray head, versions from the real MLflo
 The NER versions are real bertops NER pyfuncs (``bertops.model.pyfunc.log_bundle``) on tiny bundles whose head
 answers one tag everywhere (tests/model/ner_bundles.py): v1 ``I-PER`` (one entity from the first word to the
 last), v2 ``B-LOC`` (every word an entity), so which version answered shows in the entities themselves.
+
+Named to sort before test_http_api.py, for the reason test_deployed_service.py gives (Serve cannot pickle the
+deployment class once that module has driven it in-process).
 """
 
 from __future__ import annotations
