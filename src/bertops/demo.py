@@ -173,10 +173,13 @@ def run_demo(root: Path, console: Console, timeout_s: float = 3600, task: str = 
     serving_url = services["serving"]["url"]
     answer: dict[str, Any] | None = None
     try:
-        wait_ready(serving_url, timeout=300)
-        if task == "ner":  # the service follows the NER champion too (serving.models); give it a poll
-            answer = _wait_for_model(serving_url, cfg.registry.ner_model_name, summary.get("version"))
+        if task == "ner":
+            # /readyz is the default model's (the classifier, absent on a stack that only ran this demo): wait
+            # for the NER champion itself, the version just promoted when the gate passed.
+            promoted = summary.get("version") if summary.get("gate") == "passed" else None
+            answer = _wait_for_model(serving_url, cfg.registry.ner_model_name, promoted)
         else:
+            wait_ready(serving_url, timeout=300)
             answer = predict(serving_url, [DEMO_TEXT])
     except ServingClientError as exc:
         console.print(f"[red]the service did not answer:[/red] {exc}")
