@@ -40,8 +40,11 @@ lint:  ## ruff
 test: setup setup-system  ## set up and run the test suite
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-demo: setup  ## set up, start the local stack and run the whole pipeline on the embedded defaults
-	$(PY) -m bertops.demo
+# TASK=ner: the NER retrain instead (WNUT-16 tweets), ending with a served prediction's entities.
+TASK ?= classification
+
+demo: setup  ## set up, start the local stack and run the whole pipeline on the embedded defaults (TASK=ner for NER)
+	$(PY) -m bertops.demo --task $(TASK)
 
 up: setup  ## start the local stack (Airflow, Ray, MLflow, serving) on 127.0.0.1
 	$(VENV)/bin/bertops stack up

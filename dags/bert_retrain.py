@@ -85,7 +85,7 @@ def bert_retrain() -> None:
     @task
     def register(trained: dict, prepared: dict, _evaluated: dict) -> dict:
         ctx = get_current_context()
-        return steps.register(steps.run_params(ctx), trained, prepared, ctx["run_id"])
+        return steps.register(steps.run_params(ctx), trained, prepared, ctx["run_id"], _evaluated)
 
     @task
     def promotion_gate(registered: dict) -> dict:

@@ -4,7 +4,7 @@ Usage: ``python pipelines/evaluate.py [--params params.yaml] [--set section.key=
 [--no-log] [--max-batches N]`` (dvc.yaml runs it). Writes ``metrics.json`` (``dvc metrics diff``), the plot CSVs
 (``dvc plots diff``), PNGs and the worst examples, and logs an MLflow evaluation run unless ``--no-log``. An NER or
 pretraining bundle is evaluated on its own held-out data into ``<evaluation.output_dir>-ner`` /
-``-pretraining`` (``bertops.evaluation.evaluate.evaluate_any``). Bad input ends the run with exit status 1 and one
+``-pretraining`` (``bertops.evaluation.evaluate.evaluate``). Bad input ends the run with exit status 1 and one
 message naming the file, row and field; the previous outputs stay as they were.
 """
 
@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bertops.config import BertopsConfig
+from bertops.evaluation.errors import EvaluationError
 from bertops.paths import DataLayout
-from bertops.registry.errors import EvaluationError, RegistryError
+from bertops.registry.errors import RegistryError, TrackingUnavailable
 from bertops.stage import run_stage, stage_parser
 
 if TYPE_CHECKING:
@@ -33,11 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run(cfg: BertopsConfig) -> EvaluationResult:
-        from bertops.evaluation.evaluate import bundle_task, default_output_dir, evaluate_any
+        from bertops.evaluation.evaluate import default_output_dir, evaluate, model_task
 
         model = args.model or cfg.finetune.output_dir
-        task = bundle_task(model)
-        return evaluate_any(
+        task = model_task(model)
+        return evaluate(
             model,
             None,
             cfg.evaluation,
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         run,
         sections=("evaluation",),
         done=lambda r: f"{r.task}: {r.summary()} run={r.run_id} files={r.output_dir}",
-        errors=(EvaluationError, RegistryError),
+        errors=(EvaluationError, RegistryError, TrackingUnavailable),
     )
 
 

@@ -411,6 +411,13 @@ class RegistryConfig(_Section):
 class PromotionConfig(_Section):
     metric: str = Field(default="accuracy", description="The test metric the gate compares.")
     min_absolute: float = Field(default=0.6, ge=0, description="The candidate's metric must reach this.")
+    ner_metric: str = Field(default="entity_f1", description="NER: the test metric the gate compares.")
+    ner_min_absolute: float = Field(
+        default=0.0,
+        ge=0,
+        description="NER: the candidate's ner_metric must reach this (the all-O baseline check, "
+        "min_over_majority, applies as well).",
+    )
     min_improvement: float = Field(
         default=0.0, description="Candidate minus champion on metric must be at least this."
     )
@@ -418,7 +425,8 @@ class PromotionConfig(_Section):
         default=0.02,
         ge=0,
         description="Classification: test accuracy must beat the majority-class baseline "
-        "(always answering the most frequent test class) by at least this.",
+        "(always answering the most frequent test class) by at least this; NER: entity_f1 must beat the "
+        "all-O baseline by at least this.",
     )
     max_regression: float = Field(
         default=0.05,
@@ -474,6 +482,11 @@ class ServingConfig(_Section):
         default=30, gt=0, description="How often replicas check the registry alias for a new model version."
     )
     model_alias: str = Field(default="champion", description="The registry alias served.")
+    models: list[str] | None = Field(
+        default=None,
+        description="Registered models served, each at POST /models/{name}/predict following its own alias; "
+        "POST /predict answers with registry.model_name. None: registry.model_name and registry.ner_model_name.",
+    )
     ingress: Literal["proxy", "haproxy"] = Field(
         default="proxy",
         description="HTTP path into the replicas. proxy: Ray Serve's Python HTTP proxy (binds serving.host only). "

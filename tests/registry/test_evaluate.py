@@ -10,8 +10,8 @@ import pytest
 from tests.registry.conftest import write_jsonl
 
 from bertops.config import EvaluationConfig
+from bertops.evaluation.errors import EvaluationError
 from bertops.evaluation.evaluate import evaluate
-from bertops.registry.errors import EvaluationError
 
 pytestmark = pytest.mark.slow
 CFG = EvaluationConfig(length_buckets=[8, 16], latency_repeats=5, worst_examples=5)

@@ -21,12 +21,12 @@ from tests.training.conftest import PREDS, SEQ, VOCAB, pretraining_features
 
 from bertops.config import EvaluationConfig
 from bertops.data.records import make_manifest, write_records
-from bertops.evaluation.evaluate import default_output_dir, evaluate_any
+from bertops.evaluation.errors import EvaluationError, LabelMapMismatch
+from bertops.evaluation.evaluate import default_output_dir, evaluate
 from bertops.evaluation.metrics import masked_lm_metrics, ner_metrics
 from bertops.evaluation.ner import evaluate_ner
 from bertops.evaluation.pretraining import evaluate_pretraining
 from bertops.paths import MANIFEST, DataLayout
-from bertops.registry.errors import EvaluationError, LabelMapMismatch
 
 pytestmark = pytest.mark.slow
 CFG = EvaluationConfig(worst_examples=3)
@@ -149,8 +149,14 @@ def test_ner_evaluation_matches_metrics_of_the_models_own_predictions(ner_dir: P
     )
     assert len({t for p in pred for t in p}) > 1, "the check needs a model whose predictions vary"
     expected = ner_metrics([r["tags"] for r in rows], pred)
-    assert {k: v for k, v in result.metrics.items() if not k.startswith("words_")} == pytest.approx(expected)
+    extra = ("words_", "all_o_", "latency_")
+    assert {k: v for k, v in result.metrics.items() if not k.startswith(extra)} == pytest.approx(expected)
     assert result.metrics["words_truncated"] == 0
+    # The all-O baseline, measured on the same words: no entity found, every O word right.
+    all_o = ner_metrics([r["tags"] for r in rows], [["O"] * len(r["tags"]) for r in rows])
+    assert result.metrics["all_o_entity_f1"] == all_o["entity_f1"] == 0.0
+    assert result.metrics["all_o_token_accuracy"] == pytest.approx(all_o["token_accuracy"])
+    assert result.metrics["latency_p50_ms_batch1"] > 0
 
 
 def test_ner_tag_set_mismatch_and_wrong_task_are_rejected_outputs_untouched(
@@ -185,7 +191,7 @@ def test_ner_evaluation_logs_an_mlflow_run(per_bundle: Path, ner_dir: Path, tmp_
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)
     client.create_experiment("eval-ner", artifact_location=(tmp_path / "artifacts").as_uri())
-    result = evaluate_any(
+    result = evaluate(
         per_bundle, None, CFG, layout=DataLayout(ner_dir / "data"), tracking_uri=uri, experiment="eval-ner",
         tags={"bertops.airflow_run_id": "manual-1"},
     )  # fmt: skip

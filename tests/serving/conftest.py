@@ -113,8 +113,11 @@ def ray_address(request: pytest.FixtureRequest) -> str:
     return os.environ.get("BERTOPS_TEST_RAY_ADDRESS") or request.getfixturevalue("ray_cluster").address
 
 
-def start_service(ray_address: str, registry: Registry, **serving) -> Iterator[Service]:
-    """Deploy the app with ``serving`` overrides on the session's Ray head; tear down Serve afterwards."""
+def start_service(
+    ray_address: str, registry: Registry, extra: tuple[str, ...] = (), **serving
+) -> Iterator[Service]:
+    """Deploy the app with ``serving`` overrides (and ``extra`` ``key=value`` ones) on the session's Ray head;
+    tear down Serve afterwards."""
     import ray
     from ray import serve
 
@@ -124,7 +127,7 @@ def start_service(ray_address: str, registry: Registry, **serving) -> Iterator[S
 
     port = free_port()
     overrides = [f"tracking.uri={registry.tracking_uri}", f"registry.model_name={registry.name}"]
-    overrides += [f"serving.{k}={v}" for k, v in serving.items()]
+    overrides += [f"serving.{k}={v}" for k, v in serving.items()] + list(extra)
     cfg = load_config(Path(__file__).resolve().parents[2] / "params.yaml", overrides)
     ray.init(address=ray_address, log_to_driver=False)
     try:

@@ -237,7 +237,9 @@ def test_a_broken_new_version_is_not_switched_to(service: Service, broken: str, 
     reg = service.registry
     serving = predict(service.url, ["good"])["version"]
     bad = reg.register_keyword(broken=broken)
-    failed_before = metric(service.url, "bertops_serving_model_switches_total", 'outcome="failed"')
+    failed_before = metric(
+        service.url, "bertops_serving_model_switches_total", f'model="{reg.name}",outcome="failed"'
+    )
     reg.set_alias(bad)
     try:
         result = notify_reload(
@@ -251,7 +253,10 @@ def test_a_broken_new_version_is_not_switched_to(service: Service, broken: str, 
         assert meta["model"]["version"] == serving and why in meta["last_reload_error"]
         assert httpx.get(f"{service.url}/readyz").status_code == 200
         failed = (
-            metric(service.url, "bertops_serving_model_switches_total", 'outcome="failed"') - failed_before
+            metric(
+                service.url, "bertops_serving_model_switches_total", f'model="{reg.name}",outcome="failed"'
+            )
+            - failed_before
         )
         assert 1 <= failed <= 2
     finally:
@@ -277,7 +282,9 @@ def test_switch_to_a_real_bertops_classifier(service: Service, tmp_path: Path) -
     reg.set_alias(real)
     result = notify_reload(service.url)
     assert result["version"] == real, result
-    long_text = "a good film " * 80  # 960 bytes (under the 1000-byte limit), far over the bundle's max_seq_length 32: truncated by the model
+    long_text = (
+        "a good film " * 80
+    )  # 960 bytes (under the 1000-byte limit), far over the bundle's max_seq_length 32: truncated by the model
     answer = predict(service.url, ["a good film", "dull and long", long_text, ""])
     assert answer["version"] == real
     for p in answer["predictions"]:

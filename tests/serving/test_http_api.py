@@ -62,6 +62,7 @@ def client() -> Iterator[TestClient]:
     service.metrics = ServingMetrics()
     reg = KeywordRegistry()
     service.manager = ModelManager(reg.source(), loader=reg.load, on_switch=service.metrics.model_switched)
+    service.managers = {"m": service.manager}  # the one served model, the default
     service._model_call = asyncio.Lock()
     service._behind_proxy = False  # no Ray proxy here: the app echoes X-Request-ID itself
     asyncio.run(service.manager.refresh())

@@ -45,16 +45,19 @@ TestFileOption = Annotated[
 def _errors_exit():
     """Expected failures (bad input, registry refusals, unreachable server) print one line and exit 1."""
     from bertops.data.errors import DataError
-    from bertops.registry.errors import EvaluationError, RegistryError
+    from bertops.evaluation.errors import EvaluationError
+    from bertops.registry.errors import RegistryError, TrackingUnavailable
 
-    with exit_on(RegistryError, EvaluationError, DataError, KeyError):
+    with exit_on(RegistryError, TrackingUnavailable, EvaluationError, DataError, KeyError):
         yield
 
 
-def _default_test_file(cfg: object) -> Path:
+def _default_test_file(cfg: object, model_name: str | None = None) -> Path:
+    """The test split of the model's task: NER for ``registry.ner_model_name``, else classification."""
     from bertops.paths import DataLayout
 
-    return DataLayout(Path(cfg.project.data_dir)).split_file("classification", "test")
+    task = "ner" if model_name == cfg.registry.ner_model_name else "classification"
+    return DataLayout(Path(cfg.project.data_dir)).split_file(task, "test")
 
 
 def evaluate_command(
@@ -79,14 +82,14 @@ def evaluate_command(
     accuracy, perplexity, NSP accuracy); DVC files and an MLflow run."""
     from rich.table import Table
 
-    from bertops.evaluation.evaluate import bundle_task, default_output_dir, evaluate_any
+    from bertops.evaluation.evaluate import default_output_dir, evaluate, model_task
     from bertops.paths import DataLayout
 
     setup_logging(verbose)
     cfg = load_or_exit(params, set_)
     with _errors_exit():
-        task = bundle_task(model)
-        result = evaluate_any(
+        task = model_task(model)
+        result = evaluate(
             model,
             test_file,
             cfg.evaluation,
@@ -156,28 +159,26 @@ def register_command(
 
 
 def _log_bundle(cfg: object, bundle: Path, training_run_id: str | None) -> str:
-    """Log a bundle as the MLflow pyfunc (the model step's ``log_classifier``) and return its model URI."""
+    """Log a bundle as its task's MLflow pyfunc (``bertops.model.pyfunc.log_bundle``) and return its model URI."""
     import mlflow
 
-    from bertops.model.pyfunc import log_classifier
+    from bertops.model.pyfunc import log_bundle
     from bertops.registry.client import connect
 
     connect(cfg.tracking_uri())
     if training_run_id:
         with mlflow.start_run(run_id=training_run_id):
-            info = log_classifier(bundle)
+            info = log_bundle(bundle)
     else:
         mlflow.set_experiment(cfg.tracking.finetune_experiment)
         with mlflow.start_run(run_name=f"register-{bundle.name}"):
-            info = log_classifier(bundle)
+            info = log_bundle(bundle)
     return info.model_uri
 
 
 def promote_command(
     version: Annotated[str, typer.Argument(help="The version to promote.")],
-    gate: Annotated[
-        bool, typer.Option("--gate/--no-gate", help="Run the gate first (re-evaluates the champion).")
-    ] = True,
+    gate: Annotated[bool, typer.Option("--gate/--no-gate", help="Run the gate first.")] = True,
     test_file: TestFileOption = None,
     wait: Annotated[
         bool, typer.Option(help="Wait for a reviewer's approval (promotion.approval_timeout_s).")
@@ -195,7 +196,7 @@ def promote_command(
     model_name = name or cfg.registry.model_name
     with _errors_exit():
         if gate:
-            decision = run_gate(cfg, model_name, version, test_file or _default_test_file(cfg))
+            decision = run_gate(cfg, model_name, version, test_file or _default_test_file(cfg, model_name))
             for check in decision.checks:
                 mark = "[green]pass[/green]" if check.passed else "[red]FAIL[/red]"
                 console.print(f"{mark} {check.name}: {check.detail}")

@@ -53,7 +53,8 @@ def serve_command(
     ] = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Serve models:/<registry.model_name>@<serving.model_alias> over HTTP with Ray Serve."""
+    """Serve models:/<name>@<serving.model_alias> over HTTP with Ray Serve, for registry.model_name (POST
+    /predict) and every serving.models name (POST /models/<name>/predict)."""
     from bertops.serving.app import APP_NAME, start
     from bertops.serving.client import ServingClientError, wait_ready
 
@@ -88,25 +89,38 @@ def serve_command(
 
 
 def predict_command(
-    texts: Annotated[list[str], typer.Argument(help="Texts to classify.")],
+    texts: Annotated[list[str], typer.Argument(help="Texts to send.")],
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="A served model (e.g. bert-ner); default: the default model."),
+    ] = None,
     url: UrlOption = None,
     params: ParamsOption = Path("params.yaml"),
     set_: SetOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON answer.")] = False,
 ) -> None:
-    """Send texts to a running service and print label and probabilities for each."""
+    """Send texts to a running service; print label and probabilities (classifier) or the text with its
+    entities marked (NER model), for each."""
     import json
 
+    from rich.markup import escape
     from rich.table import Table
 
+    from bertops.model.entities import mark_entities
     from bertops.serving.client import ServingClientError, predict
 
     with exit_on(ServingClientError):
-        answer = predict(url or _default_url(params, set_), texts)
+        answer = predict(url or _default_url(params, set_), texts, model=model)
     if as_json:
         console.print_json(json.dumps(answer))
         return
-    table = Table(title=f"{answer['model']} version {answer['version']}")
+    title = f"{answer['model']} version {answer['version']}"
+    if answer["predictions"] and "entities" in answer["predictions"][0]:
+        console.print(title)
+        for text, p in zip(texts, answer["predictions"], strict=True):
+            console.print(escape(mark_entities(text, p["entities"])), soft_wrap=True)
+        return
+    table = Table(title=title)
     for col in ("text", "label", "probability", "probabilities"):
         table.add_column(col)
     for text, p in zip(texts, answer["predictions"], strict=True):
@@ -118,13 +132,18 @@ def predict_command(
 
 
 def reload_command(
-    url: UrlOption = None, params: ParamsOption = Path("params.yaml"), set_: SetOption = None
+    url: UrlOption = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="A served model; default: the default one.")
+    ] = None,
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
 ) -> None:
     """Tell a running service (on this host) to follow its alias now, e.g. right after a promotion."""
     from bertops.serving.client import ServingClientError, notify_reload
 
     with exit_on(ServingClientError):
-        result = notify_reload(url or _default_url(params, set_))
+        result = notify_reload(url or _default_url(params, set_), model=model)
     console.print(result["message"])
 
 

@@ -4,5 +4,9 @@
     result = evaluate("artifacts/finetune", "data/split/classification/test.jsonl", cfg.evaluation,
                       output_dir="artifacts/evaluation", tracking_uri=cfg.tracking_uri())
 
-Modules: ``metrics`` (pure metric functions), ``artifacts`` (plots, DVC files), ``latency``, ``evaluate``.
+Modules: ``evaluate`` (``evaluate()`` dispatching on the model's task, ``evaluate_version()``), one per task
+(``classification``, ``ner``, ``pretraining``), ``result`` (the result type, publishing, finding an earlier run),
+``errors``, ``metrics`` (pure metric functions), ``artifacts`` (plots, DVC files), ``latency``.
+
+A leaf: the registry, orchestration and the CLI import it; it imports none of them (tests/test_import_graph.py).
 """

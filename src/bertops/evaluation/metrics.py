@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bertops.model.entities import bio_spans  # the one BIO reading, shared with the NER pyfunc
+
 PER_CLASS_PREFIXES = ("precision_", "recall_", "f1_")
 SLICE_PREFIX = "slice_"
 # Metrics where a smaller value is better; everything else the gate treats as higher-is-better.
@@ -158,28 +160,6 @@ def slice_metrics(
 
 
 # ------------------------------------------------------------------------------------------------- NER
-def bio_spans(tags: Sequence[str]) -> set[tuple[str, int, int]]:
-    """Entity spans ``(type, start, end_exclusive)`` of one BIO tag sequence (conlleval rules).
-
-    ``B-X`` always starts a span; ``I-X`` continues an ``X`` span and otherwise starts one (after ``O``, at
-    the start, or after another type: IOB1 and malformed IOB2 are read as conlleval reads them); a change of type
-    or ``O`` ends a span. Types may contain ``-`` (``B-WORK-OF-ART``); a tag without a ``B-``/``I-`` prefix is
-    outside.
-    """
-    spans: set[tuple[str, int, int]] = set()
-    etype: str | None = None
-    start = 0
-    for i, tag in enumerate([*tags, "O"]):
-        prefix, _, kind = tag.partition("-")
-        continues = prefix == "I" and kind == etype
-        if etype is not None and not continues:
-            spans.add((etype, start, i))
-            etype = None
-        if prefix == "B" or (prefix == "I" and not continues):
-            etype, start = kind, i
-    return spans
-
-
 def entity_metrics(
     true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]
 ) -> dict[str, float]:

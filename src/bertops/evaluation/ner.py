@@ -17,7 +17,7 @@ Metrics (:func:`bertops.evaluation.metrics.ner_metrics`): entity-level micro ``e
 before any output is touched:
 
 1. reads the test JSONL and checks every tag is in the model's label map (a tag the model does not know is a
-   :class:`~bertops.registry.errors.LabelMapMismatch` naming the file, row, field and tag);
+   :class:`~bertops.evaluation.errors.LabelMapMismatch` naming the file, row, field and tag);
 2. predicts a tag per word, batched, through the bundle's compiled forward pass;
 3. writes the reviewer files (:func:`bertops.evaluation.artifacts.write_ner_artifacts`) into ``output_dir``
    atomically and logs metrics, files and tags on one MLflow run of the evaluation experiment.
@@ -33,17 +33,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from bertops.evaluation.evaluate import MODEL_URI_SCHEMES, EvaluationResult, publish
-from bertops.registry.errors import EvaluationError, LabelMapMismatch
+from bertops.evaluation.artifacts import write_ner_artifacts
+from bertops.evaluation.errors import EvaluationError, LabelMapMismatch
+from bertops.evaluation.latency import measure_latency
+from bertops.evaluation.metrics import ner_metrics
+from bertops.evaluation.result import MODEL_URI_SCHEMES, EvaluationResult, connect_tracking, publish
+from bertops.model.entities import OUTSIDE, tag_words
 
 if TYPE_CHECKING:
     from bertops.config import EvaluationConfig
     from bertops.model.bundle import Bundle
 
 logger = logging.getLogger(__name__)
-OUTSIDE = "O"
+BASELINE_F1 = "all_o_entity_f1"  # entity micro-F1 of always answering O (no entity found: 0)
+BASELINE_TOKEN_ACCURACY = "all_o_token_accuracy"  # the share of O words
 
 
 @dataclass(frozen=True)
@@ -116,35 +119,32 @@ def predict_tags(
     bundle: Bundle, tokens: Sequence[Sequence[str]], batch_size: int = 64
 ) -> tuple[list[list[str]], dict[str, int]]:
     """One predicted tag per word (argmax at the word's first piece; ``O`` for words the model never sees),
-    and the alignment counts of :func:`bertops.data.finetune.align_words`."""
-    from bertops.data.finetune import align_words
-
-    labels = bundle.labels or []
-    inputs, word_at, counts = align_words(bundle.tokenizer, [list(t) for t in tokens], bundle.max_seq_length)
-    pred_ids = bundle.forward(inputs, batch_size).argmax(axis=-1)  # (n, S)
-    out = []
-    for i, words in enumerate(tokens):
-        tags = [OUTSIDE] * len(words)
-        positions = np.flatnonzero(word_at[i] >= 0)
-        for p in positions:
-            tags[word_at[i, p]] = labels[pred_ids[i, p]]
-        out.append(tags)
-    return out, counts
+    and the alignment counts of :func:`bertops.data.finetune.align_words` (:func:`bertops.model.entities.tag_words`:
+    the served model's rule)."""
+    tags, _, counts = tag_words(bundle, tokens, batch_size)
+    return tags, counts
 
 
-def load_ner_bundle(source: str | Path) -> Bundle:
-    """A bundle directory holding an ``ner`` model; anything else is an :class:`EvaluationError`."""
-    from bertops.model.bundle import BundleError, load_bundle
+def load_ner_bundle(source: str | Path, workdir: Path) -> Bundle:
+    """The NER bundle of a bundle directory or of a logged MLflow model (downloaded into ``workdir``, the
+    bundle it carries loaded: the weights the pyfunc serves); anything else is an :class:`EvaluationError`."""
+    from bertops.model.bundle import META_FILE, BundleError, load_bundle
 
     text = str(source)
     if text.startswith(MODEL_URI_SCHEMES):
-        raise EvaluationError(
-            f"{text}: NER evaluation takes a bundle directory (MLflow models are logged for classifiers only)"
-        )
-    if not Path(text).is_dir():
-        raise EvaluationError(f"NER model {text!r} is not a bundle directory")
+        import mlflow
+
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=str(workdir)))
+        metas = sorted(local.rglob(META_FILE))
+        if not metas:
+            raise EvaluationError(f"{text}: the MLflow model holds no bertops bundle ({META_FILE} not found)")
+        directory = metas[0].parent
+    elif Path(text).is_dir():
+        directory = Path(text)
+    else:
+        raise EvaluationError(f"NER model {text!r} is neither a bundle directory nor an MLflow model URI")
     try:
-        bundle = load_bundle(text)
+        bundle = load_bundle(directory)
     except BundleError as exc:
         raise EvaluationError(str(exc)) from None
     if bundle.task != "ner" or not bundle.labels:
@@ -165,24 +165,29 @@ def evaluate_ner(
     batch_size: int = 64,
 ) -> EvaluationResult:
     """Evaluate the NER bundle ``source`` on ``test_file``; DVC files to ``output_dir``, MLflow when given."""
-    from bertops.evaluation.artifacts import write_ner_artifacts
-    from bertops.evaluation.metrics import ner_metrics
     from bertops.model.bundle import LABEL_MAP_FILE
 
-    if tracking_uri is not None:
-        from bertops.registry.client import connect
-
-        connect(tracking_uri)  # an unreachable server fails here, before any work or output
+    connect_tracking(tracking_uri)  # an unreachable server fails here, before any work or output
     test = read_ner_test_set(test_file)
-    bundle = load_ner_bundle(source)
+    with tempfile.TemporaryDirectory(prefix="bertops-eval-ner-model-") as tmp:
+        bundle = load_ner_bundle(source, Path(tmp))
     labels = list(bundle.labels or [])
-    types = entity_types(labels, Path(source) / LABEL_MAP_FILE)
+    types = entity_types(labels, f"{source} ({LABEL_MAP_FILE})")
     check_tags(test, labels, str(source))
 
     pred, counts = predict_tags(bundle, test.tokens, batch_size)
     metrics = ner_metrics(test.tags, pred)
     metrics["words_truncated"] = float(counts["words_truncated"])
     metrics["words_without_pieces"] = float(counts["words_without_pieces"])
+    # The all-O baseline (a model that never finds an entity), measured the same way: the gate's floor.
+    baseline = ner_metrics(test.tags, [[OUTSIDE] * len(t) for t in test.tokens])
+    metrics[BASELINE_F1] = baseline["entity_f1"]
+    metrics[BASELINE_TOKEN_ACCURACY] = baseline["token_accuracy"]
+    metrics.update(
+        measure_latency(
+            lambda batch: predict_tags(bundle, batch, batch_size), test.tokens, (1, 32), cfg.latency_repeats
+        )
+    )
     logger.info(
         "evaluated %s on %s (%d sentences, %d words): entity_f1=%.4f token_accuracy=%.4f",
         source,
@@ -220,5 +225,6 @@ def evaluate_ner(
             experiment=experiment,
             run_name=run_name,
             tags=tags,
+            task="ner",
         )
     return EvaluationResult(str(source), metrics, labels, run_id, final_dir, test.sha256, task="ner")

@@ -12,7 +12,7 @@ held-out split. Metrics: ``mlm_accuracy`` and ``mlm_loss`` over the real masked 
 predictions have weight 0), ``perplexity = exp(mlm_loss)``, ``nsp_accuracy``, ``nsp_loss``, ``num_examples``,
 ``num_masked_tokens``.
 
-Records that do not fit the model are an :class:`~bertops.registry.errors.EvaluationError` naming the manifest
+Records that do not fit the model are an :class:`~bertops.evaluation.errors.EvaluationError` naming the manifest
 and field, before any output is touched: a manifest of another ``kind``, a ``max_seq_length`` (or
 ``feature_spec`` width) other than the bundle's, a ``vocab_size`` other than the model's, a missing feature, an
 empty split, and token ids outside the model's vocabulary.
@@ -26,8 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bertops.evaluation.evaluate import MODEL_URI_SCHEMES, EvaluationResult, publish
-from bertops.registry.errors import EvaluationError
+from bertops.evaluation.errors import EvaluationError
+from bertops.evaluation.result import MODEL_URI_SCHEMES, EvaluationResult, connect_tracking, publish
 
 if TYPE_CHECKING:
     from bertops.config import EvaluationConfig
@@ -209,10 +209,7 @@ def evaluate_pretraining(
         raise EvaluationError(f"max_batches must be at least 1, got {max_batches}")
     if batch_size < 1:
         raise EvaluationError(f"batch_size must be at least 1, got {batch_size}")
-    if tracking_uri is not None:
-        from bertops.registry.client import connect
-
-        connect(tracking_uri)  # an unreachable server fails here, before any work or output
+    connect_tracking(tracking_uri)  # an unreachable server fails here, before any work or output
     path, manifest, files = load_records(test_data, split)
     bundle = load_pretraining_bundle(source)
     check_fit(manifest, path, bundle)
@@ -252,5 +249,6 @@ def evaluate_pretraining(
             experiment=experiment,
             run_name=run_name,
             tags=tags,
+            task="pretraining",
         )
     return EvaluationResult(str(source), metrics, [], run_id, final_dir, sha, task="pretraining")

@@ -7,22 +7,31 @@
     #        label  probability  prob_negative  prob_positive
     # 0   positive         0.91           0.09           0.91
 
+    info = log_bundle("artifacts/finetune-ner")      # any task: the classifier or the NER model (ner_pyfunc)
+
 Tokenisation happens inside the model (the bundle's vocab and settings), so a client sends plain strings.
 The logged artifacts are the bundle directory itself (``artifacts/bundle``); the model carries a signature, an
-input example and exact pip pins of the running environment, plus the ``bertops`` package as code.
+input example and exact pip pins of the running environment, plus the ``bertops`` package as code
+(:mod:`bertops.model.pyfunc_common`).
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bertops.model.bundle import BundleError, read_labels, read_meta
+from bertops.model.ner_pyfunc import log_ner_model
+from bertops.model.pyfunc_common import (
+    BUNDLE_ARTIFACT,
+    TEXT_COLUMN,
+    bundle_metadata,
+    log_pyfunc,
+    pinned_requirements,
+    texts_from_input,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -30,44 +39,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_ARTIFACT = "bundle"
-TEXT_COLUMN = "text"
-# Distributions the pyfunc needs at load time, pinned to the versions installed where it is logged.
-REQUIREMENTS = ("mlflow", "tensorflow-cpu", "keras", "tokenizers", "numpy", "pandas", "pydantic", "pyyaml")
+__all__ = [
+    "BUNDLE_ARTIFACT",
+    "TEXT_COLUMN",
+    "log_bundle",
+    "log_classifier",
+    "pinned_requirements",
+    "probabilities_frame",
+    "texts_from_input",
+]
 DEFAULT_EXAMPLE = ["a moving, beautifully acted film", "dull and far too long"]
-
-
-def texts_from_input(model_input: Any) -> list[str]:
-    """Accept list/tuple of str, a pandas Series, a one-column DataFrame (``text`` or any single column),
-    a ``{"text": [...]}`` dict or a NumPy array; return the texts. Non-strings raise naming the row."""
-    import numpy as np
-    import pandas as pd
-
-    if isinstance(model_input, str):
-        texts: list[Any] = [model_input]
-    elif isinstance(model_input, pd.DataFrame):
-        if TEXT_COLUMN in model_input.columns:
-            texts = model_input[TEXT_COLUMN].tolist()
-        elif len(model_input.columns) == 1:
-            texts = model_input.iloc[:, 0].tolist()
-        else:
-            raise ValueError(
-                f"expected a one-column DataFrame or a {TEXT_COLUMN!r} column, got columns {list(model_input.columns)}"
-            )
-    elif isinstance(model_input, pd.Series | np.ndarray):
-        texts = list(np.asarray(model_input).reshape(-1))
-    elif isinstance(model_input, dict):
-        if TEXT_COLUMN not in model_input:
-            raise ValueError(f"expected a dict with key {TEXT_COLUMN!r}, got keys {sorted(model_input)}")
-        texts = list(model_input[TEXT_COLUMN])
-    elif isinstance(model_input, Sequence):
-        texts = list(model_input)
-    else:
-        raise TypeError(f"unsupported input type {type(model_input).__name__}; send a list of strings")
-    for row, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise ValueError(f"row {row}: expected a string, got {type(t).__name__} ({t!r:.40})")
-    return texts
 
 
 def probabilities_frame(probs: Any, labels: Sequence[str]) -> pd.DataFrame:
@@ -109,17 +90,6 @@ def _python_model() -> Any:
     return BertClassifierModel()
 
 
-def pinned_requirements() -> list[str]:
-    """``name==version`` for each of :data:`REQUIREMENTS` installed here (missing ones are skipped)."""
-    pins = []
-    for dist in REQUIREMENTS:
-        try:
-            pins.append(f"{dist}=={metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            logger.debug("%s not installed; not pinned", dist)
-    return pins
-
-
 def log_classifier(
     bundle_dir: str | Path,
     name: str = "model",
@@ -132,12 +102,9 @@ def log_classifier(
     ``registered_model_name`` also registers a new version. The model's metadata carries the bundle's
     ``bertops.json`` fields (task, labels, max_seq_length, data_version, source_run_id).
     """
-    import mlflow
     import pandas as pd
     from mlflow.models import infer_signature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
-
-    import bertops
 
     bundle_dir = Path(bundle_dir)
     meta = read_meta(bundle_dir)
@@ -154,30 +121,24 @@ def log_classifier(
     # One unnamed string column: a list of str and a one-column DataFrame (``text`` or any name) both validate.
     signature.inputs = Schema([ColSpec("string")])
     signature.params = ParamSchema([ParamSpec("batch_size", "long", 64)])
-    model_metadata = {
-        "bertops_task": meta["task"],
-        "labels": labels,
-        "max_seq_length": meta["max_seq_length"],
-        "tokenizer": meta.get("tokenizer"),
-        "data_version": meta.get("data_version"),
-        "source_run_id": meta.get("source_run_id"),
-        **(metadata_extra or {}),
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        # MLflow stores a directory artifact under its own name: stage it as "bundle" so the logged model
-        # always holds artifacts/bundle/{model.keras, vocab.txt, label_map.json, bertops.json}.
-        staged = Path(tmp) / BUNDLE_ARTIFACT
-        shutil.copytree(bundle_dir, staged)
-        info = mlflow.pyfunc.log_model(
-            name=name,
-            python_model=_python_model(),
-            artifacts={BUNDLE_ARTIFACT: str(staged)},
-            code_paths=[str(Path(bertops.__file__).parent)],
-            signature=signature,
-            input_example=example,
-            pip_requirements=pinned_requirements(),
-            registered_model_name=registered_model_name,
-            metadata=model_metadata,
-        )
+    info = log_pyfunc(
+        bundle_dir,
+        _python_model(),
+        name=name,
+        signature=signature,
+        input_example=example,
+        model_metadata={**bundle_metadata(bundle_dir), **(metadata_extra or {})},
+        registered_model_name=registered_model_name,
+    )
     logger.info("logged pyfunc %s (labels %s)", info.model_uri, labels)
     return info
+
+
+def log_bundle(bundle_dir: str | Path, name: str = "model", **kwargs: Any) -> ModelInfo:
+    """Log a classification or NER bundle as its task's pyfunc (:func:`log_classifier`, :func:`log_ner_model`)."""
+    task = read_meta(bundle_dir)["task"]
+    if task == "classification":
+        return log_classifier(bundle_dir, name=name, **kwargs)
+    if task == "ner":
+        return log_ner_model(bundle_dir, name=name, **kwargs)
+    raise BundleError(f"{bundle_dir}: a {task!r} bundle has no MLflow model (classification or ner only)")

@@ -145,33 +145,41 @@ def after_finetune(outcome: JobOutcome, context: Any) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------- registry
 def evaluate(params: dict[str, Any], trained: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
-    """Evaluate the fine-tuned bundle on the held-out test split (an MLflow evaluation run)."""
+    """Evaluate the fine-tuned bundle on its task's held-out test split (one MLflow evaluation run: the gate
+    reads it, nothing evaluates the candidate again)."""
+    from bertops.evaluation.evaluate import default_output_dir, model_task
     from bertops.evaluation.evaluate import evaluate as run_evaluation
     from bertops.paths import DataLayout
 
     cfg = tasks.run_config(params)
     root = tasks.project_root()
-    test_file = root / DataLayout(root=Path(cfg.project.data_dir)).split_file(cfg.finetune.task, "test")
+    task = model_task(trained["bundle_dir"])
+    test_file = root / DataLayout(root=Path(cfg.project.data_dir)).split_file(task, "test")
     result = run_evaluation(
         trained["bundle_dir"],
         test_file,
         cfg.evaluation,
-        output_dir=root / cfg.evaluation.output_dir,
+        output_dir=root / default_output_dir(cfg.evaluation.output_dir, task),
         tracking_uri=cfg.tracking_uri(),
         experiment=cfg.tracking.evaluation_experiment,
         run_name=f"evaluate-{airflow_run_id}"[:200],
         tags={"bertops.training_run_id": trained["run_id"], "bertops.airflow_run_id": airflow_run_id},
     )
-    return {"evaluation_run_id": result.run_id, "metrics": {k: float(v) for k, v in result.metrics.items()}}
+    return {
+        "evaluation_run_id": result.run_id,
+        "task": task,
+        "metrics": {k: float(v) for k, v in result.metrics.items()},
+    }
 
 
 def _model_uri(cfg: Any, trained: dict[str, Any]) -> str:
-    """The logged MLflow model of the fine-tuning run; logged here from the bundle when training did not."""
+    """The logged MLflow model of the fine-tuning run; logged here from the bundle (its task's pyfunc) when
+    training did not."""
     if trained.get("model_uri"):
         return str(trained["model_uri"])
     import mlflow
 
-    from bertops.model.pyfunc import log_classifier
+    from bertops.model.pyfunc import log_bundle
     from bertops.registry.client import connect
 
     client = connect(cfg.tracking_uri())
@@ -180,14 +188,20 @@ def _model_uri(cfg: Any, trained: dict[str, Any]) -> str:
     experiment_id = client.get_run(trained["run_id"]).info.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     with mlflow.start_run(run_id=trained["run_id"]):
-        info = log_classifier(trained["bundle_dir"], name="model")
+        info = log_bundle(trained["bundle_dir"], name="model")
     return str(getattr(info, "model_uri", None) or f"runs:/{trained['run_id']}/model")
 
 
 def register(
-    params: dict[str, Any], trained: dict[str, Any], prepared: dict[str, Any], airflow_run_id: str
+    params: dict[str, Any],
+    trained: dict[str, Any],
+    prepared: dict[str, Any],
+    airflow_run_id: str,
+    evaluated: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Register the candidate as a new version (alias ``challenger``) with its lineage tags."""
+    """Register the candidate as a new version (alias ``challenger``) with its lineage tags; pass on the
+    ``evaluate`` step's run and the data version for the gate."""
+    from bertops.model.bundle import read_labels
     from bertops.registry.registry import register_candidate
 
     cfg = tasks.run_config(params)
@@ -200,8 +214,14 @@ def register(
         ray_job_id=trained.get("ray_job_id"),
         airflow_run_id=airflow_run_id,
         lineage=tasks.registry_lineage(prepared, tasks.run_overrides(params)),
+        labels=read_labels(trained["bundle_dir"]),
     )
-    return {"name": ref["name"], "version": str(ref["version"])}
+    return {
+        "name": ref["name"],
+        "version": str(ref["version"]),
+        "evaluation_run_id": (evaluated or {}).get("evaluation_run_id"),
+        "data_version": prepared.get("data_version"),
+    }
 
 
 def model_name(cfg: Any) -> str:
@@ -222,7 +242,14 @@ def promotion_gate(params: dict[str, Any], registered: dict[str, Any]) -> dict[s
     root = tasks.project_root()
     name, version = registered["name"], registered["version"]
     test_file = root / DataLayout(root=Path(cfg.project.data_dir)).split_file(cfg.finetune.task, "test")
-    decision = run_gate(cfg, name, version, test_file)
+    decision = run_gate(
+        cfg,
+        name,
+        version,
+        test_file,
+        evaluation_run_id=registered.get("evaluation_run_id"),
+        data_version=registered.get("data_version"),
+    )
     out = {"name": name, "version": version, "gate": decision.status, "reason": decision.reason,
            "champion_before": decision.champion_version, "promoted": False}  # fmt: skip
     mode = cfg.promotion.mode
@@ -247,7 +274,7 @@ def update_serving(params: dict[str, Any], gate: dict[str, Any]) -> dict[str, An
     cfg = tasks.run_config(params)
     url = tasks.serving_url(cfg)
     try:
-        answer = notify_reload(url, timeout=300)
+        answer = notify_reload(url, timeout=300, model=gate.get("name"))
     except ServingClientError as exc:
         if (
             exc.status is None

@@ -13,7 +13,9 @@ The checks, in order:
    for the first model, when there is no champion).
 2. ``baseline``: a classifier's test ``accuracy`` beats the majority-class baseline (``majority_accuracy``, always
    answering the most frequent test class) by at least ``min_over_majority``: a model that learned nothing but
-   the class balance never passes, whatever ``min_absolute`` says. Checked when both metrics are present.
+   the class balance never passes, whatever ``min_absolute`` says. An NER model's ``entity_f1`` likewise beats
+   the all-``O`` baseline (``all_o_entity_f1``, never finding an entity) by that margin. Checked when both
+   metrics are present.
 3. ``improvement``: candidate minus champion on ``metric`` is at least ``min_improvement`` (an equal candidate
    passes when ``min_improvement`` is 0, fails when it is positive).
 4. ``regression:<key>``: no per-class F1 and no length-slice accuracy falls more than ``max_regression`` below
@@ -37,6 +39,12 @@ if TYPE_CHECKING:
 
 LATENCY_METRIC = "latency_p50_ms_batch1"
 MAJORITY_METRIC = "majority_accuracy"
+ALL_O_METRIC = "all_o_entity_f1"
+# Each metric with a trivial baseline: the baseline's metric name, and what the baseline answers.
+BASELINES = {
+    "accuracy": (MAJORITY_METRIC, "majority-class baseline"),
+    "entity_f1": (ALL_O_METRIC, "all-O baseline"),
+}
 PASSED, FAILED, PENDING = "passed", "failed", "pending-approval"
 
 
@@ -52,10 +60,13 @@ class GateThresholds:
     min_over_majority: float = 0.02
 
     @classmethod
-    def from_config(cls, cfg: PromotionConfig) -> GateThresholds:
+    def from_config(cls, cfg: PromotionConfig, task: str = "classification") -> GateThresholds:
+        """The thresholds for ``task``: NER compares ``promotion.ner_metric`` against ``ner_min_absolute``."""
+        metric, floor = (
+            (cfg.ner_metric, cfg.ner_min_absolute) if task == "ner" else (cfg.metric, cfg.min_absolute)
+        )
         return cls(
-            cfg.metric, cfg.min_absolute, cfg.min_improvement, cfg.max_regression, cfg.max_latency_ms,
-            cfg.min_over_majority,
+            metric, floor, cfg.min_improvement, cfg.max_regression, cfg.max_latency_ms, cfg.min_over_majority,
         )  # fmt: skip
 
 
@@ -155,9 +166,11 @@ def decide(
         )
     )
 
-    if MAJORITY_METRIC in candidate and "accuracy" in candidate:
-        accuracy, majority = _finite(candidate, "accuracy", "candidate"), float(candidate[MAJORITY_METRIC])
-        margin = accuracy - majority
+    for key, (baseline_key, what) in BASELINES.items():
+        if baseline_key not in candidate or key not in candidate:
+            continue
+        score, baseline = _finite(candidate, key, "candidate"), float(candidate[baseline_key])
+        margin = score - baseline
         ok = margin >= t.min_over_majority - 1e-12
         checks.append(
             Check(
@@ -165,7 +178,7 @@ def decide(
                 ok,
                 margin,
                 t.min_over_majority,
-                f"accuracy {accuracy:.4f} vs majority-class baseline {majority:.4f}: margin {margin:+.4f} "
+                f"{key} {score:.4f} vs {what} {baseline:.4f}: margin {margin:+.4f} "
                 f"({'>=' if ok else '<'} required {t.min_over_majority:+.4f})",
             )
         )

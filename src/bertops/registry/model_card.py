@@ -20,6 +20,11 @@ CARD_METRICS = (
     "roc_auc",
     "log_loss",
     "ece",
+    "entity_f1",
+    "entity_precision",
+    "entity_recall",
+    "token_accuracy",
+    "all_o_entity_f1",
     "latency_p50_ms_batch1",
     "latency_p50_ms_batch32",
 )

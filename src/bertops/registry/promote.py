@@ -22,16 +22,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bertops.data.errors import DataError
+from bertops.evaluation.errors import LabelMapMismatch
+from bertops.evaluation.evaluate import evaluate_version, version_key
+from bertops.evaluation.result import TAG_TEST_SHA, EvaluationResult, result_of_run
 from bertops.registry import registry as reg
-from bertops.registry.errors import LabelMapMismatch, PromotionConflict, RegistryError
-from bertops.registry.gate import FAILED, PASSED, PENDING, GateDecision, GateThresholds, decide
+from bertops.registry.errors import PromotionConflict, RegistryError
+from bertops.registry.gate import FAILED, PASSED, PENDING, Check, GateDecision, GateThresholds, decide
 from bertops.registry.lock import PromotionLock
+from bertops.registry.model_card import render_model_card
+from bertops.tracking_client import connect
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from bertops.config import BertopsConfig
-    from bertops.evaluation.evaluate import EvaluationResult
 
 logger = logging.getLogger(__name__)
 NO_CHAMPION = "none"
@@ -42,19 +46,44 @@ def _needs_approval(cfg: BertopsConfig) -> bool:
     return cfg.promotion.require_approval or cfg.promotion.mode == "require_approval"
 
 
-def _evaluate_version(
-    cfg: BertopsConfig, name: str, version: str, test_file: Path, role: str
+def _candidate_evaluation(
+    cfg: BertopsConfig,
+    client: MlflowClient,
+    name: str,
+    version: str,
+    test_file: Path,
+    data_version: str | None,
+    evaluation_run_id: str | None,
 ) -> EvaluationResult:
-    from bertops.evaluation.evaluate import evaluate
+    """The candidate's evaluation: the run the pipeline's ``evaluate`` step made (tagged now as this version's,
+    so it is found again when the version is champion), or, without one, an evaluation made or found here."""
+    key = version_key(name, version, test_file, data_version)
+    if evaluation_run_id:
+        result = result_of_run(client, evaluation_run_id)
+        if result.test_sha256 == key[TAG_TEST_SHA]:
+            for tag, value in key.items():
+                client.set_tag(evaluation_run_id, tag, value)
+            logger.info("%s v%s: the gate reads evaluation run %s", name, version, evaluation_run_id)
+            return result
+        logger.warning(
+            "evaluation run %s was made on other test data (sha256 %s, not %s of %s): evaluating %s v%s again",
+            evaluation_run_id, result.test_sha256, key[TAG_TEST_SHA], test_file, name, version,
+        )  # fmt: skip
+    return _evaluate_version(cfg, name, version, test_file, data_version, "candidate")
 
-    return evaluate(
-        reg.model_uri(name, version),
+
+def _evaluate_version(
+    cfg: BertopsConfig, name: str, version: str, test_file: Path, data_version: str | None, role: str
+) -> EvaluationResult:
+    return evaluate_version(
+        name,
+        version,
         test_file,
         cfg.evaluation,
         tracking_uri=cfg.tracking_uri(),
         experiment=cfg.tracking.evaluation_experiment,
-        run_name=f"{name}-v{version}-{role}",
-        tags={"bertops.registered_model": name, "bertops.model_version": version, "bertops.role": role},
+        data_version=data_version,
+        role=role,
     )
 
 
@@ -64,28 +93,35 @@ def run_gate(
     version: str,
     test_file: str | Path,
     output_dir: str | Path | None = None,
+    *,
+    evaluation_run_id: str | None = None,
+    data_version: str | None = None,
 ) -> GateDecision:
-    """Evaluate ``version`` and the current champion on ``test_file``, decide, and record the result.
+    """Decide on ``version`` against the current champion, both evaluated on ``test_file``, and record it.
 
+    One evaluation per candidate: ``evaluation_run_id`` is the candidate's evaluation run (the retrain's
+    ``evaluate`` step); without it the candidate is evaluated here. The champion's evaluation on the same test
+    file and data version (``data_version``, default the version's ``bertops.data_version`` tag) is made once
+    and read back from its evaluation run afterwards (:func:`bertops.evaluation.evaluate.evaluate_version`).
     The version gets the tags ``bertops.gate`` (passed / failed / pending-approval), ``bertops.gate_reason``,
     ``bertops.gate_champion`` and ``bertops.evaluation_run_id``, and its model card gains the metrics next to
     the champion's and the gate section. An evaluation that fails marks the gate ``failed`` and re-raises.
     ``output_dir``: also write the candidate's DVC metrics/plots files there.
     """
-    from bertops.registry.client import connect
-
     client = connect(cfg.tracking_uri())
     version = str(version)
-    reg.get_version(client, name, version)
+    mv = reg.get_version(client, name, version)
+    data_version = data_version or mv.tags.get(reg.TAG_DATA)
     champion = reg.alias_version(client, name, reg.CHAMPION)
     if champion == version:  # a retried gate after a successful promotion: nothing to re-decide
-        from bertops.registry.gate import Check
-
         check = Check("already-champion", True, None, None, f"v{version} is already the champion")
         return GateDecision(True, [check], champion_version=champion, candidate_version=version)
+    test_file = Path(test_file)
     try:
-        cand = _evaluate_version(cfg, name, version, Path(test_file), "candidate")
-        champ = _evaluate_version(cfg, name, champion, Path(test_file), "champion") if champion else None
+        cand = _candidate_evaluation(cfg, client, name, version, test_file, data_version, evaluation_run_id)
+        champ = (
+            _evaluate_version(cfg, name, champion, test_file, data_version, "champion") if champion else None
+        )
         if champ is not None and champ.labels != cand.labels:
             raise RegistryError(
                 f"{name} v{version} has labels {cand.labels} but champion v{champion} has "
@@ -101,7 +137,7 @@ def run_gate(
     decision = decide(
         cand.metrics,
         champ.metrics if champ else None,
-        GateThresholds.from_config(cfg.promotion),
+        GateThresholds.from_config(cfg.promotion, cand.task),
         candidate_version=version,
         champion_version=champion,
     )
@@ -121,14 +157,13 @@ def run_gate(
         },
     )
     info = reg.card_info(client, name, version)
+    info.task = cand.task
     info.labels = cand.labels
     info.metrics = cand.metrics
     info.champion_version = champion
     info.champion_metrics = champ.metrics if champ else None
     info.gate_status = status
     info.gate_reasons = [f"{'✅' if c.passed else '❌'} {c.name}: {c.detail}" for c in decision.checks]
-    from bertops.registry.model_card import render_model_card
-
     client.update_model_version(name, version, description=render_model_card(info))
     if output_dir is not None:
         _write_dvc_files(cand, output_dir)
@@ -209,8 +244,6 @@ def promote(
     :class:`PromotionConflict` when the champion changed since the gate ran, :class:`RegistryError` when the
     version failed the gate, was rejected or does not exist. The registry is unchanged on every error.
     """
-    from bertops.registry.client import connect
-
     client = connect(cfg.tracking_uri())
     version = str(version)
     expected = _check_promotable(client, cfg, name, version, wait_for_review)
@@ -264,8 +297,6 @@ def rollback(
     ``previous-champion``, so repeated rollbacks walk back through the promotion history. Returns
     ``{"name", "champion", "rolled_back", "previous_champion"}``.
     """
-    from bertops.registry.client import connect
-
     client = connect(cfg.tracking_uri())
     if to_version is not None:
         reg.get_version(client, name, str(to_version))

@@ -1,7 +1,11 @@
-"""The Ray Serve application that serves the registered champion over HTTP (FastAPI ingress).
+"""The Ray Serve application that serves the registered champions over HTTP (FastAPI ingress).
 
-Routes (under ``serving.route_prefix``): ``POST /predict``, ``GET /healthz``, ``GET /readyz``, ``GET /metadata``,
-``GET /metrics`` (Prometheus), ``POST /admin/reload`` (loopback callers only), OpenAPI docs at ``/docs``.
+Routes (under ``serving.route_prefix``): ``POST /predict`` (the default model, ``registry.model_name``),
+``POST /models/{name}/predict`` (every served model, ``serving.models``: by default the classifier and the
+NER model, each following its own alias), ``GET /healthz``, ``GET /readyz``, ``GET /metadata`` (every served
+model), ``GET /metrics`` (Prometheus), ``POST /admin/reload`` (loopback callers only), OpenAPI docs at
+``/docs``. A classifier answers each text with its label and probabilities, an NER model with its
+``entities``; the response shape is otherwise the same (``model``, ``version``, ``predictions``).
 
 Build it from the config (what ``bertops serve`` does) or from an import path with arguments (what a KubeRay
 ``RayService`` or ``serve run`` does)::
@@ -13,7 +17,8 @@ Build it from the config (what ``bertops serve`` does) or from an import path wi
 Dynamic batching: every request is one item of a ``@serve.batch`` queue whose size is counted in *texts*
 (``batch_size_fn``), so a model call gets up to ``serving.max_batch_size`` texts gathered from concurrent
 requests within ``serving.batch_wait_timeout_s``. A request with more texts than that is one model call of its
-own. Each batch takes the served model once, so all texts of a request are answered by one version.
+own. Requests to different models share the queue; a batch calls each model once, on its texts, and takes each
+served model once, so all texts of a request are answered by one version.
 
 This module imports Ray and FastAPI: it is the serving entry point, imported only where serving happens.
 """
@@ -21,6 +26,7 @@ This module imports Ray and FastAPI: it is the serving entry point, imported onl
 # No `from __future__ import annotations`: Ray Serve and FastAPI inspect these annotations at run time.
 import asyncio
 import dataclasses
+import functools
 import hmac
 import logging
 import os
@@ -63,7 +69,8 @@ class ServiceSettings(BaseModel):
     """What one replica needs: where the model is, and the request and batching limits."""
 
     tracking_uri: str
-    model_name: str
+    model_name: str  # the default model: POST /predict
+    models: list[str] = Field(default_factory=list)  # every served model (the default one included)
     alias: str = "champion"
     poll_interval_s: float = Field(default=30, gt=0)
     max_batch_size: int = Field(default=32, ge=1)
@@ -75,12 +82,19 @@ class ServiceSettings(BaseModel):
     @classmethod
     def from_config(cls, cfg: BertopsConfig) -> "ServiceSettings":
         s = cfg.serving
+        default = cfg.registry.model_name
+        served = s.models if s.models is not None else [default, cfg.registry.ner_model_name]
         return cls(
-            tracking_uri=cfg.tracking_uri(), model_name=cfg.registry.model_name, alias=s.model_alias,
+            tracking_uri=cfg.tracking_uri(), model_name=default,
+            models=list(dict.fromkeys([default, *served])), alias=s.model_alias,
             poll_interval_s=s.poll_interval_s, max_batch_size=s.max_batch_size,
             batch_wait_timeout_s=s.batch_wait_timeout_s, max_texts_per_request=s.max_texts_per_request,
             max_text_bytes=s.max_text_bytes, max_body_bytes=s.max_body_bytes,
         )  # fmt: skip
+
+    @property
+    def served(self) -> list[str]:
+        return list(dict.fromkeys([self.model_name, *self.models]))
 
     @property
     def limits(self) -> RequestLimits:
@@ -89,23 +103,30 @@ class ServiceSettings(BaseModel):
 
 api = FastAPI(
     title="bertops serving",
-    description="The registered champion BERT classifier. Send raw texts, get labels and class probabilities.",
+    description="The registered champion BERT models. Send raw texts; a classifier answers labels and class "
+    "probabilities, an NER model the entities with their character offsets.",
     version="1",
 )
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 403, 413, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 403, 404, 413, 422, 503)
+}
+_PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+    }
 }
 
 
-def _count_texts(items: list[list[str]]) -> int:
+def _count_texts(items: list[tuple[str, list[str]]]) -> int:
     """Batch size in texts, not requests (``batch_size_fn`` of the batch queue)."""
-    return sum(len(texts) for texts in items)
+    return sum(len(texts) for _, texts in items)
 
 
 # The helpers the service uses are defined before it: `serve.ingress` pickles the class when it is decorated,
 # so names defined after it would be missing in the replica (NameError at request time).
 class _NotReady(Exception):
-    """No model version is loaded yet."""
+    """No version of the model is loaded yet."""
 
 
 def _token_ok(request: Request) -> bool:
@@ -150,86 +171,116 @@ class BertopsService:
         self._behind_proxy = _in_serve_replica()
         self.limits = self.settings.limits
         self.metrics = ServingMetrics()
-        source = ModelSource(self.settings.tracking_uri, self.settings.model_name, self.settings.alias)
-        self.manager = ModelManager(
-            source, on_switch=self.metrics.model_switched, on_failure=self.metrics.switch_failed
-        )
+        self.managers = {
+            name: ModelManager(
+                ModelSource(self.settings.tracking_uri, name, self.settings.alias),
+                on_switch=self.metrics.model_switched,
+                on_failure=functools.partial(self.metrics.switch_failed, model=name),
+            )
+            for name in self.settings.served
+        }
+        self.manager = self.managers[self.settings.model_name]  # the default model
         self._predict_batch.set_max_batch_size(self.settings.max_batch_size)
         self._predict_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         self._model_call = asyncio.Lock()  # one model call at a time per replica: it uses every core anyway
         # A replica without a model starts (readyz says 503) and keeps polling: promoting a first champion
         # later is enough to bring it up, with no redeploy.
-        result = await self.manager.refresh()
-        logger.info("start-up: %s", result.message)
-        self._poller = asyncio.get_running_loop().create_task(
-            self.manager.poll(self.settings.poll_interval_s)
-        )
+        for name, manager in self.managers.items():
+            result = await manager.refresh()
+            logger.info("start-up %s: %s", name, result.message)
+        loop = asyncio.get_running_loop()
+        self._pollers = [
+            loop.create_task(m.poll(self.settings.poll_interval_s)) for m in self.managers.values()
+        ]
 
     def check_health(self) -> None:
-        """Ray Serve's replica health check: the replica is unhealthy when its poller died."""
-        if self._poller.done() and not self._poller.cancelled():
-            raise RuntimeError(f"model poller stopped: {self._poller.exception()!r}")
+        """Ray Serve's replica health check: the replica is unhealthy when a poller died."""
+        for poller in self._pollers:
+            if poller.done() and not poller.cancelled():
+                raise RuntimeError(f"model poller stopped: {poller.exception()!r}")
 
     # ------------------------------------------------------------------------------------ model calls
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=_count_texts)
-    async def _predict_batch(self, items: list[list[str]]) -> list[tuple[LoadedModel, list[dict[str, Any]]]]:
-        model = self.manager.current  # taken once: every request of this batch is answered by one version
-        if model is None:
-            raise _NotReady()
-        flat = [text for texts in items for text in texts]
-        async with self._model_call:
-            predictions = await asyncio.to_thread(model.predict, flat)
-        self.metrics.observe_batch(len(items), len(flat))
-        out, start = [], 0
-        for texts in items:
-            out.append((model, predictions[start : start + len(texts)]))
-            start += len(texts)
+    async def _predict_batch(
+        self, items: list[tuple[str, list[str]]]
+    ) -> list[tuple[LoadedModel, list[dict[str, Any]]] | Exception]:
+        # Each model is taken once: every request of this batch to it is answered by one version.
+        models = {name: self.managers[name].current for name, _ in items}
+        answers: dict[str, list[dict[str, Any]]] = {}
+        for name, model in models.items():
+            if model is None:
+                continue
+            flat = [text for n, texts in items if n == name for text in texts]
+            async with self._model_call:
+                answers[name] = await asyncio.to_thread(model.predict, flat)
+            self.metrics.observe_batch(sum(n == name for n, _ in items), len(flat))
+        out: list[tuple[LoadedModel, list[dict[str, Any]]] | Exception] = []
+        start = dict.fromkeys(answers, 0)
+        for name, texts in items:
+            model = models[name]
+            if model is None:
+                out.append(_NotReady(name))  # returned, not raised: the other requests of the batch go on
+                continue
+            out.append((model, answers[name][start[name] : start[name] + len(texts)]))
+            start[name] += len(texts)
         return out
 
-    async def _predict(self, texts: list[str]) -> tuple[LoadedModel, list[dict[str, Any]]]:
+    async def _predict(self, name: str, texts: list[str]) -> tuple[LoadedModel, list[dict[str, Any]]]:
         if len(texts) > self.settings.max_batch_size:  # a full batch on its own; the queue would refuse it
-            model = self.manager.current
+            model = self.managers[name].current
             if model is None:
-                raise _NotReady()
+                raise _NotReady(name)
             async with self._model_call:
                 predictions = await asyncio.to_thread(model.predict, texts)
             self.metrics.observe_batch(1, len(texts))
             return model, predictions
-        return await self._predict_batch(texts)
+        answer = await self._predict_batch((name, texts))
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
     # ---------------------------------------------------------------------------------------- routes
+    @api.post("/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_PREDICT_BODY)
+    async def predict(self, request: Request) -> Response:
+        """The default model on ``{"texts": [...]}``: label, its probability and every class probability, per text."""
+        return await self._serve(request, self.settings.model_name, "/predict")
+
     @api.post(
-        "/predict",
+        "/models/{name}/predict",
         response_model=PredictResponse,
         responses=_ERRORS,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
-            }
-        },
+        openapi_extra=_PREDICT_BODY,
     )
-    async def predict(self, request: Request) -> Response:
-        """Classify ``{"texts": [...]}``: label, its probability and every class probability, per text."""
+    async def predict_model(self, name: str, request: Request) -> Response:
+        """Model ``name`` on ``{"texts": [...]}``: per text, a classifier's label and probabilities or an NER
+        model's ``entities`` (``text``, ``type``, ``start``, ``end``, ``score``; character offsets)."""
+        route = "/models/{name}/predict"
+        if name not in self.managers:
+            served = ", ".join(self.managers)
+            return self._error(route, 404, f"model {name!r} is not served here (served: {served})",
+                               _request_id(request), time.perf_counter())  # fmt: skip
+        return await self._serve(request, name, route)
+
+    async def _serve(self, request: Request, name: str, route: str) -> Response:
         started, request_id = time.perf_counter(), _request_id(request)
         try:
             check_content_length(request.headers.get("content-length"), self.limits)
             body = await _read_body(request, self.limits.max_body_bytes)
             texts = parse_predict_body(body, self.limits)
-            model, predictions = await self._predict(texts)
+            model, predictions = await self._predict(name, texts)
         except BadRequest as exc:
-            return self._error("/predict", exc.status, exc.message, request_id, started)
+            return self._error(route, exc.status, exc.message, request_id, started)
         except _NotReady:
-            return self._error(
-                "/predict", 503, "no model version is loaded yet; see GET /metadata", request_id, started
-            )
+            message = f"no version of {name} is loaded yet; see GET /metadata"
+            return self._error(route, 503, message, request_id, started)
         payload = {"model": model.name, "version": model.version, "predictions": predictions}
         elapsed = time.perf_counter() - started
-        self.metrics.observe_request("/predict", 200, elapsed)
+        self.metrics.observe_request(route, 200, elapsed)
         logger.info(
             "predict",
             extra={
                 "texts": len(texts),
+                "model": model.name,
                 "model_version": model.version,
                 "latency_ms": round(elapsed * 1000, 2),
             },
@@ -253,11 +304,22 @@ class BertopsService:
 
     @api.get("/metadata", response_model=MetadataResponse)
     async def metadata(self) -> dict[str, Any]:
-        """The served version: name, version, labels, data version, when it was loaded; the last switch error."""
+        """The served versions: name, version, task, labels, data version, when loaded; the last switch error.
+        ``ready`` and ``model`` are the default model's; ``models`` lists every served model."""
         model = self.manager.current
         return {
             "ready": model is not None,
             "model": model.metadata() if model else None,
+            "models": [
+                {
+                    "name": name,
+                    "default": name == self.settings.model_name,
+                    "ready": m.current is not None,
+                    "model": m.current.metadata() if m.current else None,
+                    "last_reload_error": m.last_error,
+                }
+                for name, m in self.managers.items()
+            ],
             "tracking_uri": self.settings.tracking_uri,
             "poll_interval_s": self.settings.poll_interval_s,
             "last_reload_error": self.manager.last_error,
@@ -270,18 +332,22 @@ class BertopsService:
         return Response(body, media_type=content_type)
 
     @api.post("/admin/reload", response_model=ReloadResponse, responses=_ERRORS)
-    async def admin_reload(self, request: Request) -> Response:
-        """Follow the alias now (a promotion calls this). Loopback callers only; retries a failed version."""
+    async def admin_reload(self, request: Request, model: str | None = None) -> Response:
+        """Follow the alias now (a promotion calls this): the default model, or ``?model=<name>``. Loopback
+        callers only; retries a failed version."""
         host = request.client.host if request.client else None
         if host not in LOOPBACK and not _token_ok(request):
             message = f"reload is allowed from loopback, or with the {ADMIN_TOKEN_ENV} bearer token; not from {host}"
             return self._error("/admin/reload", 403, message, None, time.perf_counter())
-        return JSONResponse(dataclasses.asdict(await self.reload()))
+        if model is not None and model not in self.managers:
+            message = f"model {model!r} is not served here (served: {', '.join(self.managers)})"
+            return self._error("/admin/reload", 404, message, None, time.perf_counter())
+        return JSONResponse(dataclasses.asdict(await self.reload(model=model)))
 
-    async def reload(self, force: bool = True) -> Any:
+    async def reload(self, force: bool = True, model: str | None = None) -> Any:
         """Handle method for the same: ``serve.get_app_handle("bertops").reload.remote()``."""
-        result = await self.manager.refresh(force=force)
-        logger.info("reload requested: %s", result.message)
+        result = await self.managers[model or self.settings.model_name].refresh(force=force)
+        logger.info("reload of %s requested: %s", model or self.settings.model_name, result.message)
         return result
 
     def _id_header(self, request_id: str | None) -> dict[str, str] | None:
@@ -291,7 +357,9 @@ class BertopsService:
     def _error(
         self, route: str, status: int, message: str, request_id: str | None, started: float
     ) -> Response:
-        reason = {413: "too_large", 503: "not_ready", 403: "forbidden"}.get(status, "bad_request")
+        reason = {413: "too_large", 503: "not_ready", 403: "forbidden", 404: "unknown_model"}.get(
+            status, "bad_request"
+        )
         self.metrics.observe_request(route, status, time.perf_counter() - started, reason=reason)
         logger.info("refused %s: %d %s", route, status, message, extra={"status": status})
         headers = self._id_header(request_id)
@@ -373,5 +441,5 @@ def start(
     serve.start(http_options={"host": host, "port": port})
     serve.run(app_from_config(cfg), name=APP_NAME, route_prefix=s.route_prefix)
     url = f"http://{host}:{port}{s.route_prefix.rstrip('/')}"
-    logger.info("serving %s@%s at %s", cfg.registry.model_name, s.model_alias, url)
+    logger.info("serving %s@%s at %s", ", ".join(ServiceSettings.from_config(cfg).served), s.model_alias, url)
     return url

@@ -4,7 +4,9 @@
 
     from bertops.serving.client import notify_reload, predict
     predict("http://127.0.0.1:8000", ["a fine film"])   # -> {"model": ..., "version": ..., "predictions": [...]}
+    predict("http://127.0.0.1:8000", ["Anna flew to Paris"], model="bert-ner")   # predictions: [{"entities"}]
     notify_reload("http://127.0.0.1:8000")              # the service follows the moved alias now
+    notify_reload("http://127.0.0.1:8000", model="bert-ner")
 """
 
 from __future__ import annotations
@@ -39,19 +41,26 @@ def _check(resp: httpx.Response) -> dict[str, Any]:
 
 
 def predict(
-    url: str, texts: list[str], timeout: float = 30.0, request_id: str | None = None
+    url: str,
+    texts: list[str],
+    timeout: float = 30.0,
+    request_id: str | None = None,
+    model: str | None = None,
 ) -> dict[str, Any]:
-    """``POST /predict``: labels and probabilities for ``texts`` from the service at ``url``."""
+    """``POST /predict`` (the default model), or ``POST /models/<model>/predict``: the predictions for
+    ``texts`` from the service at ``url``."""
     headers = {"X-Request-ID": request_id} if request_id else {}
+    path = f"/models/{model}/predict" if model else "/predict"
     try:
-        resp = httpx.post(_url(url, "/predict"), json={"texts": texts}, timeout=timeout, headers=headers)
+        resp = httpx.post(_url(url, path), json={"texts": texts}, timeout=timeout, headers=headers)
     except httpx.HTTPError as exc:
-        raise ServingClientError(_url(url, "/predict"), None, f"{type(exc).__name__}: {exc}") from None
+        raise ServingClientError(_url(url, path), None, f"{type(exc).__name__}: {exc}") from None
     return _check(resp)
 
 
-def notify_reload(url: str, timeout: float = 300.0) -> dict[str, Any]:
-    """``POST /admin/reload``: the replica that answers follows the alias now. Allowed from loopback, or from
+def notify_reload(url: str, timeout: float = 300.0, model: str | None = None) -> dict[str, Any]:
+    """``POST /admin/reload``: the replica that answers follows the alias of the default model (or of
+    ``model``) now. Allowed from loopback, or from
     anywhere with the ``BERTOPS_SERVING_ADMIN_TOKEN`` shared secret (sent when set in this environment).
 
     Returns ``{"switched", "version", "previous_version", "message"}``. Other replicas of a multi-replica
@@ -60,7 +69,8 @@ def notify_reload(url: str, timeout: float = 300.0) -> dict[str, Any]:
     try:
         token = os.environ.get("BERTOPS_SERVING_ADMIN_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        resp = httpx.post(_url(url, "/admin/reload"), timeout=timeout, headers=headers)
+        params = {"model": model} if model else None
+        resp = httpx.post(_url(url, "/admin/reload"), timeout=timeout, headers=headers, params=params)
     except httpx.HTTPError as exc:
         raise ServingClientError(_url(url, "/admin/reload"), None, f"{type(exc).__name__}: {exc}") from None
     return _check(resp)

@@ -57,7 +57,7 @@ class ServingMetrics:
             f"{PREFIX}_model_info", "1 for the version served", ["model", "version"], registry=r
         )
         self.switches = Counter(
-            f"{PREFIX}_model_switches", "Alias changes followed or refused", ["outcome"], registry=r
+            f"{PREFIX}_model_switches", "Alias changes followed or refused", ["model", "outcome"], registry=r
         )
 
     def observe_request(self, route: str, status: int, seconds: float, reason: str | None = None) -> None:
@@ -74,10 +74,10 @@ class ServingMetrics:
         if old is not None:
             self.model_info.remove(old.name, old.version)
         self.model_info.labels(model=new.name, version=new.version).set(1)
-        self.switches.labels(outcome="switched").inc()
+        self.switches.labels(model=new.name, outcome="switched").inc()
 
-    def switch_failed(self, version: str | None, error: str) -> None:
-        self.switches.labels(outcome="failed").inc()
+    def switch_failed(self, version: str | None, error: str, model: str = "") -> None:
+        self.switches.labels(model=model, outcome="failed").inc()
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

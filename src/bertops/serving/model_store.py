@@ -1,9 +1,12 @@
 """Which model version a replica serves, and how it switches to a newly promoted one.
 
 - :class:`ModelSource` names what to follow: the registered model and alias (``models:/<name>@champion``).
-- :func:`load_version` downloads one version's MLflow pyfunc and passes it through :func:`warm_up`, a check of
-  the output contract (columns ``label``, ``probability``, ``prob_<label>``; probabilities that sum to 1) on a
-  few fixed texts. A version that fails to load or to warm up is never served.
+- :func:`load_version` downloads one version's MLflow pyfunc and passes it through a warm-up on a few fixed
+  texts that checks the output contract of its task (the ``bertops_task`` of its MLflow metadata): a
+  classifier's columns ``label``, ``probability``, ``prob_<label>`` with probabilities that sum to 1
+  (:func:`warm_up`); an NER model's ``entities`` column, each entity ``{"text", "type", "start", "end",
+  "score"}`` whose offsets point at its text in the input (:func:`warm_up_ner`). A version that fails to load
+  or to warm up is never served.
 - :class:`ModelManager` holds the version being served. :meth:`ModelManager.refresh` resolves the alias and,
   when it moved, loads the new version in a worker thread while the old one keeps answering; only a loaded and
   warmed-up version replaces it, in one assignment. A request batch takes the model object once, so a switch
@@ -34,6 +37,8 @@ WARMUP_TEXTS = (
     "",
 )
 DATA_VERSION_TAG = "bertops.data_version"
+TASK_METADATA_KEY = "bertops_task"
+ENTITY_KEYS = ("text", "type", "start", "end", "score")
 
 
 class ModelLoadError(RuntimeError):
@@ -79,18 +84,23 @@ class LoadedModel:
     data_version: str | None = None
     run_id: str | None = None
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    task: str = "classification"
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
-        """Classify ``texts``; one ``{"label", "probability", "probabilities"}`` dict per text, in order."""
+        """One prediction per text, in order: ``{"label", "probability", "probabilities"}`` (classification)
+        or ``{"entities": [...]}`` (NER)."""
         import pandas as pd
 
         frame = self.pyfunc.predict(pd.DataFrame({"text": list(texts)}))
+        if self.task == "ner":
+            return entities_from_frame(frame, list(texts))
         return predictions_from_frame(frame, self.labels, expected_rows=len(texts))
 
     def metadata(self) -> dict[str, Any]:
         return {
             "model": self.name, "version": self.version, "alias": self.alias, "labels": self.labels,
             "data_version": self.data_version, "run_id": self.run_id, "loaded_at": self.loaded_at,
+            "task": self.task,
         }  # fmt: skip
 
 
@@ -146,6 +156,44 @@ def warm_up(pyfunc: Any) -> list[str]:
     return labels
 
 
+def entities_from_frame(frame: Any, texts: list[str]) -> list[dict[str, Any]]:
+    """The NER pyfunc's ``entities`` column as response dicts, checking the contract: every entity has
+    :data:`ENTITY_KEYS` and its offsets point at its text. Raises :class:`ModelLoadError` naming row and entity."""
+    if not hasattr(frame, "columns") or "entities" not in frame.columns:
+        raise ModelLoadError(
+            f"NER model output lacks the 'entities' column; it has {list(getattr(frame, 'columns', []))}"
+        )
+    if len(frame) != len(texts):
+        raise ModelLoadError(f"model returned {len(frame)} rows for {len(texts)} texts")
+    out = []
+    for i, (text, entities) in enumerate(zip(texts, frame["entities"], strict=True)):
+        row = []
+        for j, e in enumerate(list(entities)):
+            missing = [k for k in ENTITY_KEYS if k not in e]
+            if missing:
+                raise ModelLoadError(f"row {i}, entity {j}: lacks {missing}")
+            start, end = int(e["start"]), int(e["end"])
+            if not (0 <= start < end <= len(text)) or text[start:end] != e["text"]:
+                raise ModelLoadError(
+                    f"row {i}, entity {j}: offsets [{start}, {end}) do not hold {e['text']!r}"
+                )
+            row.append({"text": str(e["text"]), "type": str(e["type"]), "start": start, "end": end,
+                        "score": float(e["score"])})  # fmt: skip
+        out.append({"entities": row})
+    return out
+
+
+def warm_up_ner(pyfunc: Any) -> None:
+    """Run the fixed warm-up texts through a freshly loaded NER pyfunc; raise ModelLoadError if it fails."""
+    import pandas as pd
+
+    try:
+        frame = pyfunc.predict(pd.DataFrame({"text": list(WARMUP_TEXTS)}))
+    except Exception as exc:  # any failure of an unknown model means "do not serve it"
+        raise ModelLoadError(f"warm-up prediction failed: {type(exc).__name__}: {exc}") from exc
+    entities_from_frame(frame, list(WARMUP_TEXTS))
+
+
 def load_version(source: ModelSource, version: str) -> LoadedModel:
     """Download, load and warm up one registered version. Raises :class:`ModelLoadError` on any failure."""
     import mlflow
@@ -160,13 +208,18 @@ def load_version(source: ModelSource, version: str) -> LoadedModel:
         pyfunc = mlflow.pyfunc.load_model(uri)
     except Exception as exc:  # load errors of any kind keep the old version serving
         raise ModelLoadError(f"loading {uri} failed: {type(exc).__name__}: {exc}") from exc
-    labels = warm_up(pyfunc)
     # The registry's version tag first; else what bertops' pyfunc carries in its MLmodel metadata.
     model_meta = getattr(getattr(pyfunc, "metadata", None), "metadata", None) or {}
+    task = str(model_meta.get(TASK_METADATA_KEY, "classification"))
+    if task == "ner":
+        warm_up_ner(pyfunc)
+        labels = [str(x) for x in model_meta.get("labels") or []]
+    else:
+        labels = warm_up(pyfunc)
     data_version = (mv.tags or {}).get(DATA_VERSION_TAG) or model_meta.get("data_version")
     loaded = LoadedModel(
         name=source.name, version=str(version), alias=source.alias, pyfunc=pyfunc, labels=labels,
-        data_version=data_version, run_id=mv.run_id,
+        data_version=data_version, run_id=mv.run_id, task=task,
     )  # fmt: skip
     logger.info("loaded %s (labels %s) in %.1fs", uri, labels, time.monotonic() - started)
     return loaded

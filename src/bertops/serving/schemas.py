@@ -56,10 +56,24 @@ class Prediction(BaseModel):
     probabilities: dict[str, float] = Field(description="Probability of every class, in label-map order.")
 
 
+class Entity(BaseModel):
+    text: str = Field(description="The entity as it appears in the input text.")
+    type: str = Field(description="The entity type (the tag map's types, e.g. `person`, `location`).")
+    start: int = Field(description="Character offset of its first character in the input text.")
+    end: int = Field(description="Character offset just past its last character (`text[start:end]`).")
+    score: float = Field(description="Mean probability of its words' predicted tags.")
+
+
+class EntityPrediction(BaseModel):
+    entities: list[Entity] = Field(description="The named entities of one text, in text order.")
+
+
 class PredictResponse(BaseModel):
     model: str = Field(description="Registered model name that answered.")
     version: str = Field(description="Registered model version that answered (all texts of one request).")
-    predictions: list[Prediction]
+    predictions: list[Prediction | EntityPrediction] = Field(
+        description="One per text: label and probabilities (classifier), or the entities (NER model)."
+    )
 
 
 class ModelMetadata(BaseModel):
@@ -70,11 +84,21 @@ class ModelMetadata(BaseModel):
     data_version: str | None = Field(description="The version's `bertops.data_version` tag, if set.")
     run_id: str | None
     loaded_at: str = Field(description="When this replica loaded the version (UTC, ISO 8601).")
+    task: str = Field(default="classification", description="classification or ner.")
+
+
+class ServedModel(BaseModel):
+    name: str = Field(description="Registered model name: POST /models/{name}/predict.")
+    default: bool = Field(description="True for the model that POST /predict answers with.")
+    ready: bool
+    model: ModelMetadata | None
+    last_reload_error: str | None
 
 
 class MetadataResponse(BaseModel):
     ready: bool
-    model: ModelMetadata | None
+    model: ModelMetadata | None = Field(description="The default model (POST /predict).")
+    models: list[ServedModel] = Field(default_factory=list, description="Every served model.")
     tracking_uri: str
     poll_interval_s: float
     last_reload_error: str | None = Field(

@@ -169,7 +169,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model = build_model(plan)
         task = build_task(plan, model, train_files, manifest)
         optimizer = build_optimizer(opt_cfg, plan.total_steps, model, loss_scaling=loss_scaling)
-    variables = model.trainable_variables
+    # Only variables with a path to the loss: e.g. the pooler is unused by the token classifier (NER), and
+    # ``tape.gradient`` would give None for it. Every other variable must get a gradient (checked below).
+    variables = task.trained_variables()
+    skipped = [v.path for v in task.unused_variables()]
+    if skipped:
+        log.info("not trained (no path to the %s loss): %s", plan.task, ", ".join(skipped))
     warmup = warmup_steps_for(opt_cfg, plan.total_steps)
 
     state = LoopState()
@@ -209,6 +214,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
             scaled = optimizer.scale_loss(loss) if loss_scaling else loss
         grads = tape.gradient(scaled, variables)
+        missing = [v.path for v, g in zip(variables, grads, strict=True) if g is None]
+        if missing:  # known at trace time: a model/task mismatch, not something to train around
+            raise ValueError(
+                f"no gradient for {', '.join(missing)}: these variables have no path to the {plan.task} loss; "
+                "list them in the task's unused_variables() if that is intended"
+            )
         # Embedding gradients arrive as IndexedSlices: densify so they can be summed and all-reduced.
         return [tf.convert_to_tensor(g) for g in grads], loss
 

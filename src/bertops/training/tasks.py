@@ -52,6 +52,15 @@ class Task:
         """Real (non-padding) tokens of a batch: the throughput unit."""
         return tf.reduce_sum(tf.cast(batch["padding_mask"], tf.int64))
 
+    def unused_variables(self) -> list[Any]:
+        """Trainable variables with no path to this task's loss (they get no gradient and are not updated)."""
+        return []
+
+    def trained_variables(self) -> list[Any]:
+        """The variables the loop differentiates and updates: the model's trainable ones less the unused."""
+        unused = {id(v) for v in self.unused_variables()}
+        return [v for v in self.model.trainable_variables if id(v) not in unused]
+
 
 def _ce(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=tf.cast(logits, tf.float32))
@@ -166,6 +175,11 @@ class NerTask(Task):
     def __post_init__(self) -> None:
         if self.class_weights is not None:
             self._weights = tf.constant(list(self.class_weights), tf.float32)
+
+    def unused_variables(self) -> list[Any]:
+        # The head reads ``sequence_output`` only: the backbone's pooler ([CLS] dense + tanh) is computed but
+        # never reaches the loss. Its weights stay as initialised/imported, so the bundle still holds them.
+        return list(self.model.backbone.pooled_dense.trainable_variables)
 
     def per_example_loss(self, batch: Mapping[str, tf.Tensor], outputs: Any) -> tf.Tensor:
         labels = batch["labels"]
