@@ -44,6 +44,33 @@ def copy_dvc_project(
         shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
 
 
+TOPIC_WORDS = {
+    "sport": "goal match team coach league score season player win cup",
+    "tech": "chip software phone data cloud robot code startup network app",
+    "world": "election minister border treaty summit parliament vote war aid capital",
+}
+# What a user's own data looks like in docs/own_data.md: one folder per label, one text file per document.
+FOLDER_OVERRIDES = [
+    "ingest.classification.source=data/raw/topics", "ingest.classification.format=folder",
+    "ingest.classification.exclude_labels=[]", "ingest.classification.label_mapping={}",
+    "ingest.classification.max_records=null", "validate.labels=null",
+]  # fmt: skip
+
+
+def write_topic_folders(root: Path, per_label: int = 20) -> list[str]:
+    """``root/<label>/NNN.txt`` for three labels (sport, tech, world), each text drawn from its label's words."""
+    import random
+
+    rng = random.Random(7)
+    for label, vocab in TOPIC_WORDS.items():
+        (root / label).mkdir(parents=True)
+        words = vocab.split()
+        for i in range(per_label):
+            text = " ".join(rng.choice(words) for _ in range(rng.randint(6, 14)))
+            (root / label / f"{i:03d}.txt").write_text(f"{text} story {label} {i}.", encoding="utf-8")
+    return sorted(TOPIC_WORDS)
+
+
 def wait_http(
     url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None
 ) -> None:

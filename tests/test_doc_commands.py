@@ -8,6 +8,7 @@ commands the pages show finish in seconds.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.conftest import FOLDER_OVERRIDES, write_topic_folders
 from tests.orchestration.conftest import git, make_project
 
 pytestmark = pytest.mark.slow
@@ -146,3 +148,77 @@ def test_finetune_shows_progress_and_keeps_the_noise_in_a_log(stack: tuple[Path,
         assert noise not in terminal, terminal[-4000:]
     log_file = next((root / ".bertops" / "logs").glob("finetune-*.log"))
     assert "oneDNN" in log_file.read_text(errors="replace")
+
+
+def test_two_retrains_queued_back_to_back_each_train_on_their_own_data(
+    stack: tuple[Path, dict[str, str]],
+) -> None:
+    """Two ``bertops retrain`` runs with different data overrides, triggered one right after the other through
+    the stack's Airflow API server and run by its scheduler: each evaluates on its own data (about 10% of its
+    records in test), each has its own data version and lineage, and the checkout is clean afterwards."""
+    from bertops.config import load_config
+    from bertops.orchestration.stack import airflow_client
+
+    root, env = stack
+    run_ids = {}
+    for records in (100, 250):
+        override = f"ingest.classification.max_records={records}"
+        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", 'eval "$(bertops stack env)"\n'
+                               f"bertops retrain --pretraining skip --set {override} --set finetune.max_steps=3"],
+                              cwd=root, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        run_ids[records] = re.search(r"triggered bert_retrain run (\S+)", proc.stdout).group(1)
+    client = airflow_client(load_config(root / "params.yaml"), root)
+    summaries = {}
+    for records, run_id in run_ids.items():
+        final = client.wait_run("bert_retrain", run_id, 1500)
+        assert final["state"] == "success", (run_id, final)
+        summaries[records] = client.xcom("bert_retrain", run_id, "summary")
+    small, large = summaries[100], summaries[250]
+    assert 5 <= small["metrics"]["num_examples"] <= 16, small["metrics"]
+    assert 18 <= large["metrics"]["num_examples"] <= 33, large["metrics"]
+    assert "ingest.classification.max_records=100" in small["overrides"]
+    assert "ingest.classification.max_records=250" in large["overrides"]
+    assert small["data_version"] != large["data_version"]
+    assert small["dvc_experiment"] != large["dvc_experiment"]
+    assert git(root, "status", "--porcelain") == ""
+
+
+def test_a_retrain_on_a_folder_data_set_registers_its_labels(stack: tuple[Path, dict[str, str]]) -> None:
+    """docs/own_data.md section 6 through ``bertops retrain`` on the stack: a folder-per-label data set (3 labels,
+    labels from the data) registered under its own ``registry.model_name``; the champion's bundle has the 3
+    labels, and the stack's service, which serves another model, is left as it was with the summary saying so."""
+    from bertops.config import load_config
+    from bertops.orchestration.stack import airflow_client
+
+    root, env = stack
+    labels = write_topic_folders(root / "data" / "raw" / "topics")
+    git(root, "add", "data/raw/topics")
+    git(root, "commit", "-qm", "my topics")
+    name = "news-topics"
+    sets = [*FOLDER_OVERRIDES, f"registry.model_name={name}", "promotion.min_absolute=0",
+            "promotion.min_over_majority=0", "finetune.max_steps=3"]  # fmt: skip
+    args = " ".join(f"--set '{s}'" for s in sets)
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", 'eval "$(bertops stack env)"\n'
+                           f"bertops retrain --pretraining skip {args}"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_id = re.search(r"triggered bert_retrain run (\S+)", proc.stdout).group(1)
+    cfg = load_config(root / "params.yaml")
+    client = airflow_client(cfg, root)
+    final = client.wait_run("bert_retrain", run_id, 1500)
+    assert final["state"] == "success", (run_id, final)
+    summary = client.xcom("bert_retrain", run_id, "summary")
+    assert summary["model"] == name and summary["decision"].startswith("promoted"), summary
+    assert name in summary["serving_note"] and "serving.models" in summary["serving_note"], summary
+
+    script = ("import json, mlflow\n"
+              f"v = mlflow.MlflowClient().get_model_version_by_alias({name!r}, 'champion')\n"
+              f"info = mlflow.models.get_model_info('models:/{name}@champion')\n"
+              "print(json.dumps({'version': v.version, 'labels': info.metadata['labels']}))\n")  # fmt: skip
+    shown = subprocess.run(["bash", "-euo", "pipefail", "-c", f'eval "$(bertops stack env)"\npython -c "{script}"'],
+                           cwd=root, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    champion = json.loads(shown.stdout.strip().splitlines()[-1])
+    assert champion == {"version": summary["version"], "labels": labels}, champion
+    assert git(root, "status", "--porcelain") == ""

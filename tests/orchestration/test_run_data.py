@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.conftest import FOLDER_OVERRIDES, write_topic_folders
 from tests.orchestration.conftest import git, make_project
 
 from bertops.orchestration import dvc_ops, tasks
@@ -143,4 +144,25 @@ def test_a_task_killed_inside_an_experiment_is_put_right_by_the_retry(project: P
     assert run["dvc_experiment"] == "retrain-manual__retried"
     assert (project / "params.yaml").read_bytes() == params_before
     assert not backup.exists()
+    assert git(project, "status", "--porcelain") == ""
+
+
+def test_a_retrain_on_a_folder_data_set_trains_on_its_labels(project: Path) -> None:
+    """docs/own_data.md's retrain on a user's folder-per-label data set, asked for as overrides (no edit of
+    params.yaml): the run's data has the folders' labels, and the workspace is params.yaml's data afterwards."""
+    labels = write_topic_folders(project / "data" / "raw" / "topics")
+    git(project, "add", "data/raw/topics")
+    git(project, "commit", "-qm", "my topics")
+    base_version = dvc_ops.data_version(project)
+    lock_before = (project / "dvc.lock").read_bytes()
+
+    run = tasks.prepare_run_data({"overrides": FOLDER_OVERRIDES}, "manual__folder", project)
+
+    label_map = json.loads((Path(run["data_dir"]) / "finetune/classification/label_map.json").read_text())
+    assert label_map["labels"] == labels, label_map
+    split = [json.loads(x) for x in (Path(run["data_dir"]) / "split/classification/train.jsonl").open()]
+    assert {r["label"] for r in split} == set(labels)
+    assert run["data_version"] != base_version
+    assert (project / "dvc.lock").read_bytes() == lock_before
+    assert json.loads((project / "data/finetune/classification/label_map.json").read_text()) != label_map
     assert git(project, "status", "--porcelain") == ""

@@ -283,6 +283,15 @@ def update_serving(params: dict[str, Any], gate: dict[str, Any]) -> dict[str, An
                 "no serving application answers at %s (%s); it will load the champion on start", url, exc
             )
             return {"serving_url": url, "version": None}
+        if (
+            exc.status == 404
+        ):  # a service that serves other models: the promotion stands, the service is as it was
+            note = (
+                f"the service at {url} does not serve {gate.get('name')!r}; to serve it, add it to "
+                "serving.models (or make it registry.model_name) and restart the service"
+            )
+            log.warning("%s (%s)", note, exc)
+            return {"serving_url": url, "version": None, "note": note}
         raise
     return {"serving_url": url, "version": answer.get("version")}
 
@@ -325,6 +334,8 @@ def summary(params: dict[str, Any], run_id: str, xcoms: dict[str, Any]) -> dict[
         "decision": gate.get("decision"),
         "serving_version": (xcoms.get("update_serving") or {}).get("version"),
     }
+    if (xcoms.get("update_serving") or {}).get("note"):
+        out["serving_note"] = xcoms["update_serving"]["note"]
     if ui and trained.get("run_id"):
         url = _mlflow_run_url(ui, tracking, trained["run_id"])
         if url:
