@@ -14,7 +14,9 @@ def test_proxy_ingress_changes_nothing() -> None:
 
 def test_haproxy_ingress_sets_the_switches_and_private_files_and_ports() -> None:
     a = ray_process_env(ServingConfig(ingress="haproxy"))
-    b = ray_process_env(ServingConfig(ingress="haproxy", haproxy_stats_port=18404, haproxy_metrics_port=19101))
+    b = ray_process_env(
+        ServingConfig(ingress="haproxy", haproxy_stats_port=18404, haproxy_metrics_port=19101)
+    )
     for env in (a, b):
         assert {k: env[k] for k in HAPROXY_SWITCHES} == HAPROXY_SWITCHES
         state = Path(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
