@@ -209,6 +209,7 @@ class BertopsService:
                 ModelSource(self.settings.tracking_uri, name, self.settings.alias),
                 on_switch=self.metrics.model_switched,
                 on_failure=functools.partial(self.metrics.switch_failed, model=name),
+                on_skip=functools.partial(self.metrics.switch_skipped, model=name),
             )
             for name in self.settings.served
         }

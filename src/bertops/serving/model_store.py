@@ -313,7 +313,8 @@ class RefreshResult:
 class ModelManager:
     """The version one replica serves, and the switch to a newly promoted one (see the module docstring).
 
-    ``on_switch(old, new)`` and ``on_failure(version, error)`` let the caller update metrics.
+    ``on_switch(old, new)``, ``on_failure(version, error)`` and ``on_skip(version)`` (a refresh passed over a
+    version that failed before) let the caller update metrics.
     """
 
     def __init__(
@@ -322,6 +323,7 @@ class ModelManager:
         loader: Callable[[ModelSource, str], LoadedModel] = load_version,
         on_switch: Callable[[LoadedModel | None, LoadedModel], None] | None = None,
         on_failure: Callable[[str | None, str], None] | None = None,
+        on_skip: Callable[[str], None] | None = None,
     ) -> None:
         self.source = source
         self.current: LoadedModel | None = None
@@ -331,6 +333,7 @@ class ModelManager:
         self._lock = asyncio.Lock()
         self._on_switch = on_switch or (lambda old, new: None)
         self._on_failure = on_failure or (lambda version, error: None)
+        self._on_skip = on_skip or (lambda version: None)  # a poll passed over a version that failed before
 
     async def refresh(self, force: bool = False) -> RefreshResult:
         """Follow the alias: switch to the version it points at if that differs and loads and warms up.
@@ -347,6 +350,7 @@ class ModelManager:
                 self.last_error = None  # the alias is back on what we serve: no failed switch pending
                 return RefreshResult(False, previous, previous, f"already serving version {target}")
             if target in self._failed and not force:
+                self._on_skip(target)
                 return RefreshResult(
                     False, previous, previous, f"version {target} failed before: {self._failed[target]}"
                 )
