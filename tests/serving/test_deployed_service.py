@@ -379,3 +379,52 @@ def test_switch_to_a_real_bertops_classifier(service: Service, tmp_path: Path) -
     meta = httpx.get(f"{service.url}/metadata").json()["model"]
     assert meta["version"] == real and meta["labels"] == ["negative", "positive"]
     assert meta["data_version"] == "test-data-v1"
+
+
+# ------------------------------------------------------------------------------------- a crashed replica
+def test_a_killed_replica_loses_no_request(service: Service) -> None:
+    """SIGKILL the replica while 8 clients send requests through bertops' client: the in-flight ones come back
+    as 5xx and are sent again, later ones wait for the replacement; every request is answered. Last in the
+    module: the replacement loads whatever the alias points at."""
+    import concurrent.futures
+    import os
+    import signal
+    import threading
+
+    from ray.util.state import list_actors
+
+    def replica_pids() -> set[int]:
+        alive = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
+        return {
+            a.pid
+            for a in alive
+            if a.class_name.startswith("ServeReplica:") and "BertopsService" in a.class_name
+        }
+
+    before = replica_pids()
+    assert len(before) == 1, before
+    answered: list[str] = []
+    failed: list[str] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        try:
+            version = predict(service.url, [f"a good film {i}"], timeout=60, retry_for_s=300)["version"]
+        except Exception as exc:  # counted, not raised: the test reports every failure
+            with lock:
+                failed.append(f"{type(exc).__name__}: {exc}")
+            return
+        with lock:
+            answered.append(version)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(one, i) for i in range(400)]
+        while len(answered) < 40:  # under load: the first answers are in
+            assert not failed, failed[:3]
+            time.sleep(0.05)
+        os.kill(next(iter(before)), signal.SIGKILL)
+        concurrent.futures.wait(futures)
+    assert not failed, failed[:5]
+    assert len(answered) == 400
+    after = replica_pids()
+    assert after and not (after & before), "the replica was not replaced"

@@ -64,6 +64,7 @@ logger = logging.getLogger("ray.serve.bertops")
 APP_NAME = "bertops"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 REQUEST_ID_HEADER = "x-request-id"
+RETRY_AFTER_S = 5  # what a 503 (no version loaded yet) asks the client to wait before trying again
 # Shared secret for POST /admin/reload from other hosts (from the environment / a Secret; never in params.yaml).
 ADMIN_TOKEN_ENV = "BERTOPS_SERVING_ADMIN_TOKEN"
 
@@ -493,7 +494,9 @@ class BertopsService:
         }.get(status, "bad_request")
         self.metrics.observe_request(route, status, time.perf_counter() - started, reason=reason)
         logger.info("refused %s: %d %s", route, status, message, extra={"status": status})
-        headers = self._id_header(request_id)
+        headers = dict(self._id_header(request_id) or {})
+        if status == 503:  # no version loaded yet: the model is loading, or waits for its first champion
+            headers["Retry-After"] = str(RETRY_AFTER_S)
         return JSONResponse({"error": message, "request_id": request_id}, status_code=status, headers=headers)
 
 

@@ -48,6 +48,9 @@ def ray_process_env(serving: ServingConfig) -> dict[str, str]:
     state = tempfile.mkdtemp(prefix="bh-", dir="/tmp" if Path("/tmp").is_dir() else None)
     return {
         **HAPROXY_SWITCHES,
+        # Predictions are idempotent: a request whose replica died before answering (empty response) is sent
+        # again, to another replica where there is one (Ray's default retries connection failures only).
+        "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
         "RAY_SERVE_HAPROXY_BINARY_PATH": write_haproxy_launcher(Path(state), serving.haproxy_admin_host),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(serving.haproxy_stats_port or free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(serving.haproxy_metrics_port or free_port()),
