@@ -154,18 +154,22 @@ def test_open_inference_protocol_v2(service: Service, registry: Registry, versio
     assert httpx.get(f"{url}/v2/models/nope").status_code == 404
 
 
-def test_direct_bundle_path_gives_the_pyfuncs_outputs(registry: Registry, version: str) -> None:
-    loaded = load_version(ModelSource(registry.tracking_uri, registry.name), version)
+@pytest.fixture(scope="module")
+def loaded(registry: Registry, version: str):
+    """The version loaded here, in the test process, as a replica loads it."""
+    return load_version(ModelSource(registry.tracking_uri, registry.name), version)
+
+
+def test_direct_bundle_path_gives_the_pyfuncs_outputs(loaded) -> None:
     assert loaded.direct is not None, "bertops' own classifier should be answered from its bundle"
     texts = TEXTS + [f"good film number {i}" for i in range(40)]
     assert loaded.direct(texts) == loaded.predict_pyfunc(texts)
     assert loaded.predict(texts) == loaded.predict_pyfunc(texts)
 
 
-def test_served_answers_match_the_pyfunc_run_here(service: Service, registry: Registry, version: str) -> None:
+def test_served_answers_match_the_pyfunc_run_here(service: Service, loaded) -> None:
     """The replica (direct path, another process) and the pyfunc loaded here agree on labels and, to float
     rounding across processes, on every probability."""
-    loaded = load_version(ModelSource(registry.tracking_uri, registry.name), version)
     served = predict(service.url, TEXTS)["predictions"]
     here = loaded.predict_pyfunc(TEXTS)
     assert [p["label"] for p in served] == [p["label"] for p in here]
