@@ -97,7 +97,12 @@ def listeners(pids: set[int]) -> list[tuple[str, int, int]]:
 
 def refuses_without_token(address: str, port: int) -> str | None:
     """Why an unauthenticated request to ``address:port`` counts as refused, or None if it was not."""
-    host = "127.0.0.1" if address in ("0.0.0.0", "::") else address
+    if address in ("0.0.0.0", "::"):  # every interface: try it where it is reachable for sure
+        host = "127.0.0.1"
+    elif address.startswith("::ffff:"):  # an IPv4 address on an IPv6 socket
+        host = address.removeprefix("::ffff:")
+    else:
+        host = f"[{address}]" if ":" in address else address
     try:  # an HTTP/1.1 service (Ray's aiohttp agents): 401/403 from Ray's token middleware
         r = httpx.get(f"http://{host}:{port}/", timeout=10)
         return f"HTTP {r.status_code}" if r.status_code in (401, 403) else None
