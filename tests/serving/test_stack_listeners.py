@@ -33,6 +33,7 @@ RAY_GRPC_METHODS = (
     "/ray.rpc.LogService/ListLogs",
     "/ray.rpc.RayletDriver/Init",
     "/ray.rpc.ObjectManagerService/Pull",
+    "/ray.serve.ASGIService/HandleRequest",  # a Serve replica's inter-deployment server
 )
 LOOPBACK = ("127.", "::1", "::ffff:127.")
 
@@ -138,3 +139,13 @@ def test_every_listener_is_loopback_or_refuses_unauthenticated_requests(stack: P
     assert not bad, "listeners beyond loopback that are not Ray token-authenticated:\n" + "\n".join(
         map(str, bad)
     )
+
+
+def test_a_driver_with_the_stacks_settings_runs_a_task(stack: Path) -> None:
+    """The stack's Ray on loopback still takes drivers: ``bertops stack env`` and ``ray.init()``."""
+    code = "import ray; ray.init(); print('ANSWER', ray.get(ray.remote(lambda: 6 * 7).remote()))"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    out = subprocess.run(["bash", "-c", f'eval "$(bertops stack env)"; python -c "{code}"'], cwd=stack, env=env,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert "ANSWER 42" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]

@@ -350,7 +350,7 @@ def up(
         note(f"starting a Ray head (dashboard 127.0.0.1:{dash})")
         cmd = [
             sys.executable, "-m", "bertops.orchestration.ray_head", "start", "--head", "--block",
-            "--port", str(gcs), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+            "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
             "--dashboard-port", str(dash), "--ray-client-server-port", str(free_port()),
             "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
             "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
@@ -371,8 +371,9 @@ def up(
             **ray_process_env(cfg.serving),  # serving.ingress: Serve's processes read it at start
         }
         url = f"http://127.0.0.1:{dash}"
-        # No --node-ip-address 127.0.0.1: a driver's ray.init("127.0.0.1:<port>") rewrites loopback to the
-        # machine's IP and then finds no node registered under it. The dashboard still binds 127.0.0.1.
+        # --node-ip-address 127.0.0.1: Ray then binds its own HTTP metrics servers (dashboard, autoscaler, the
+        # agent's export port: no token there) on loopback rather than on every interface; its gRPC ports
+        # check the token (RAY_AUTH_TOKEN). tests/serving/test_stack_listeners.py checks both, and a driver.
         # Ray waits only 30 s (hard-coded) for its raylet to register: on an overloaded machine the head can
         # exit during start-up. Try again, a few times, before giving up.
         ready = paths.state / "ray.ready"
