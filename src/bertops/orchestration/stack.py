@@ -350,7 +350,7 @@ def up(
         note(f"starting a Ray head (dashboard 127.0.0.1:{dash})")
         cmd = [
             sys.executable, "-m", "bertops.orchestration.ray_head", "start", "--head", "--block",
-            "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+            "--port", str(gcs), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
             "--dashboard-port", str(dash), "--ray-client-server-port", str(free_port()),
             "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
             "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
@@ -371,9 +371,10 @@ def up(
             **ray_process_env(cfg.serving),  # serving.ingress: Serve's processes read it at start
         }
         url = f"http://127.0.0.1:{dash}"
-        # --node-ip-address 127.0.0.1: Ray then binds its own HTTP metrics servers (dashboard, autoscaler, the
-        # agent's export port: no token there) on loopback rather than on every interface; its gRPC ports
-        # check the token (RAY_AUTH_TOKEN). tests/serving/test_stack_listeners.py checks both, and a driver.
+        # No --node-ip-address 127.0.0.1: `ray start` rewrites a loopback node address to the machine's IP
+        # (resolve_ip_for_localhost) anyway. Ray's gRPC ports then listen beyond loopback and check the token;
+        # its three Prometheus HTTP servers (dashboard, autoscaler, agent export) bind every interface with no
+        # token (tests/serving/test_stack_listeners.py records them). The dashboard still binds 127.0.0.1.
         # Ray waits only 30 s (hard-coded) for its raylet to register: on an overloaded machine the head can
         # exit during start-up. Try again, a few times, before giving up.
         ready = paths.state / "ray.ready"
