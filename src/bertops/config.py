@@ -463,10 +463,14 @@ class ServingConfig(_Section):
     max_batch_size: int = Field(
         default=32,
         ge=1,
-        description="Dynamic batching: up to max_batch_size *texts* per model call, gathered for at most batch_wait_timeout_s.",
+        description="Adaptive batching: up to max_batch_size *texts* per model call, from the requests that queued "
+        "while the previous call ran (a request that finds the replica idle runs at once).",
     )
     batch_wait_timeout_s: float = Field(
-        default=0.01, ge=0, description="Longest wait to fill a batch (see max_batch_size)."
+        default=0.0,
+        ge=0,
+        description="Extra wait for more texts before a model call, only when requests already queued behind a "
+        "busy replica fill less than max_batch_size; a lone request is never held. 0 = none.",
     )
     max_ongoing_requests: int | None = Field(
         default=None,
@@ -488,18 +492,23 @@ class ServingConfig(_Section):
         "POST /predict answers with registry.model_name. None: registry.model_name and registry.ner_model_name.",
     )
     ingress: Literal["proxy", "haproxy"] = Field(
-        default="proxy",
-        description="HTTP path into the replicas. proxy: Ray Serve's Python HTTP proxy (binds serving.host only). "
-        "haproxy: Ray's HAProxy ingress with direct-to-replica HTTP (RAY_SERVE_ENABLE_HA_PROXY + "
-        "RAY_SERVE_THROUGHPUT_OPTIMIZED), several times the throughput; its stats and Prometheus listeners "
-        "bind all interfaces (haproxy_stats_port, haproxy_metrics_port). Applied when bertops starts the Ray "
-        "(bertops serve on a local Ray, the local stack); a cluster sets the same variables on its nodes.",
+        default="haproxy",
+        description="HTTP path into the replicas. haproxy: Ray's HAProxy ingress with direct-to-replica HTTP "
+        "(RAY_SERVE_ENABLE_HA_PROXY + RAY_SERVE_THROUGHPUT_OPTIMIZED), several times the throughput; its stats "
+        "and Prometheus listeners on haproxy_admin_host. proxy: Ray Serve's Python HTTP proxy. Applied when "
+        "bertops starts the Ray (bertops serve on a local Ray, the local stack); a cluster sets the same "
+        "variables on its nodes.",
     )
     haproxy_stats_port: int | None = Field(
         default=None, ge=1, le=65535, description="HAProxy stats page port (ingress haproxy); None = a free port."
     )
     haproxy_metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="HAProxy Prometheus port (ingress haproxy); None = a free port."
+    )
+    haproxy_admin_host: str = Field(
+        default="127.0.0.1",
+        description="Address of HAProxy's stats and Prometheus listeners (ingress haproxy; Ray's template binds "
+        "all interfaces, bertops' HAProxy launcher rebinds them here).",
     )
 
 

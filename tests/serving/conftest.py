@@ -4,6 +4,10 @@ Ray Serve deployment of bertops' serving app on a free port (started once per mo
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,8 +47,10 @@ class Registry:
             )  # fmt: skip
         return str(info.registered_model_version)
 
-    def register_bertops_classifier(self, workdir: Path) -> str:
-        """Build a tiny (untrained) bertops classifier bundle, log it with bertops' own pyfunc
+    def register_bertops_classifier(
+        self, workdir: Path, labels: tuple[str, ...] = ("negative", "positive")
+    ) -> str:
+        """Build a tiny (untrained) bertops classifier bundle with ``labels``, log it with bertops' own pyfunc
         (``bertops.model.pyfunc.log_classifier``) and register it; return the version."""
         import mlflow
 
@@ -78,8 +84,8 @@ class Registry:
             ModelConfig(preset="tiny", max_sequence_length=64), vocab_size=5 + len(words)
         )
         bundle = save_bundle(
-            workdir / "bundle", BertClassifier(backbone, num_classes=2), vocab_file=vocab, task="classification",
-            max_seq_length=32, labels=["negative", "positive"], data_version="test-data-v1",
+            workdir / "bundle", BertClassifier(backbone, num_classes=len(labels)), vocab_file=vocab,
+            task="classification", max_seq_length=32, labels=list(labels), data_version="test-data-v1",
         )  # fmt: skip
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
@@ -141,3 +147,41 @@ def start_service(
             serve.shutdown()
         finally:
             ray.shutdown()
+
+
+def start_mlflow_models_serve(tracking_uri: str, model_uri: str, log: Path) -> Iterator[str]:
+    """A real ``mlflow models serve -m <model_uri> --env-manager local`` on a free loopback port; its URL.
+    Stopped (its whole process group) afterwards."""
+    import httpx
+
+    port = free_port()
+    bin_dir = Path(sys.executable).parent
+    cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+           "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    # `mlflow models serve` execs `uvicorn` from PATH: the venv's bin must come first.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None, (
+                f"mlflow models serve exited: {log.read_text(errors='replace')[-2000:]}"
+            )
+            try:
+                if httpx.get(f"{url}/ping", timeout=3).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "mlflow models serve did not come up"
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)

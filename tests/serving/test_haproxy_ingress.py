@@ -25,12 +25,14 @@ from .conftest import Registry, Service, free_port, start_service
 from .test_deployed_service import BAD_INPUTS, LIMITS, _switch_under_load
 
 pytestmark = [pytest.mark.slow]
+ENV: dict[str, str] = {}  # the Ray head's ingress environment (listener ports), filled by the fixture
 
 
 @pytest.fixture(scope="module")
 def service(registry: Registry) -> Iterator[Service]:
     temp_dir = Path(tempfile.mkdtemp(prefix="ray_ha_", dir="/tmp"))
     env = ray_process_env(ServingConfig(ingress="haproxy"))
+    ENV.update(env)
     gcs = free_port()
     args = [
         "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--include-dashboard", "false",
@@ -70,6 +72,14 @@ def test_haproxy_fronts_the_service_on_loopback_and_replicas_listen_on_loopback(
         and "ServeReplica" in " ".join(psutil.Process(c.pid).cmdline())
     ]  # fmt: skip
     assert replica_ports and all(addr.ip == "127.0.0.1" for addr in replica_ports), replica_ports
+
+
+def test_haproxy_stats_and_metrics_listen_on_loopback_only(service: Service) -> None:
+    # Ray's template says `bind *:` for both; bertops' HAProxy launcher rebinds them (serving.haproxy_admin_host).
+    for key in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+        assert _listener(int(ENV[key])) == ("127.0.0.1", "haproxy"), key
+    metrics = httpx.get(f"http://127.0.0.1:{ENV['RAY_SERVE_HAPROXY_METRICS_PORT']}/metrics", timeout=30)
+    assert metrics.status_code == 200 and "haproxy_" in metrics.text
 
 
 def test_predict_and_metadata_through_haproxy(service: Service) -> None:

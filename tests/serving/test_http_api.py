@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from collections.abc import Iterator
 
+import httpx
 import pandas as pd
+import psutil
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from bertops.serving.app import BertopsService, ServiceSettings, api
@@ -23,6 +28,7 @@ class KeywordPyfunc:
     """``predict(DataFrame)`` with the classifier output contract: "good" is positive, anything else negative."""
 
     def predict(self, data: pd.DataFrame) -> pd.DataFrame:
+        time.sleep(0.01)  # a model call takes a while, so that concurrent requests queue behind it
         pos = [0.9 if "good" in t else 0.2 for t in data["text"]]
         return pd.DataFrame({
             "label": ["positive" if p > 0.5 else "negative" for p in pos],
@@ -50,35 +56,25 @@ def _self_dependency():
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    import ray.serve.batching
-
     user_cls = next(c for c in BertopsService.func_or_class.__mro__ if c.__name__ == "BertopsService")
     service = object.__new__(user_cls)
     service.settings = ServiceSettings(
-        tracking_uri="memory://", model_name="m", max_batch_size=4, batch_wait_timeout_s=0.05,
+        tracking_uri="memory://", model_name="m", max_batch_size=4,
         max_texts_per_request=8, max_text_bytes=100, max_body_bytes=2000,
     )  # fmt: skip
-    service.limits = service.settings.limits
     service.metrics = ServingMetrics()
     reg = KeywordRegistry()
-    service.manager = ModelManager(reg.source(), loader=reg.load, on_switch=service.metrics.model_switched)
-    service.managers = {"m": service.manager}  # the one served model, the default
-    service._model_call = asyncio.Lock()
-    service._behind_proxy = False  # no Ray proxy here: the app echoes X-Request-ID itself
+    manager = ModelManager(reg.source(), loader=reg.load, on_switch=service.metrics.model_switched)
+    service._setup({"m": manager}, behind_proxy=False)  # no Ray proxy here: the app echoes X-Request-ID
     asyncio.run(service.manager.refresh())
-    # Outside a replica there is no deployment config to compare the batch size with: skip that warning only.
-    original = ray.serve.batching._BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests
-    ray.serve.batching._BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests = lambda self: None
-    service._predict_batch.set_max_batch_size(4)
-    service._predict_batch.set_batch_wait_timeout_s(0.05)
     api.dependency_overrides[_self_dependency()] = lambda: service
     try:
         with TestClient(api, client=("127.0.0.1", 50000)) as c:
             c.registry = reg
+            c.service = service
             yield c
     finally:
         api.dependency_overrides.clear()
-        ray.serve.batching._BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests = original
 
 
 def test_predict_and_version(client: TestClient) -> None:
@@ -107,11 +103,35 @@ def test_more_texts_than_a_batch(client: TestClient) -> None:
         (json.dumps({"texts": ["a"] * 9}).encode(), 413, "limit is 8"),
         (json.dumps({"texts": ["x" * 101]}).encode(), 413, "texts[0] is 101 UTF-8 bytes"),
         (json.dumps({"texts": ["a"], "pad": "x" * 3000}).encode(), 413, "limit is 2000"),
+        (b"[" * 900 + b"]" * 900, 400, "nested more than 32 levels deep"),
     ],
 )
 def test_bad_input(client: TestClient, body: bytes, status: int, message: str) -> None:
     r = client.post("/predict", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == status and message in r.json()["error"], r.text
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "text/csv"])
+def test_a_body_that_is_not_json_is_a_415(client: TestClient, content_type: str) -> None:
+    r = client.post("/predict", content=b'{"texts": ["good"]}', headers={"Content-Type": content_type})
+    assert r.status_code == 415 and content_type in r.json()["error"], r.text
+    r = client.post("/v2/models/m/infer", content=b"{}", headers={"Content-Type": content_type})
+    assert r.status_code == 415, r.text
+
+
+def test_open_inference_protocol_in_process(client: TestClient) -> None:
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    meta = client.get("/v2/models/m").json()
+    assert meta["name"] == "m" and meta["versions"] == [client.get("/readyz").json()["version"]]
+    tensor = {"name": "text", "datatype": "BYTES", "shape": [2], "data": ["a good film", "meh"]}
+    r = client.post("/v2/models/m/infer", json={"id": "q1", "inputs": [tensor]})
+    assert r.status_code == 200, r.text
+    out = {o["name"]: o["data"] for o in r.json()["outputs"]}
+    assert r.json()["id"] == "q1" and out["label"] == ["positive", "negative"]
+    assert out["probabilities"] == pytest.approx([0.1, 0.9, 0.8, 0.2])
+    assert client.get("/v2/models/nope").status_code == 404
+    assert client.post("/v2/models/nope/infer", json={"inputs": [tensor]}).status_code == 404
 
 
 def test_health_ready_metadata_metrics_docs(client: TestClient) -> None:
@@ -160,7 +180,47 @@ def test_reload_follows_the_alias_and_refuses_broken_versions(client: TestClient
     assert client.post("/predict", json={"texts": ["good"]}).json()["version"] == "3"
 
 
-def test_reload_from_another_host_needs_the_token(client: TestClient) -> None:
-    remote = TestClient(api, client=("10.1.2.3", 50000))
-    r = remote.post("/admin/reload")
-    assert r.status_code == 403 and "loopback" in r.json()["error"]
+def _non_loopback_address() -> str | None:
+    for addresses in psutil.net_if_addrs().values():
+        for a in addresses:
+            if a.family.name == "AF_INET" and not a.address.startswith("127."):
+                return a.address
+    return None
+
+
+def test_reload_is_refused_to_non_loopback_callers(client: TestClient, monkeypatch) -> None:
+    """A real HTTP server (uvicorn) on this machine's non-loopback address, called from that address: the
+    peer the app sees is not loopback, so the reload is refused without the token and allowed with it."""
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to call from")
+    server = uvicorn.Server(uvicorn.Config(api, host=address, port=0, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        url = f"http://{address}:{port}/admin/reload"
+        with httpx.Client(transport=httpx.HTTPTransport(local_address=address)) as http:
+            monkeypatch.delenv("BERTOPS_SERVING_ADMIN_TOKEN", raising=False)
+            r = http.post(url)
+            assert r.status_code == 403 and f"not from {address}" in r.json()["error"], r.text
+            monkeypatch.setenv("BERTOPS_SERVING_ADMIN_TOKEN", "s3cret")
+            assert http.post(url, headers={"Authorization": "Bearer wrong"}).status_code == 403
+            r = http.post(url, headers={"Authorization": "Bearer s3cret"})
+            assert r.status_code == 200 and r.json()["version"], r.text
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_a_service_bound_beyond_loopback_wants_the_token_even_from_loopback(
+    client: TestClient, monkeypatch
+) -> None:
+    # Behind HAProxy every connection comes from 127.0.0.1: on such a service the peer proves nothing.
+    monkeypatch.delenv("BERTOPS_SERVING_ADMIN_TOKEN", raising=False)
+    monkeypatch.setattr(client.service.settings, "host", "0.0.0.0")
+    r = client.post("/admin/reload")
+    assert r.status_code == 403 and "bound to loopback" in r.json()["error"]

@@ -9,12 +9,14 @@ from bertops.serving.ingress import HAPROXY_SWITCHES, ray_process_env
 
 
 def test_proxy_ingress_changes_nothing() -> None:
-    assert ray_process_env(ServingConfig()) == {}
+    assert ray_process_env(ServingConfig(ingress="proxy")) == {}
 
 
 def test_haproxy_ingress_sets_the_switches_and_private_files_and_ports() -> None:
     a = ray_process_env(ServingConfig(ingress="haproxy"))
-    b = ray_process_env(ServingConfig(ingress="haproxy", haproxy_stats_port=18404, haproxy_metrics_port=19101))
+    b = ray_process_env(
+        ServingConfig(ingress="haproxy", haproxy_stats_port=18404, haproxy_metrics_port=19101)
+    )
     for env in (a, b):
         assert {k: env[k] for k in HAPROXY_SWITCHES} == HAPROXY_SWITCHES
         state = Path(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
@@ -27,3 +29,31 @@ def test_haproxy_ingress_sets_the_switches_and_private_files_and_ports() -> None
     assert a["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] != b["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
     assert int(a["RAY_SERVE_HAPROXY_STATS_PORT"]) > 0 and int(a["RAY_SERVE_HAPROXY_METRICS_PORT"]) > 0
     assert (b["RAY_SERVE_HAPROXY_STATS_PORT"], b["RAY_SERVE_HAPROXY_METRICS_PORT"]) == ("18404", "19101")
+
+
+def test_haproxy_runs_through_the_launcher_that_binds_its_admin_listeners() -> None:
+    env = ray_process_env(ServingConfig(ingress="haproxy", haproxy_admin_host="127.0.0.2"))
+    launcher = Path(env["RAY_SERVE_HAPROXY_BINARY_PATH"])
+    assert launcher.parent == Path(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
+    assert launcher.stat().st_mode & 0o111, "Ray refuses a binary path that is not executable"
+    script = launcher.read_text()
+    assert "-m bertops.serving.haproxy_binds --host 127.0.0.2" in script and '"$@"' in script
+
+
+def test_rewrite_binds_touches_only_the_stats_and_prometheus_listeners() -> None:
+    from ray.serve._private.haproxy_templates import HAPROXY_CONFIG_TEMPLATE
+
+    from bertops.serving.haproxy_binds import rewrite_binds
+
+    # Ray's own template, with its placeholders filled the simple way: which sections bind what.
+    config = (
+        HAPROXY_CONFIG_TEMPLATE.replace("{{ config.metrics_port }}", "9101")
+        .replace("{{ config.stats_port }}", "8404")
+        .replace("{{ config.frontend_host }}:{{ config.frontend_port }}", "*:8000")
+    )
+    out = rewrite_binds(config, "127.0.0.1")
+    binds = [line.strip() for line in out.splitlines() if line.strip().startswith("bind ")]
+    assert "bind 127.0.0.1:9101" in binds and "bind 127.0.0.1:8404" in binds
+    assert "bind *:8000" in binds, "the HTTP frontend keeps serving.host"
+    assert not any(b.startswith(("bind *:9101", "bind :9101", "bind *:8404")) for b in binds)
+    assert out.count("\n") == config.count("\n")

@@ -4,7 +4,8 @@ Starts, bound to 127.0.0.1, each in its own process group (so ``down`` stops exa
 
 - an MLflow tracking server: SQLite ``<state>/mlflow/mlflow.db`` + artifacts ``<state>/mlflow/artifacts``;
 - a Ray head with the dashboard (Jobs API), temp dir ``/tmp/bertops_ray_<hash>`` (Ray needs a short path);
-- Airflow standalone (scheduler, dag-processor, API server, triggerer; LocalExecutor; SQLite) with
+- Airflow (what ``airflow standalone`` runs: scheduler, dag-processor, API server, triggerer; LocalExecutor;
+  SQLite; the scheduler's and triggerer's log servers off, see :func:`airflow_command`) with
   ``AIRFLOW_HOME=<state>/airflow`` and ``dags/`` of this checkout; the pool ``dvc`` (one slot);
 - the serving application (Ray Serve on that Ray head), following ``models:/<name>@champion``.
 
@@ -22,6 +23,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -154,6 +156,19 @@ def airflow_settings(
         env["AIRFLOW__API_AUTH__JWT_SECRET"] = secret["jwt_secret"]
         env["AIRFLOW__CORE__FERNET_KEY"] = secret["fernet_key"]
     return env
+
+
+def airflow_command(port: int) -> list[str]:
+    """What ``airflow standalone`` runs (DB migration, then scheduler, dag-processor, triggerer and API server in
+    one process group), with the scheduler and triggerer started ``--skip-serve-logs``: their log servers
+    (8793, 8794) bind every interface and Airflow 3 has no setting for their host. With the LocalExecutor the
+    API server reads task logs from the local log folder, so nothing needs them."""
+    airflow = shlex.quote(str(VENV_BIN / "airflow"))
+    script = (
+        f"{airflow} db migrate && {{ {airflow} scheduler --skip-serve-logs & {airflow} dag-processor & "
+        f"{airflow} triggerer --skip-serve-logs & {airflow} api-server --host 127.0.0.1 --port {port} & wait; }}"
+    )
+    return ["/bin/sh", "-c", script]
 
 
 # ------------------------------------------------------------------------------------------- processes
@@ -356,8 +371,10 @@ def up(
             **ray_process_env(cfg.serving),  # serving.ingress: Serve's processes read it at start
         }
         url = f"http://127.0.0.1:{dash}"
-        # No --node-ip-address 127.0.0.1: a driver's ray.init("127.0.0.1:<port>") rewrites loopback to the
-        # machine's IP and then finds no node registered under it. The dashboard still binds 127.0.0.1.
+        # No --node-ip-address 127.0.0.1: `ray start` rewrites a loopback node address to the machine's IP
+        # (resolve_ip_for_localhost) anyway. Ray's gRPC ports then listen beyond loopback and check the token;
+        # its three Prometheus HTTP servers (dashboard, autoscaler, agent export) bind every interface with no
+        # token (tests/serving/test_stack_listeners.py records them). The dashboard still binds 127.0.0.1.
         # Ray waits only 30 s (hard-coded) for its raylet to register: on an overloaded machine the head can
         # exit during start-up. Try again, a few times, before giving up.
         ready = paths.state / "ray.ready"
@@ -405,13 +422,13 @@ def up(
 
     if "airflow" not in services:
         port = port_or_free(urlparse(cfg.orchestration.airflow_url).port or 8080)
-        note(f"starting Airflow standalone on 127.0.0.1:{port}")
+        note(f"starting Airflow on 127.0.0.1:{port}")
         env = {
             **base_env,
             **service_env(state, paths),
             **airflow_settings(paths.airflow_home, paths.root, port, secret, cfg.orchestration.dags_paused),
         }
-        proc = spawn("airflow", [str(VENV_BIN / "airflow"), "standalone"], env, paths)
+        proc = spawn("airflow", airflow_command(port), env, paths)
         url = f"http://127.0.0.1:{port}"
         services["airflow"] = {"pid": proc.pid, "url": url}
         _save_state(paths, state)

@@ -41,6 +41,8 @@ from ray import serve
 from ray.serve import Application
 
 from bertops.config import BertopsConfig, load_config, validate_config
+from bertops.serving import mlflow_scoring, open_inference
+from bertops.serving.batching import AdaptiveBatcher
 from bertops.serving.metrics import ServingMetrics
 from bertops.serving.model_store import LoadedModel, ModelManager, ModelSource
 from bertops.serving.schemas import (
@@ -52,6 +54,7 @@ from bertops.serving.schemas import (
     ReloadResponse,
     RequestLimits,
     check_content_length,
+    check_content_type,
     parse_predict_body,
 )
 
@@ -61,6 +64,7 @@ logger = logging.getLogger("ray.serve.bertops")
 APP_NAME = "bertops"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 REQUEST_ID_HEADER = "x-request-id"
+RETRY_AFTER_S = 5  # what a 503 (no version loaded yet) asks the client to wait before trying again
 # Shared secret for POST /admin/reload from other hosts (from the environment / a Secret; never in params.yaml).
 ADMIN_TOKEN_ENV = "BERTOPS_SERVING_ADMIN_TOKEN"
 
@@ -69,12 +73,13 @@ class ServiceSettings(BaseModel):
     """What one replica needs: where the model is, and the request and batching limits."""
 
     tracking_uri: str
+    host: str = "127.0.0.1"  # where the service listens (serving.host): decides who counts as a local caller
     model_name: str  # the default model: POST /predict
     models: list[str] = Field(default_factory=list)  # every served model (the default one included)
     alias: str = "champion"
     poll_interval_s: float = Field(default=30, gt=0)
     max_batch_size: int = Field(default=32, ge=1)
-    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
+    batch_wait_timeout_s: float = Field(default=0.0, ge=0)
     max_texts_per_request: int = Field(default=64, ge=1)
     max_text_bytes: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=1_000_000, ge=1)
@@ -85,7 +90,7 @@ class ServiceSettings(BaseModel):
         default = cfg.registry.model_name
         served = s.models if s.models is not None else [default, cfg.registry.ner_model_name]
         return cls(
-            tracking_uri=cfg.tracking_uri(), model_name=default,
+            tracking_uri=cfg.tracking_uri(), host=s.host, model_name=default,
             models=list(dict.fromkeys([default, *served])), alias=s.model_alias,
             poll_interval_s=s.poll_interval_s, max_batch_size=s.max_batch_size,
             batch_wait_timeout_s=s.batch_wait_timeout_s, max_texts_per_request=s.max_texts_per_request,
@@ -108,7 +113,7 @@ api = FastAPI(
     version="1",
 )
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 403, 404, 413, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 403, 404, 413, 415, 422, 503)
 }
 _PREDICT_BODY = {
     "requestBody": {
@@ -118,9 +123,9 @@ _PREDICT_BODY = {
 }
 
 
-def _count_texts(items: list[tuple[str, list[str]]]) -> int:
-    """Batch size in texts, not requests (``batch_size_fn`` of the batch queue)."""
-    return sum(len(texts) for _, texts in items)
+def _count_texts(item: tuple[str, list[str]]) -> int:
+    """Batch size in texts, not requests (``size_fn`` of the batch queue)."""
+    return len(item[1])
 
 
 # The helpers the service uses are defined before it: `serve.ingress` pickles the class when it is decorated,
@@ -150,6 +155,37 @@ def _in_serve_replica() -> bool:
     return True
 
 
+@dataclasses.dataclass(frozen=True)
+class _Protocol:
+    """How a prediction route reads its body and shapes its answer (bertops' own, or Open Inference v2)."""
+
+    parse: Any  # (body, limits, task) -> (texts, context)
+    render: Any  # (model, predictions, context) -> JSON-able answer
+
+
+NATIVE = _Protocol(
+    parse=lambda body, limits, task: (parse_predict_body(body, limits), None),
+    render=lambda model, predictions, context: {
+        "model": model.name, "version": model.version, "predictions": predictions,
+    },
+)  # fmt: skip
+OPEN_INFERENCE = _Protocol(
+    parse=open_inference.parse_infer_request,
+    render=lambda model, predictions, context: open_inference.infer_response(
+        model.name, model.version, model.labels, predictions, context
+    ),
+)
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bertops")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     """Read the body, refusing it (413) as soon as it passes ``limit`` bytes."""
     chunks, size = [], 0
@@ -164,25 +200,21 @@ async def _read_body(request: Request, limit: int) -> bytes:
 @serve.deployment
 @serve.ingress(api)
 class BertopsService:
-    """One serving replica: the served model, its switcher and poller, the batch queue, the metrics."""
+    """One serving replica: the served models, their switchers and pollers, the batch queue, the metrics."""
 
     async def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = ServiceSettings.model_validate(settings)
-        self._behind_proxy = _in_serve_replica()
-        self.limits = self.settings.limits
         self.metrics = ServingMetrics()
-        self.managers = {
+        managers = {
             name: ModelManager(
                 ModelSource(self.settings.tracking_uri, name, self.settings.alias),
                 on_switch=self.metrics.model_switched,
                 on_failure=functools.partial(self.metrics.switch_failed, model=name),
+                on_skip=functools.partial(self.metrics.switch_skipped, model=name),
             )
             for name in self.settings.served
         }
-        self.manager = self.managers[self.settings.model_name]  # the default model
-        self._predict_batch.set_max_batch_size(self.settings.max_batch_size)
-        self._predict_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
-        self._model_call = asyncio.Lock()  # one model call at a time per replica: it uses every core anyway
+        self._setup(managers, behind_proxy=_in_serve_replica())
         # A replica without a model starts (readyz says 503) and keeps polling: promoting a first champion
         # later is enough to bring it up, with no redeploy.
         for name, manager in self.managers.items():
@@ -193,6 +225,18 @@ class BertopsService:
             loop.create_task(m.poll(self.settings.poll_interval_s)) for m in self.managers.values()
         ]
 
+    def _setup(self, managers: dict[str, ModelManager], behind_proxy: bool) -> None:
+        """The replica's request-path state (also what the in-process tests build around their own managers)."""
+        self.managers = managers
+        self.manager = managers[self.settings.model_name]  # the default model
+        self.limits = self.settings.limits
+        self._behind_proxy = behind_proxy
+        self._model_call = asyncio.Lock()  # one model call at a time per replica: it uses every core anyway
+        self.batcher = AdaptiveBatcher(
+            self._predict_batch, max_size=self.settings.max_batch_size, size_fn=_count_texts,
+            extra_wait_s=self.settings.batch_wait_timeout_s,
+        )  # fmt: skip
+
     def check_health(self) -> None:
         """Ray Serve's replica health check: the replica is unhealthy when a poller died."""
         for poller in self._pollers:
@@ -200,10 +244,10 @@ class BertopsService:
                 raise RuntimeError(f"model poller stopped: {poller.exception()!r}")
 
     # ------------------------------------------------------------------------------------ model calls
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=_count_texts)
     async def _predict_batch(
         self, items: list[tuple[str, list[str]]]
     ) -> list[tuple[LoadedModel, list[dict[str, Any]]] | Exception]:
+        """One batch of the queue: each model called once on its texts (see AdaptiveBatcher)."""
         # Each model is taken once: every request of this batch to it is answered by one version.
         models = {name: self.managers[name].current for name, _ in items}
         answers: dict[str, list[dict[str, Any]]] = {}
@@ -226,18 +270,8 @@ class BertopsService:
         return out
 
     async def _predict(self, name: str, texts: list[str]) -> tuple[LoadedModel, list[dict[str, Any]]]:
-        if len(texts) > self.settings.max_batch_size:  # a full batch on its own; the queue would refuse it
-            model = self.managers[name].current
-            if model is None:
-                raise _NotReady(name)
-            async with self._model_call:
-                predictions = await asyncio.to_thread(model.predict, texts)
-            self.metrics.observe_batch(1, len(texts))
-            return model, predictions
-        answer = await self._predict_batch((name, texts))
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
+        """The predictions for one request's texts, all from one version (a request is never split)."""
+        return await self.batcher.submit((name, texts))
 
     # ---------------------------------------------------------------------------------------- routes
     @api.post("/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_PREDICT_BODY)
@@ -256,24 +290,30 @@ class BertopsService:
         model's ``entities`` (``text``, ``type``, ``start``, ``end``, ``score``; character offsets)."""
         route = "/models/{name}/predict"
         if name not in self.managers:
-            served = ", ".join(self.managers)
-            return self._error(route, 404, f"model {name!r} is not served here (served: {served})",
-                               _request_id(request), time.perf_counter())  # fmt: skip
+            return self._unknown_model(route, name, _request_id(request), time.perf_counter())
         return await self._serve(request, name, route)
 
-    async def _serve(self, request: Request, name: str, route: str) -> Response:
+    async def _serve(
+        self, request: Request, name: str, route: str, protocol: "_Protocol | None" = None
+    ) -> Response:
+        """The request path of every prediction route: check and read the body, parse it with the route's
+        protocol, predict through the batch queue, answer in the protocol's shape."""
+        protocol = protocol or NATIVE
         started, request_id = time.perf_counter(), _request_id(request)
         try:
+            check_content_type(request.headers.get("content-type"))
             check_content_length(request.headers.get("content-length"), self.limits)
             body = await _read_body(request, self.limits.max_body_bytes)
-            texts = parse_predict_body(body, self.limits)
+            manager = self.managers[name]
+            task = manager.current.task if manager.current else "classification"
+            texts, context = protocol.parse(body, self.limits, task)
             model, predictions = await self._predict(name, texts)
         except BadRequest as exc:
             return self._error(route, exc.status, exc.message, request_id, started)
         except _NotReady:
             message = f"no version of {name} is loaded yet; see GET /metadata"
             return self._error(route, 503, message, request_id, started)
-        payload = {"model": model.name, "version": model.version, "predictions": predictions}
+        payload = protocol.render(model, predictions, context)
         elapsed = time.perf_counter() - started
         self.metrics.observe_request(route, 200, elapsed)
         logger.info(
@@ -286,6 +326,84 @@ class BertopsService:
             },
         )
         return JSONResponse(payload, headers=self._id_header(request_id))
+
+    # ------------------------------------------------------------------- MLflow's scoring protocol
+    @api.post("/invocations", responses=_ERRORS)
+    async def invocations(self, request: Request) -> Response:
+        """MLflow's scoring protocol for the default model, answered as ``mlflow models serve`` answers:
+        ``{"inputs" | "instances" | "dataframe_split" | "dataframe_records": ..., "params": ...}`` (or CSV)
+        -> ``{"predictions": [...]}``."""
+        return await self._invoke(request, self.settings.model_name, "/invocations")
+
+    @api.post("/models/{name}/invocations", responses=_ERRORS)
+    async def invocations_model(self, name: str, request: Request) -> Response:
+        """MLflow's scoring protocol for model ``name``."""
+        return await self._invoke(request, name, "/models/{name}/invocations")
+
+    async def _invoke(self, request: Request, name: str, route: str) -> Response:
+        started, request_id = time.perf_counter(), _request_id(request)
+        if name not in self.managers:
+            return self._unknown_model(route, name, request_id, started)
+        model = self.managers[name].current
+        try:
+            check_content_length(request.headers.get("content-length"), self.limits)
+            body = await _read_body(request, self.limits.max_body_bytes)
+            if model is None:
+                raise _NotReady(name)
+        except BadRequest as exc:
+            return self._error(route, exc.status, exc.message, request_id, started)
+        except _NotReady:
+            return self._error(route, 503, f"no version of {name} is loaded yet", request_id, started)
+        content_type = request.headers.get("content-type")
+        async with self._model_call:  # MLflow's own parsing and signature checks, then the pyfunc
+            answer = await asyncio.to_thread(mlflow_scoring.invoke, model.pyfunc, body, content_type)
+        self.metrics.observe_request(route, answer.status, time.perf_counter() - started,
+                                     reason=None if answer.status < 400 else "bad_request")  # fmt: skip
+        return Response(answer.body, status_code=answer.status, media_type=answer.media_type,
+                        headers=self._id_header(request_id))  # fmt: skip
+
+    # ------------------------------------------------------------- Open Inference Protocol v2 (KServe)
+    @api.get("/v2")
+    async def v2_server(self) -> dict[str, Any]:
+        """Open Inference Protocol server metadata."""
+        return {"name": APP_NAME, "version": _package_version(), "extensions": []}
+
+    @api.get("/v2/health/live")
+    async def v2_live(self) -> dict[str, bool]:
+        """Open Inference Protocol liveness."""
+        return {"live": True}
+
+    @api.get("/v2/health/ready", responses={503: {"model": ErrorResponse}})
+    async def v2_ready(self) -> Response:
+        """Open Inference Protocol readiness: every served model has a version loaded."""
+        ready = all(m.current is not None for m in self.managers.values())
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @api.get("/v2/models/{name}", responses={404: {"model": ErrorResponse}})
+    async def v2_model(self, name: str) -> Response:
+        """Open Inference Protocol model metadata: versions, the input tensor (BYTES texts) and the outputs."""
+        if name not in self.managers:
+            return JSONResponse({"error": f"model {name!r} is not served here"}, status_code=404)
+        m = self.managers[name].current
+        return JSONResponse(open_inference.model_metadata(
+            name, m.version if m else None, m.task if m else "classification", m.labels if m else []
+        ))  # fmt: skip
+
+    @api.get("/v2/models/{name}/ready", responses={404: {"model": ErrorResponse}})
+    async def v2_model_ready(self, name: str) -> Response:
+        """Open Inference Protocol model readiness."""
+        if name not in self.managers:
+            return JSONResponse({"error": f"model {name!r} is not served here"}, status_code=404)
+        ready = self.managers[name].current is not None
+        return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
+
+    @api.post("/v2/models/{name}/infer", responses=_ERRORS)
+    async def v2_infer(self, name: str, request: Request) -> Response:
+        """Open Inference Protocol inference: one BYTES input tensor of texts; the model's output tensors."""
+        route = "/v2/models/{name}/infer"
+        if name not in self.managers:
+            return self._unknown_model(route, name, _request_id(request), time.perf_counter())
+        return await self._serve(request, name, route, OPEN_INFERENCE)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -336,8 +454,14 @@ class BertopsService:
         """Follow the alias now (a promotion calls this): the default model, or ``?model=<name>``. Loopback
         callers only; retries a failed version."""
         host = request.client.host if request.client else None
-        if host not in LOOPBACK and not _token_ok(request):
-            message = f"reload is allowed from loopback, or with the {ADMIN_TOKEN_ENV} bearer token; not from {host}"
+        # A service that listens beyond loopback may sit behind HAProxy, whose connections all come from
+        # 127.0.0.1: there the peer address proves nothing, and everyone needs the token.
+        local = host in LOOPBACK and self.settings.host in LOOPBACK
+        if not local and not _token_ok(request):
+            message = (
+                f"reload is allowed from loopback (on a service bound to loopback), or with the "
+                f"{ADMIN_TOKEN_ENV} bearer token; not from {host}"
+            )
             return self._error("/admin/reload", 403, message, None, time.perf_counter())
         if model is not None and model not in self.managers:
             message = f"model {model!r} is not served here (served: {', '.join(self.managers)})"
@@ -354,15 +478,25 @@ class BertopsService:
         # Behind Ray's proxy the header is added for us; a second copy would read "abc, abc" to the client.
         return {REQUEST_ID_HEADER: request_id} if request_id and not self._behind_proxy else None
 
+    def _unknown_model(self, route: str, name: str, request_id: str | None, started: float) -> Response:
+        message = f"model {name!r} is not served here (served: {', '.join(self.managers)})"
+        return self._error(route, 404, message, request_id, started)
+
     def _error(
         self, route: str, status: int, message: str, request_id: str | None, started: float
     ) -> Response:
-        reason = {413: "too_large", 503: "not_ready", 403: "forbidden", 404: "unknown_model"}.get(
-            status, "bad_request"
-        )
+        reason = {
+            413: "too_large",
+            415: "unsupported_media_type",
+            503: "not_ready",
+            403: "forbidden",
+            404: "unknown_model",
+        }.get(status, "bad_request")
         self.metrics.observe_request(route, status, time.perf_counter() - started, reason=reason)
         logger.info("refused %s: %d %s", route, status, message, extra={"status": status})
-        headers = self._id_header(request_id)
+        headers = dict(self._id_header(request_id) or {})
+        if status == 503:  # no version loaded yet: the model is loading, or waits for its first champion
+            headers["Retry-After"] = str(RETRY_AFTER_S)
         return JSONResponse({"error": message, "request_id": request_id}, status_code=status, headers=headers)
 
 
@@ -426,6 +560,9 @@ def start(
 
     s = cfg.serving
     host, port = host or s.host, port or s.port
+    if host != s.host:  # the replicas must know where the service listens (who counts as a local caller)
+        s = s.model_copy(update={"host": host})
+        cfg = cfg.model_copy(update={"serving": s})
     if not ray.is_initialized():
         address = address or cfg.ray_address()
         if address is None:

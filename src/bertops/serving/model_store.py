@@ -86,9 +86,18 @@ class LoadedModel:
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     task: str = "classification"
 
+    direct: Callable[[list[str]], list[dict[str, Any]]] | None = None  # bertops' own models: the bundle
+
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         """One prediction per text, in order: ``{"label", "probability", "probabilities"}`` (classification)
-        or ``{"entities": [...]}`` (NER)."""
+        or ``{"entities": [...]}`` (NER). bertops' own models answer from their bundle directly
+        (:func:`direct_predictor`); any other pyfunc through pandas and ``pyfunc.predict``."""
+        if self.direct is not None:
+            return self.direct(list(texts))
+        return self.predict_pyfunc(texts)
+
+    def predict_pyfunc(self, texts: list[str]) -> list[dict[str, Any]]:
+        """The same answers through the MLflow pyfunc (a DataFrame in, a DataFrame out)."""
         import pandas as pd
 
         frame = self.pyfunc.predict(pd.DataFrame({"text": list(texts)}))
@@ -122,8 +131,16 @@ def predictions_from_frame(frame: Any, labels: list[str], expected_rows: int) ->
     if len(frame) != expected_rows:
         raise ModelLoadError(f"model returned {len(frame)} rows for {expected_rows} texts")
     probs = frame[[f"prob_{lab}" for lab in labels]].to_numpy(dtype=float)
+    return classifications(list(frame["label"]), list(frame["probability"]), probs, labels)
+
+
+def classifications(
+    label_column: list[Any], probability_column: list[Any], probs: Any, labels: list[str]
+) -> list[dict[str, Any]]:
+    """Response dicts from a classifier's labels, their probabilities and the (texts, classes) matrix,
+    checking the output contract. Raises :class:`ModelLoadError` naming the row that breaks it."""
     out = []
-    for i, (label, probability) in enumerate(zip(frame["label"], frame["probability"], strict=True)):
+    for i, (label, probability) in enumerate(zip(label_column, probability_column, strict=True)):
         row = probs[i]
         if not all(math.isfinite(p) and -1e-6 <= p <= 1 + 1e-6 for p in row) or abs(row.sum() - 1) > 1e-3:
             raise ModelLoadError(f"row {i}: class probabilities {row.tolist()} are not a distribution")
@@ -165,8 +182,16 @@ def entities_from_frame(frame: Any, texts: list[str]) -> list[dict[str, Any]]:
         )
     if len(frame) != len(texts):
         raise ModelLoadError(f"model returned {len(frame)} rows for {len(texts)} texts")
+    return entity_lists(list(frame["entities"]), texts)
+
+
+def entity_lists(per_text: list[Any], texts: list[str]) -> list[dict[str, Any]]:
+    """``{"entities": [...]}`` per text from an NER model's entity lists, checking every entity's keys and
+    offsets. Raises :class:`ModelLoadError` naming row and entity."""
+    if len(per_text) != len(texts):
+        raise ModelLoadError(f"model returned {len(per_text)} rows for {len(texts)} texts")
     out = []
-    for i, (text, entities) in enumerate(zip(texts, frame["entities"], strict=True)):
+    for i, (text, entities) in enumerate(zip(texts, per_text, strict=True)):
         row = []
         for j, e in enumerate(list(entities)):
             missing = [k for k in ENTITY_KEYS if k not in e]
@@ -221,8 +246,60 @@ def load_version(source: ModelSource, version: str) -> LoadedModel:
         name=source.name, version=str(version), alias=source.alias, pyfunc=pyfunc, labels=labels,
         data_version=data_version, run_id=mv.run_id, task=task,
     )  # fmt: skip
+    loaded.direct = checked_direct_predictor(loaded)
     logger.info("loaded %s (labels %s) in %.1fs", uri, labels, time.monotonic() - started)
     return loaded
+
+
+def direct_predictor(loaded: LoadedModel) -> Callable[[list[str]], list[dict[str, Any]]] | None:
+    """For a version logged with bertops' own pyfunc (its Python model holds the bundle): a function that
+    answers from the bundle itself, with no DataFrame and no pyfunc schema handling on the way. The same
+    bundle calls as the pyfunc (``predict_proba``, ``extract_entities``), so the same numbers. ``None`` for
+    any other pyfunc."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        python_model = loaded.pyfunc.unwrap_python_model()
+    except (MlflowException, AttributeError):  # not a PythonModel-based pyfunc
+        return None
+    bundle = getattr(python_model, "bundle", None)
+    if bundle is None or getattr(bundle, "task", None) != loaded.task:
+        return None
+    if loaded.task == "ner":
+        from bertops.model.entities import extract_entities
+
+        return lambda texts: entity_lists(extract_entities(bundle, texts), texts)
+    labels = loaded.labels
+
+    def classify(texts: list[str]) -> list[dict[str, Any]]:
+        import numpy as np
+
+        probs = np.asarray(bundle.predict_proba(texts), dtype=np.float64).reshape(-1, len(labels))
+        best = probs.argmax(axis=1)
+        if len(best) != len(texts):
+            raise ModelLoadError(f"model returned {len(best)} rows for {len(texts)} texts")
+        return classifications([labels[i] for i in best], probs[np.arange(len(best)), best], probs, labels)
+
+    return classify
+
+
+def checked_direct_predictor(loaded: LoadedModel) -> Callable[[list[str]], list[dict[str, Any]]] | None:
+    """:func:`direct_predictor`, kept only if it answers the warm-up texts exactly as the pyfunc does (else
+    the version is served through the pyfunc, and the log says why)."""
+    direct = direct_predictor(loaded)
+    if direct is None:
+        return None
+    try:
+        same = direct(list(WARMUP_TEXTS)) == loaded.predict_pyfunc(list(WARMUP_TEXTS))
+    except ModelLoadError as exc:
+        logger.warning("%s v%s: direct path broke the contract (%s); serving through the pyfunc",
+                       loaded.name, loaded.version, exc)  # fmt: skip
+        return None
+    if not same:
+        logger.warning("%s v%s: direct path and pyfunc differ on the warm-up texts; serving through the pyfunc",
+                       loaded.name, loaded.version)  # fmt: skip
+        return None
+    return direct
 
 
 @dataclass(frozen=True)
@@ -236,7 +313,8 @@ class RefreshResult:
 class ModelManager:
     """The version one replica serves, and the switch to a newly promoted one (see the module docstring).
 
-    ``on_switch(old, new)`` and ``on_failure(version, error)`` let the caller update metrics.
+    ``on_switch(old, new)``, ``on_failure(version, error)`` and ``on_skip(version)`` (a refresh passed over a
+    version that failed before) let the caller update metrics.
     """
 
     def __init__(
@@ -245,6 +323,7 @@ class ModelManager:
         loader: Callable[[ModelSource, str], LoadedModel] = load_version,
         on_switch: Callable[[LoadedModel | None, LoadedModel], None] | None = None,
         on_failure: Callable[[str | None, str], None] | None = None,
+        on_skip: Callable[[str], None] | None = None,
     ) -> None:
         self.source = source
         self.current: LoadedModel | None = None
@@ -254,6 +333,7 @@ class ModelManager:
         self._lock = asyncio.Lock()
         self._on_switch = on_switch or (lambda old, new: None)
         self._on_failure = on_failure or (lambda version, error: None)
+        self._on_skip = on_skip or (lambda version: None)  # a poll passed over a version that failed before
 
     async def refresh(self, force: bool = False) -> RefreshResult:
         """Follow the alias: switch to the version it points at if that differs and loads and warms up.
@@ -270,6 +350,7 @@ class ModelManager:
                 self.last_error = None  # the alias is back on what we serve: no failed switch pending
                 return RefreshResult(False, previous, previous, f"already serving version {target}")
             if target in self._failed and not force:
+                self._on_skip(target)
                 return RefreshResult(
                     False, previous, previous, f"version {target} failed before: {self._failed[target]}"
                 )

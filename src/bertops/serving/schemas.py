@@ -13,6 +13,7 @@ Nothing here imports Ray, MLflow or TensorFlow: the module is unit-tested on its
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,6 +120,46 @@ class ErrorResponse(BaseModel):
 
 
 # ------------------------------------------------------------------------------------------------ checks
+JSON_MEDIA_TYPES = ("application/json",)
+# Every body the service reads is a few levels deep ({"dataframe_split": {"data": [[...]]}} is 4); a body
+# nested thousands of levels deep would exhaust the JSON decoder's recursion, so it is refused first.
+MAX_JSON_DEPTH = 32
+NESTING_MESSAGE = f"malformed JSON: nested more than {MAX_JSON_DEPTH} levels deep; send flat JSON"
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def check_json_depth(body: bytes, limit: int = MAX_JSON_DEPTH) -> None:
+    """Refuse (400) JSON whose arrays/objects nest deeper than ``limit``, naming the byte offset."""
+    if body.count(b"[") + body.count(b"{") <= limit:  # cannot be deeper: the common case costs two scans
+        return
+    depth = 0
+    for token in _JSON_TOKENS.finditer(body):
+        char = token.group()[:1]
+        if char in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                raise BadRequest(400, f"{NESTING_MESSAGE} (at byte {token.start()})")
+        elif char in (b"]", b"}"):
+            depth -= 1
+
+
+def check_content_type(header: str | None, accepted: tuple[str, ...] = JSON_MEDIA_TYPES) -> None:
+    """Refuse (415) a body that is declared as something other than JSON, or JSON in another charset than
+    UTF-8. No ``Content-Type`` at all is read as JSON (what most hand-written clients send)."""
+    if header is None or not header.strip():
+        return
+    media_type, *parameters = (part.strip() for part in header.split(";"))
+    media_type = media_type.lower()
+    if media_type not in accepted and not media_type.endswith("+json"):
+        raise BadRequest(
+            415, f"content type {media_type!r} is not supported; send the body as {' or '.join(accepted)}"
+        )
+    for parameter in parameters:
+        key, _, value = parameter.partition("=")
+        if key.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise BadRequest(415, f"charset {value.strip()!r} is not supported; send UTF-8")
+
+
 def check_content_length(header: str | None, limits: RequestLimits) -> None:
     """Refuse a body whose declared ``Content-Length`` is over the limit before reading it."""
     if header is None:
@@ -134,22 +175,30 @@ def check_content_length(header: str | None, limits: RequestLimits) -> None:
         )
 
 
+def load_json(body: bytes, limits: RequestLimits) -> Any:
+    """Decode a JSON request body within the size limit; 413 for size, 400 for anything unparseable."""
+    if len(body) > limits.max_body_bytes:
+        raise BadRequest(413, f"request body is over {limits.max_body_bytes} bytes (serving.max_body_bytes)")
+    if not body.strip():
+        raise BadRequest(400, 'empty request body; send JSON like {"texts": ["some text"]}')
+    check_json_depth(body)
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError as exc:
+        raise BadRequest(400, f"request body is not UTF-8: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(400, f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:  # json's decoder gives up on very deep nesting (thousands of levels)
+        raise BadRequest(400, NESTING_MESSAGE) from None
+
+
 def parse_predict_body(body: bytes, limits: RequestLimits) -> list[str]:
     """Validate a ``POST /predict`` body and return its texts.
 
     Raises :class:`BadRequest` (413 for sizes, 400 for unparseable JSON, 422 for a well-formed body with the
     wrong content) naming the field: ``texts``, ``texts[i]``.
     """
-    if len(body) > limits.max_body_bytes:
-        raise BadRequest(413, f"request body is over {limits.max_body_bytes} bytes (serving.max_body_bytes)")
-    if not body.strip():
-        raise BadRequest(400, 'empty request body; send JSON like {"texts": ["some text"]}')
-    try:
-        payload: Any = json.loads(body)
-    except UnicodeDecodeError as exc:
-        raise BadRequest(400, f"request body is not UTF-8: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise BadRequest(400, f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    payload = load_json(body, limits)
     if not isinstance(payload, dict):
         raise BadRequest(422, f'the body must be a JSON object like {{"texts": [...]}}, got {_kind(payload)}')
     unknown = sorted(set(payload) - {"texts"})
@@ -160,22 +209,28 @@ def parse_predict_body(body: bytes, limits: RequestLimits) -> list[str]:
     texts = payload["texts"]
     if not isinstance(texts, list):
         raise BadRequest(422, f"field 'texts' must be a list of strings, got {_kind(texts)}")
+    return check_texts(texts, limits)
+
+
+def check_texts(texts: list[Any], limits: RequestLimits, field: str = "texts") -> list[str]:
+    """The texts of a request, checked: at least one, at most ``max_texts``, each a string within
+    ``max_text_bytes``. ``field`` names the list in the messages (``texts``, ``inputs[0].data``)."""
     if not texts:
-        raise BadRequest(422, "field 'texts' is an empty list; send at least one text")
+        raise BadRequest(422, f"field '{field}' is an empty list; send at least one text")
     if len(texts) > limits.max_texts:
         raise BadRequest(
             413,
-            f"field 'texts' has {len(texts)} items; the limit is {limits.max_texts} "
+            f"field '{field}' has {len(texts)} items; the limit is {limits.max_texts} "
             "(serving.max_texts_per_request): split the request",
         )
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise BadRequest(422, f"texts[{i}]: expected a string, got {_kind(text)}")
+            raise BadRequest(422, f"{field}[{i}]: expected a string, got {_kind(text)}")
         size = len(text.encode("utf-8"))
         if size > limits.max_text_bytes:
             raise BadRequest(
                 413,
-                f"texts[{i}] is {size} UTF-8 bytes; the limit is {limits.max_text_bytes} (serving.max_text_bytes)",
+                f"{field}[{i}] is {size} UTF-8 bytes; the limit is {limits.max_text_bytes} (serving.max_text_bytes)",
             )
     return texts
 
