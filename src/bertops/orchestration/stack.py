@@ -374,7 +374,7 @@ def up(
         # No --node-ip-address 127.0.0.1: `ray start` rewrites a loopback node address to the machine's IP
         # (resolve_ip_for_localhost) anyway. Ray's gRPC ports then listen beyond loopback and check the token;
         # its three Prometheus HTTP servers (dashboard, autoscaler, agent export) bind every interface with no
-        # token (tests/serving/test_stack_listeners.py records them). The dashboard still binds 127.0.0.1.
+        # token (tests/test_doc_commands.py records them). The dashboard still binds 127.0.0.1.
         # Ray waits only 30 s (hard-coded) for its raylet to register: on an overloaded machine the head can
         # exit during start-up. Try again, a few times, before giving up.
         ready = paths.state / "ray.ready"

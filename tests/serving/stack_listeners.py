@@ -1,27 +1,20 @@
-"""Every socket a running ``bertops stack up`` listens on is on loopback, unless it is one of Ray's
-token-authenticated ports, and then an unauthenticated request there is refused (checked here, per port).
+"""The listening sockets of a running ``bertops stack up``, and whether each beyond loopback is one of Ray's
+token-authenticated ports that refuses an unauthenticated request (probed, per port). The tests are in
+tests/test_doc_commands.py, on its live stack.
 
-The stack runs in a small copy of the checkout (no data, no model: the serving replica waits for a champion),
-with the configured ingress (``serving.ingress``). Its processes are the process groups it started (MLflow,
-the Ray head with everything Ray spawns, Airflow's components) and their descendants.
+The stack's processes are the process groups it started (MLflow, the Ray head with everything Ray spawns,
+Airflow's components) and their descendants.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import httpx
 import psutil
-import pytest
-from tests.orchestration.conftest import make_project
-
-pytestmark = pytest.mark.slow
 
 # An unauthenticated call to any of these on a Ray gRPC port must come back UNAUTHENTICATED (Ray's server
 # interceptor checks the token before the method runs; an unknown method would say UNIMPLEMENTED instead).
@@ -36,30 +29,6 @@ RAY_GRPC_METHODS = (
     "/ray.serve.ASGIService/HandleRequest",  # a Serve replica's inter-deployment server
 )
 LOOPBACK = ("127.", "::1", "::ffff:127.")
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = make_project(
-        tmp_path_factory.mktemp("listeners"), {"orchestration": {"stack_start_timeout_s": 600}}
-    )
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    # The test session's Ray settings (auth disabled for its own cluster) are not the stack's.
-    for name in (
-        "RAY_ADDRESS",
-        "MLFLOW_TRACKING_URI",
-        "RAY_AUTH_MODE",
-        "RAY_AUTH_TOKEN",
-        "BERTOPS_AIRFLOW_URL",
-    ):
-        env.pop(name, None)
-    up = subprocess.run(["bertops", "stack", "up"], cwd=root, env=env, capture_output=True, text=True,
-                        timeout=1800)  # fmt: skip
-    try:
-        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-        yield root
-    finally:
-        subprocess.run(["bertops", "stack", "down"], cwd=root, env=env, capture_output=True, timeout=300)
 
 
 def stack_processes(root: Path) -> dict[int, str]:
@@ -132,11 +101,10 @@ def ray_metrics_exporter(address: str, port: int, command: str) -> bool:
     return "ray" in command.lower() and r.status_code == 200 and "# TYPE" in r.text
 
 
-@pytest.fixture(scope="module")
-def beyond_loopback(stack: Path) -> dict[str, list]:
+def beyond_loopback(root: Path) -> dict[str, list]:
     """The stack's listeners beyond loopback, sorted: ``refused`` (Ray ports that refuse a request without
     the token), ``ray_metrics`` (Ray's unauthenticated Prometheus servers), ``bad`` (anything else)."""
-    procs = stack_processes(stack)
+    procs = stack_processes(root)
     sockets = listeners(set(procs))
     assert sockets, "found no listening socket of the stack"
     out: dict[str, list] = {"all": sockets, "refused": [], "ray_metrics": [], "bad": []}
@@ -152,34 +120,3 @@ def beyond_loopback(stack: Path) -> dict[str, list]:
         else:
             out["bad"].append((address, port, command[:120], why))
     return out
-
-
-def test_every_listener_is_loopback_or_refuses_unauthenticated_requests(beyond_loopback: dict) -> None:
-    """HAProxy (frontend, stats, metrics), the replicas, MLflow, Airflow (no log servers), the dashboard: on
-    loopback. Ray's gRPC ports: beyond it, and each refuses an unauthenticated call (checked)."""
-    sockets = beyond_loopback["all"]
-    assert not [s for s in sockets if s[1] in (8793, 8794)], "Airflow's log servers are running"
-    assert beyond_loopback["refused"], "no Ray port beyond loopback was probed: the check checked nothing"
-    bad = beyond_loopback["bad"]
-    assert not bad, "listeners beyond loopback that are not Ray token-authenticated:\n" + "\n".join(
-        map(str, bad)
-    )
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="Ray 2.60 binds its dashboard, autoscaler and agent Prometheus servers on every interface unless the "
-    "node IP is loopback, and `ray start` rewrites --node-ip-address 127.0.0.1 to the machine's IP: no setting",
-)
-def test_rays_prometheus_servers_are_on_loopback(beyond_loopback: dict) -> None:
-    assert not beyond_loopback["ray_metrics"], beyond_loopback["ray_metrics"]
-
-
-def test_a_driver_with_the_stacks_settings_runs_a_task(stack: Path) -> None:
-    """The stack's Ray on loopback still takes drivers: ``bertops stack env`` and ``ray.init()``."""
-    code = "import ray; ray.init(); print('ANSWER', ray.get(ray.remote(lambda: 6 * 7).remote()))"
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    out = subprocess.run(["bash", "-c", f'eval "$(bertops stack env)"; python -c "{code}"'], cwd=stack, env=env,
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert "ANSWER 42" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
