@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from bertops.monitoring.recorder import Recorder
 from bertops.serving.app import BertopsService, ServiceSettings, api
 from bertops.serving.metrics import ServingMetrics
 from bertops.serving.model_store import LoadedModel, ModelManager
@@ -60,6 +61,7 @@ def client() -> Iterator[TestClient]:
     )  # fmt: skip
     service.limits = service.settings.limits
     service.metrics = ServingMetrics()
+    service.recorder = Recorder.from_settings({"enabled": False, "store_uri": "."})  # monitoring off
     reg = KeywordRegistry()
     service.manager = ModelManager(reg.source(), loader=reg.load, on_switch=service.metrics.model_switched)
     service.managers = {"m": service.manager}  # the one served model, the default
