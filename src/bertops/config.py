@@ -597,6 +597,7 @@ class MonitoringConfig(_Section):
     )
     permutations: int = Field(default=200, ge=10, description="Permutations of the embedding MMD test.")
     schedule: str = Field(default="@hourly", description="Airflow schedule of the bert_monitor DAG.")
+    experiment: str = Field(default="bertops-monitoring", description="MLflow experiment of the drift reports.")
 
 
 class ProjectConfig(_Section):

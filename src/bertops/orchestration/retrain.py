@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 DAG_ID = "bert_retrain"
 DATA_DAG_ID = "bert_data"
 DATA_ASSET = "bertops_data"
+DRIFT_ASSET = "bertops_drift"  # emitted by bert_monitor (bertops.monitoring) when the served data drifted
+MONITOR_DAG_ID = "bert_monitor"
 
 
 def _fail(message: str) -> None:
@@ -340,6 +342,8 @@ __all__ = [
     "DAG_ID",
     "DATA_ASSET",
     "DATA_DAG_ID",
+    "DRIFT_ASSET",
+    "MONITOR_DAG_ID",
     "RayJobError",
     "after_finetune",
     "after_pretrain",
