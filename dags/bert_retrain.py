@@ -3,7 +3,8 @@
 
 Runs weekly (`orchestration.retrain_schedule`), whenever `bert_data` publishes a new data version (the
 `bertops_data` Asset) or `bert_monitor` sees drift (the `bertops_drift` Asset), and by hand
-(`bertops retrain --set finetune.epochs=3`, or *Trigger* in the UI) with Params validated by one JSON schema (`bertops.orchestration.retrain_params`).
+(`bertops retrain --set finetune.epochs=3`, or *Trigger* in the UI) with Params validated by one JSON schema
+(`bertops.orchestration.retrain_params`).
 
 | task | what |
 |---|---|

@@ -583,7 +583,12 @@ class MonitoringConfig(_Section):
         default=100, ge=1, description="Fewest recorded texts in the window before drift may trigger a retrain."
     )
     reference_samples: int = Field(
-        default=500, ge=10, description="Texts drawn from the champion's training split as the reference."
+        default=500, ge=10, description="Texts drawn from the champion's training data as the reference."
+    )
+    reference_split: Literal["train", "validation"] = Field(
+        default="validation",
+        description="Which split of the champion's data is the reference: validation (held out, so the "
+        "champion's confidence on it is what it is on new in-domain text) or train (over-confident there).",
     )
     significance: float = Field(
         default=0.01, gt=0, lt=1, description="A check drifts when its two-sample test's p-value is below this."

@@ -4,8 +4,8 @@
     report.triggered                                  # drift score >= drift_threshold with >= min_samples texts
 
 Steps: resolve ``models:/<registry.model_name>@champion``, load its bundle (cached per version), draw
-``monitoring.reference_samples`` texts of the training split (``data/split/classification/train.jsonl`` of the
-checkout the check runs in), read the window's records and feedback from the store, run the checks of
+``monitoring.reference_samples`` texts of its data's ``monitoring.reference_split`` (default
+``data/split/classification/validation.jsonl`` of the checkout the check runs in: held out from training), read the window's records and feedback from the store, run the checks of
 :mod:`bertops.monitoring.drift`, write the report (:mod:`bertops.monitoring.report`) and log it to MLflow
 (experiment ``monitoring.experiment``: metrics, the JSON and HTML as artifacts, tags naming the champion
 version); the champion version gets the tag ``bertops.drift_run_id``.
@@ -66,7 +66,7 @@ def run_check(cfg: BertopsConfig, root: Path | None = None, now: datetime | None
     name = cfg.registry.model_name
     version = champion_version(cfg, name)
     bundle = champion_bundle(cfg, root, name, version)
-    ref_file = root / DataLayout(root=Path(cfg.project.data_dir)).split_file("classification", "train")
+    ref_file = root / DataLayout(root=Path(cfg.project.data_dir)).split_file("classification", m.reference_split)
     ref_texts = reference_texts(ref_file, m.reference_samples, cfg.project.seed)
     records = [r for r in _rows(store.read(RECORDS, since)) if r["model"] == name and r["time"] <= now]
     use_pieces = bool(records) and all(r["n_pieces"] is not None for r in records)
