@@ -66,7 +66,9 @@ def run_check(cfg: BertopsConfig, root: Path | None = None, now: datetime | None
     name = cfg.registry.model_name
     version = champion_version(cfg, name)
     bundle = champion_bundle(cfg, root, name, version)
-    ref_file = root / DataLayout(root=Path(cfg.project.data_dir)).split_file("classification", m.reference_split)
+    ref_file = root / DataLayout(root=Path(cfg.project.data_dir)).split_file(
+        "classification", m.reference_split
+    )
     ref_texts = reference_texts(ref_file, m.reference_samples, cfg.project.seed)
     records = [r for r in _rows(store.read(RECORDS, since)) if r["model"] == name and r["time"] <= now]
     use_pieces = bool(records) and all(r["n_pieces"] is not None for r in records)
