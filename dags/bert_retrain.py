@@ -63,7 +63,7 @@ def bert_retrain() -> None:
     @task(pool=CFG.orchestration.dvc_pool)
     def prepare_data() -> dict:
         ctx = get_current_context()
-        return steps.prepare_data(dict(ctx["params"]), ctx["run_id"])
+        return {**steps.prepare_data(dict(ctx["params"]), ctx["run_id"]), **steps.drift_trigger(ctx)}
 
     pretrain = RayJobOperator(
         task_id="pretrain",

@@ -55,6 +55,18 @@ def prepare_data(params: dict[str, Any], run_id: str) -> dict[str, Any]:
     return tasks.prepare_run_data(params, run_id)
 
 
+def drift_trigger(context: Any) -> dict[str, str]:
+    """The drift report of the ``bertops_drift`` event that triggered this run (bert_monitor puts its paths in
+    the event's extra), for the lineage tags; empty when the run had no such trigger."""
+    events = context.get("triggering_asset_events") or {}
+    for asset in events:
+        if getattr(asset, "name", None) == DRIFT_ASSET and events[asset]:
+            extra = dict(events[asset][-1].extra or {})
+            return {k: str(extra[f]) for k, f in (("drift_report", "json_path"), ("drift_run_id", "mlflow_run_id"))
+                    if extra.get(f)}  # fmt: skip
+    return {}
+
+
 def with_run_data(params: dict[str, Any], prepared: dict[str, Any]) -> dict[str, Any]:
     """The run's params, pointed at the run's own data (``project.data_dir``) when prepare_data set one."""
     if not prepared.get("data_dir"):
