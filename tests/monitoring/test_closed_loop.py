@@ -136,6 +136,29 @@ def test_out_of_domain_traffic_is_detected_and_logged(
     STATE["ood_since"] = t1
 
 
+def test_monitor_check_runs_the_comparison_now(project: Path, champion: Champion, store: Path) -> None:
+    from typer.testing import CliRunner
+
+    from bertops.cli import app
+
+    sets = [
+        f"tracking.uri={champion.tracking_uri}",
+        f"registry.model_name={champion.name}",
+        f"project.state_dir={project / '.bertops'}",
+        f"project.data_dir={project / 'data'}",
+        f"monitoring.store_uri={store}",
+        "monitoring.reference_samples=300",
+        window_hours(STATE["ood_since"]),
+    ]
+    args = ["monitor", "--check", "--params", str(project / "params.yaml")] + [
+        x for s in sets for x in ("--set", s)
+    ]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert f"{champion.name} v{champion.version}" in result.output and "retrain triggered" in result.output
+    assert "drift.html" in result.output
+
+
 def test_bert_monitor_dag_emits_the_drift_asset(
     airflow_home: Path, project: Path, champion: Champion, store: Path
 ) -> None:
