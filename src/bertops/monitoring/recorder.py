@@ -153,7 +153,9 @@ class Recorder:
         return len(keep)
 
     def feedback(self, request_id: str, index: int, label: str | None, entities: str | None) -> bool:
-        """Queue one feedback row (``entities`` as JSON text); False when the queue is full."""
+        """Queue one feedback row (``entities`` as JSON text); False when monitoring is off or the queue is full."""
+        if not self.settings.enabled:
+            return False
         row = {"time": datetime.now(UTC), "request_id": request_id, "index": index, "label": label,
                "entities": entities}  # fmt: skip
         try:

@@ -305,7 +305,7 @@ class BertopsService:
             return self._error("/feedback", getattr(exc, "status", 400), str(getattr(exc, "message", exc)),
                                _request_id(request), started)  # fmt: skip
         if not self.recorder.feedback(fb.request_id, fb.index, fb.label, fb.entities_json()):
-            return self._error("/feedback", 503, "feedback queue is full; retry", _request_id(request), started)
+            return self._error("/feedback", 503, "feedback not stored: monitoring.enabled is false, or its queue is full (retry)", _request_id(request), started)
         self.metrics.observe_request("/feedback", 202, time.perf_counter() - started)
         return JSONResponse({"accepted": True, "request_id": fb.request_id}, status_code=202)
 
