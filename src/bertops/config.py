@@ -572,8 +572,10 @@ class MonitoringConfig(_Section):
         "filesystem URI pyarrow opens (s3://bucket/prefix on a cluster).",
     )
     queue_size: int = Field(
-        default=10_000, ge=1, description="Requests (their sampled texts) waiting for the writer; when full, new ones are dropped "
-        "and counted."
+        default=10_000,
+        ge=1,
+        description="Requests (their sampled texts) waiting for the writer; when full, new ones are dropped and "
+        "counted.",
     )
     segment_records: int = Field(default=1_000, ge=1, description="Records per Parquet segment before it rotates.")
     flush_interval_s: float = Field(
