@@ -50,5 +50,5 @@ def test_monitor_without_a_report_says_so(tmp_path: Path) -> None:
         "--set",
         f"monitoring.store_uri={tmp_path}",
     ]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 1 and "bertops monitor --check" in result.output
