@@ -180,4 +180,5 @@ def monitoring_config(project: Path, champion: Champion, store: Path, *extra: st
 
 
 # The orchestration tests' migrated Airflow DB (one per session), for dag.test() of bert_monitor.
+from tests.infra.conftest import s3_server  # noqa: E402, F401  (moto's S3 server, for the s3:// store)
 from tests.orchestration.conftest import airflow_home  # noqa: E402, F401
