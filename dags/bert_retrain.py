@@ -2,8 +2,9 @@
 ### bert_retrain: data -> pretraining -> fine-tuning -> evaluation -> registry -> gate -> serving
 
 Runs weekly (`orchestration.retrain_schedule`), whenever `bert_data` publishes a new data version (the
-`bertops_data` Asset), and by hand (`bertops retrain --set finetune.epochs=3`, or *Trigger* in the UI) with
-Params validated by one JSON schema (`bertops.orchestration.retrain_params`).
+`bertops_data` Asset) or `bert_monitor` sees drift (the `bertops_drift` Asset), and by hand
+(`bertops retrain --set finetune.epochs=3`, or *Trigger* in the UI) with Params validated by one JSON schema
+(`bertops.orchestration.retrain_params`).
 
 | task | what |
 |---|---|
@@ -44,7 +45,8 @@ CFG = dag_config()
         timetable=CronTriggerTimetable(
             CFG.orchestration.retrain_schedule, timezone="UTC", run_immediately=dt.timedelta(0)
         ),
-        assets=[Asset(steps.DATA_ASSET)],
+        # A new data version or drift seen by bert_monitor; `|` is any of them (a list would wait for all).
+        assets=Asset(steps.DATA_ASSET) | Asset(steps.DRIFT_ASSET),
     ),
     catchup=False,
     max_active_runs=1,
@@ -61,7 +63,7 @@ def bert_retrain() -> None:
     @task(pool=CFG.orchestration.dvc_pool)
     def prepare_data() -> dict:
         ctx = get_current_context()
-        return steps.prepare_data(dict(ctx["params"]), ctx["run_id"])
+        return {**steps.prepare_data(dict(ctx["params"]), ctx["run_id"]), **steps.drift_trigger(ctx)}
 
     pretrain = RayJobOperator(
         task_id="pretrain",

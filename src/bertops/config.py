@@ -561,6 +561,62 @@ class OrchestrationConfig(_Section):
     )
 
 
+# ---------------------------------------------------------------------------------------- monitoring
+class MonitoringConfig(_Section):
+    enabled: bool = Field(default=True, description="Whether the service records what it serves (bertops.monitoring).")
+    sample_rate: float = Field(
+        default=1.0, ge=0, le=1, description="Share of served texts recorded (1 = all, up to max_records_per_hour)."
+    )
+    max_records_per_hour: int = Field(
+        default=100_000, ge=0, description="Cap on recorded texts per replica and clock hour; the rest are not sampled."
+    )
+    store_text: bool = Field(
+        default=True,
+        description="Keep the raw text in the records; false keeps derived features only (length, [UNK] count), "
+        "and the embedding check is then skipped.",
+    )
+    store_uri: str = Field(
+        default="monitoring",
+        description="Where records, feedback and reports go: a path (relative: under project.state_dir) or a "
+        "filesystem URI pyarrow opens (s3://bucket/prefix on a cluster).",
+    )
+    queue_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="Requests (their sampled texts) waiting for the writer; when full, new ones are dropped and "
+        "counted.",
+    )
+    segment_records: int = Field(default=1_000, ge=1, description="Records per Parquet segment before it rotates.")
+    flush_interval_s: float = Field(
+        default=60, gt=0, description="A segment is written at least this often while records arrive."
+    )
+    window_hours: float = Field(default=24, gt=0, description="The recent window the drift check compares.")
+    min_samples: int = Field(
+        default=100, ge=1, description="Fewest recorded texts in the window before drift may trigger a retrain."
+    )
+    reference_samples: int = Field(
+        default=500, ge=10, description="Texts drawn from the champion's training data as the reference."
+    )
+    reference_split: Literal["train", "validation"] = Field(
+        default="validation",
+        description="Which split of the champion's data is the reference: validation (held out, so the "
+        "champion's confidence on it is what it is on new in-domain text) or train (over-confident there).",
+    )
+    significance: float = Field(
+        default=0.01, gt=0, lt=1, description="A check drifts when its two-sample test's p-value is below this."
+    )
+    drift_threshold: float = Field(
+        default=0.4,
+        gt=0,
+        le=1,
+        description="Drift score (share of the checks that drift) at or above which bert_monitor emits the "
+        "bertops_drift Asset.",
+    )
+    permutations: int = Field(default=200, ge=10, description="Permutations of the embedding MMD test.")
+    schedule: str = Field(default="@hourly", description="Airflow schedule of the bert_monitor DAG.")
+    experiment: str = Field(default="bertops-monitoring", description="MLflow experiment of the drift reports.")
+
+
 class ProjectConfig(_Section):
     name: str = Field(default="bertops", description="Project name.")
     seed: int = Field(default=42, description="Seed of model initialisation and training.")
@@ -597,6 +653,9 @@ class BertopsConfig(_Section):
     serving: ServingConfig = Field(default=ServingConfig(), description="Ray Serve deployment.")
     orchestration: OrchestrationConfig = Field(
         default=OrchestrationConfig(), description="Airflow and the local stack."
+    )
+    monitoring: MonitoringConfig = Field(
+        default=MonitoringConfig(), description="What the service records, and the drift check on it."
     )
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)

@@ -17,6 +17,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
+from bertops.monitoring.recorder import Recorder
 from bertops.serving.app import BertopsService, ServiceSettings, api
 from bertops.serving.metrics import ServingMetrics
 from bertops.serving.model_store import LoadedModel, ModelManager
@@ -63,6 +64,7 @@ def client() -> Iterator[TestClient]:
         max_texts_per_request=8, max_text_bytes=100, max_body_bytes=2000,
     )  # fmt: skip
     service.metrics = ServingMetrics()
+    service.recorder = Recorder.from_settings({"enabled": False, "store_uri": "."})  # monitoring off
     reg = KeywordRegistry()
     manager = ModelManager(reg.source(), loader=reg.load, on_switch=service.metrics.model_switched)
     service._setup({"m": manager}, behind_proxy=False)  # no Ray proxy here: the app echoes X-Request-ID

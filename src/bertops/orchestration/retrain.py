@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 DAG_ID = "bert_retrain"
 DATA_DAG_ID = "bert_data"
 DATA_ASSET = "bertops_data"
+DRIFT_ASSET = "bertops_drift"  # emitted by bert_monitor (bertops.monitoring) when the served data drifted
+MONITOR_DAG_ID = "bert_monitor"
 
 
 def _fail(message: str) -> None:
@@ -51,6 +53,18 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
 def prepare_data(params: dict[str, Any], run_id: str) -> dict[str, Any]:
     """This run's data (a DVC experiment when it overrides data params), set aside for this run alone."""
     return tasks.prepare_run_data(params, run_id)
+
+
+def drift_trigger(context: Any) -> dict[str, str]:
+    """The drift report of the ``bertops_drift`` event that triggered this run (bert_monitor puts its paths in
+    the event's extra), for the lineage tags; empty when the run had no such trigger."""
+    events = context.get("triggering_asset_events") or {}
+    for asset in events:
+        if getattr(asset, "name", None) == DRIFT_ASSET and events[asset]:
+            extra = dict(events[asset][-1].extra or {})
+            return {k: str(extra[f]) for k, f in (("drift_report", "json_path"), ("drift_run_id", "mlflow_run_id"))
+                    if extra.get(f)}  # fmt: skip
+    return {}
 
 
 def with_run_data(params: dict[str, Any], prepared: dict[str, Any]) -> dict[str, Any]:
@@ -351,6 +365,8 @@ __all__ = [
     "DAG_ID",
     "DATA_ASSET",
     "DATA_DAG_ID",
+    "DRIFT_ASSET",
+    "MONITOR_DAG_ID",
     "RayJobError",
     "after_finetune",
     "after_pretrain",

@@ -265,6 +265,9 @@ def registry_lineage(prepared: Mapping[str, Any], overrides: list[str]) -> dict[
         tags["bertops.dvc_experiment"] = str(prepared["dvc_experiment"])
     if prepared.get("dvc_rev"):
         tags["bertops.dvc_rev"] = str(prepared["dvc_rev"])
+    for key in ("drift_report", "drift_run_id"):  # a retrain triggered by bert_monitor's bertops_drift Asset
+        if prepared.get(key):
+            tags[f"bertops.{key}"] = str(prepared[key])
     return tags
 
 

@@ -41,6 +41,8 @@ from ray import serve
 from ray.serve import Application
 
 from bertops.config import BertopsConfig, load_config, validate_config
+from bertops.monitoring.feedback import BadFeedback, parse_feedback
+from bertops.monitoring.recorder import Recorder, settings_from_config
 from bertops.serving import mlflow_scoring, open_inference
 from bertops.serving.batching import AdaptiveBatcher
 from bertops.serving.metrics import ServingMetrics
@@ -83,6 +85,7 @@ class ServiceSettings(BaseModel):
     max_texts_per_request: int = Field(default=64, ge=1)
     max_text_bytes: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=1_000_000, ge=1)
+    monitoring: dict[str, Any] | None = None  # bertops.monitoring.recorder.RecorderSettings; None: off
 
     @classmethod
     def from_config(cls, cfg: BertopsConfig) -> "ServiceSettings":
@@ -95,6 +98,7 @@ class ServiceSettings(BaseModel):
             poll_interval_s=s.poll_interval_s, max_batch_size=s.max_batch_size,
             batch_wait_timeout_s=s.batch_wait_timeout_s, max_texts_per_request=s.max_texts_per_request,
             max_text_bytes=s.max_text_bytes, max_body_bytes=s.max_body_bytes,
+            monitoring=settings_from_config(cfg),
         )  # fmt: skip
 
     @property
@@ -205,6 +209,8 @@ class BertopsService:
     async def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = ServiceSettings.model_validate(settings)
         self.metrics = ServingMetrics()
+        monitoring = self.settings.monitoring or {"enabled": False, "store_uri": "."}
+        self.recorder = Recorder.from_settings(monitoring, registry=self.metrics.registry)
         managers = {
             name: ModelManager(
                 ModelSource(self.settings.tracking_uri, name, self.settings.alias),
@@ -313,6 +319,7 @@ class BertopsService:
         except _NotReady:
             message = f"no version of {name} is loaded yet; see GET /metadata"
             return self._error(route, 503, message, request_id, started)
+        self.recorder.record(request_id, model, texts, predictions)  # never blocks (bertops.monitoring)
         payload = protocol.render(model, predictions, context)
         elapsed = time.perf_counter() - started
         self.metrics.observe_request(route, 200, elapsed)
@@ -404,6 +411,23 @@ class BertopsService:
         if name not in self.managers:
             return self._unknown_model(route, name, _request_id(request), time.perf_counter())
         return await self._serve(request, name, route, OPEN_INFERENCE)
+
+    @api.post("/feedback", responses=_ERRORS)
+    async def feedback(self, request: Request) -> Response:
+        """The true ``label`` (or ``entities``) of text ``index`` of the answer with ``request_id``
+        (its X-Request-ID); stored beside the served records for the drift check and the next retrain."""
+        started, model = time.perf_counter(), self.manager.current
+        try:
+            check_content_type(request.headers.get("content-type"))
+            fb = parse_feedback(await _read_body(request, self.limits.max_body_bytes), model and model.labels)
+        except (BadFeedback, BadRequest) as exc:
+            return self._error("/feedback", getattr(exc, "status", 400), str(getattr(exc, "message", exc)),
+                               _request_id(request), started)  # fmt: skip
+        if not self.recorder.feedback(fb.request_id, fb.index, fb.label, fb.entities_json()):
+            message = "feedback not stored: monitoring.enabled is false, or its queue is full (retry)"
+            return self._error("/feedback", 503, message, _request_id(request), started)
+        self.metrics.observe_request("/feedback", 202, time.perf_counter() - started)
+        return JSONResponse({"accepted": True, "request_id": fb.request_id}, status_code=202)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
