@@ -209,6 +209,7 @@ def make_plan(cfg: BertopsConfig, kind: Kind, run_id: str = "", data_version: st
         early_stopping_patience=patience,
         class_weights=getattr(section, "class_weights", "none"),
         jit_compile=section.jit_compile,
+        sequence_buckets=list(section.sequence_buckets),
         seed=cfg.project.seed,
         tracking_uri=cfg.tracking_uri(),
         run_id=run_id,
@@ -345,6 +346,7 @@ def run_training(cfg: BertopsConfig, kind: Kind, run_name: str | None = None) ->
     """Pretrain or fine-tune as configured; see the module docstring. Returns a :class:`TrainResult`."""
     from bertops.training import tracking
 
+    started_at = time.time()
     section = _section(cfg, kind)
     plan = make_plan(cfg, kind)  # checks the data before anything starts
     run_name = run_name or section.run_name or f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
@@ -381,11 +383,12 @@ def run_training(cfg: BertopsConfig, kind: Kind, run_name: str | None = None) ->
     )  # fmt: skip
 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
-    from ray.train.tensorflow import TensorflowTrainer
 
+    from bertops.training.backend import make_trainer  # imports Ray (not TensorFlow)
     from bertops.training.loop import RESULT_FILE, train_loop_per_worker
 
-    trainer = TensorflowTrainer(
+    plan.extra["driver_started_at"] = started_at  # wall clock: the worker logs driver_to_first_step_s
+    trainer = make_trainer(
         train_loop_per_worker,
         train_loop_config=plan.to_dict(),
         scaling_config=scaling_config(section.scaling),
