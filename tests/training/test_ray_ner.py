@@ -98,18 +98,6 @@ def ner_data(tmp_path_factory: pytest.TempPathFactory) -> DataLayout:
     return layout
 
 
-@pytest.fixture(scope="module")
-def on_session_ray(ray_cluster: Any) -> str:
-    """The driver connected to the session's Ray head (other modules may have left another connection)."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address=ray_cluster.address)
-    yield ray_cluster.address
-    ray.shutdown()
-
-
 def _pretraining_bundle(directory: Path, vocab_file: Path) -> Path:
     from bertops.config import ModelConfig
     from bertops.model.bundle import save_bundle
