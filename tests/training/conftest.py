@@ -168,9 +168,14 @@ def on_session_ray(ray_cluster: Any) -> str:
 
 def expected_batches(plan: Any, steps: int, start: int = 0) -> list[tuple[int, float]]:
     """(width, fingerprint) of the global batches of steps ``start + 1 .. start + steps`` of a run that never
-    stopped: every worker's train input (``datasets.train_dataset``) rebuilt here from the plan."""
+    stopped: every worker's train input (``datasets.train_dataset``) rebuilt here from the plan. The shuffle
+    order depends on TensorFlow's global seed too, which the loop sets from the plan's seed: so does this."""
+    import keras
+
     from bertops.data.records import load_manifest, split_files
     from bertops.training.datasets import batch_fingerprint, train_dataset
+
+    keras.utils.set_random_seed(plan.seed)
 
     manifest, files = load_manifest(plan.manifest), split_files(plan.manifest, plan.train_split)
     streams = [

@@ -11,7 +11,8 @@ its rows to the same width at the same step: under ``MultiWorkerMirroredStrategy
 the same step functions in the same order (no shape mismatch, no collective out of step), and XLA compiles
 at most one program per bucket. Padding is on the right and masked, so a cut changes no real token's output.
 
-Because the order is a pure function of the seed, a resumed run skips exactly the global batches it had
+Because the order is a pure function of the seed (and of TensorFlow's global seed, which the loop sets
+from the same seed), a resumed run skips exactly the global batches it had
 consumed (its data position) and sees the same batches, cut the same way, as a run that never stopped::
 
     ds = train_dataset(files, manifest, batch_size=32, num_shards=2, shard_index=rank, seed=42,

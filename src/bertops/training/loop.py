@@ -141,7 +141,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     from bertops.training.datasets import batch_fingerprint, eval_dataset, train_dataset
     from bertops.training.flops import mfu, train_flops_per_token
-    from bertops.training.optimization import build_optimizer, learning_rate_at, warmup_steps_for
+    from bertops.training.optimization import (
+        apply_loss_scaled,
+        build_optimizer,
+        learning_rate_at,
+        warmup_steps_for,
+    )
     from bertops.training.precision import resolve_dtype_policy
     from bertops.training.tracking import MetricLogger
 
@@ -262,11 +267,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # After the all-reduce every replica holds the same sum: take the local copy and update in the
         # cross-replica context, so that clipping sees the global gradient and nothing is reduced twice.
         grads = [strategy.experimental_local_results(g)[0] for g in grads]
-        clip = opt_cfg.clip_norm * (optimizer.scale if loss_scaling else 1.0)
-        grads, norm = tf.clip_by_global_norm(grads, clip)
-        optimizer.apply_gradients(zip(grads, variables, strict=True))
         if loss_scaling:
-            norm = norm / optimizer.scale
+            norm = apply_loss_scaled(optimizer, grads, variables, opt_cfg.clip_norm)
+        else:
+            grads, norm = tf.clip_by_global_norm(grads, opt_cfg.clip_norm)
+            optimizer.apply_gradients(zip(grads, variables, strict=True))
         width = strategy.experimental_local_results(width)[0]  # the same on every worker (one bucket a step)
         return strategy.reduce("SUM", stats, axis=None), norm, width
 
