@@ -310,6 +310,13 @@ class OptimizerConfig(_Section):
 
 
 class PretrainConfig(_Section):
+    init: str = Field(
+        default="scratch",
+        description=(
+            "Initial weights: scratch | hf:<dir> | google:<dir> | bertops:<dir>: continued (domain-adaptive) "
+            "pretraining of an existing model; build the records with its vocab.txt (vocab.vocab_file)."
+        ),
+    )
     batch_size: int = Field(default=32, ge=1, description="per worker; global = batch_size x num_workers")
     max_steps: int = Field(default=2000, ge=1, description="Optimizer steps of the pretraining run.")
     optimizer: OptimizerConfig = Field(
@@ -342,6 +349,15 @@ class PretrainConfig(_Section):
         ),
     )
     checkpoints_to_keep: int = Field(default=2, ge=1, description="Most recent checkpoints kept.")
+
+    @field_validator("init")
+    @classmethod
+    def _init_form(cls, v: str) -> str:
+        if v == "scratch" or v.startswith(("hf:", "google:", "bertops:")):
+            return v
+        raise ValueError(
+            f"pretrain.init must be 'scratch', 'hf:<dir>', 'google:<dir>' or 'bertops:<dir>', got {v!r}"
+        )
 
 
 class FinetuneConfig(_Section):

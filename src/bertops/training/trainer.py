@@ -95,22 +95,23 @@ def _same_vocab(a: Path, b: Path) -> bool:
     return a.read_bytes().split() == b.read_bytes().split()
 
 
-def _resolve_init(cfg: BertopsConfig, vocab_file: Path) -> tuple[str, str | None]:
-    """``finetune.init`` -> (plan init spec with an absolute path, the pretraining run id it links to)."""
+def _resolve_init(cfg: BertopsConfig, vocab_file: Path, key: str = "finetune.init") -> tuple[str, str | None]:
+    """``finetune.init`` (or ``pretrain.init``) -> (plan init spec with an absolute path, the pretraining run id
+    it links to)."""
     from bertops.model.bundle import VOCAB_FILE, BundleError, read_meta
 
-    init = cfg.finetune.init
+    init = cfg.pretrain.init if key == "pretrain.init" else cfg.finetune.init
     if init == "scratch":
         return "scratch", None
     if init.startswith(("hf:", "google:")):
         kind, _, directory = init.partition(":")
         path = Path(directory).resolve()
         if not path.is_dir():
-            raise TrainingSetupError(f"finetune.init={init!r}: checkpoint directory {path} does not exist")
+            raise TrainingSetupError(f"{key}={init!r}: checkpoint directory {path} does not exist")
         ckpt_vocab = path / "vocab.txt"
         if ckpt_vocab.is_file() and not _same_vocab(ckpt_vocab, vocab_file):
             raise TrainingSetupError(
-                f"finetune.init={init!r}: the records were built with {vocab_file}, which differs from the "
+                f"{key}={init!r}: the records were built with {vocab_file}, which differs from the "
                 f"checkpoint's {ckpt_vocab}; set vocab.vocab_file={ckpt_vocab} and rebuild the data (dvc repro)"
             )
         return f"{kind}:{path}", None
@@ -119,10 +120,10 @@ def _resolve_init(cfg: BertopsConfig, vocab_file: Path) -> tuple[str, str | None
         meta = read_meta(directory)
     except BundleError as exc:
         hint = " (run `bertops pretrain` first)" if init == "pretrained" else ""
-        raise TrainingSetupError(f"finetune.init={init!r}: {exc}{hint}") from None
+        raise TrainingSetupError(f"{key}={init!r}: {exc}{hint}") from None
     if not _same_vocab(directory / VOCAB_FILE, vocab_file):
         raise TrainingSetupError(
-            f"finetune.init={init!r}: {directory / VOCAB_FILE} differs from the records' vocabulary {vocab_file}"
+            f"{key}={init!r}: {directory / VOCAB_FILE} differs from the records' vocabulary {vocab_file}"
         )
     pretrain_run = (
         meta.get("source_run_id") if meta.get("task") == "pretraining" else meta.get("pretrain_run_id")
@@ -145,7 +146,8 @@ def make_plan(cfg: BertopsConfig, kind: Kind, run_id: str = "", data_version: st
         assert isinstance(section, PretrainConfig)
         manifest_path = layout.pretrain_dir / MANIFEST
         manifest = _check_records(manifest_path, ["train", "heldout"])
-        task, labels, init, pretrain_run = "pretraining", None, "scratch", None
+        task, labels = "pretraining", None
+        init, pretrain_run = _resolve_init(cfg, vocab_file, "pretrain.init")  # continued pretraining
         total, per_epoch = section.max_steps, None
         eval_every, eval_batches, patience, test_split = (
             section.eval_every_steps,
