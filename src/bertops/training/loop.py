@@ -124,7 +124,7 @@ def _gpu_peak(plan: RunPlan) -> float | None:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point (``TensorflowTrainer(train_loop_per_worker, train_loop_config=plan.to_dict())``)."""
+    """Ray Train entry point (``make_trainer(train_loop_per_worker, train_loop_config=plan.to_dict(), ...)``)."""
     started = time.perf_counter()
     import keras
     import numpy as np

@@ -1,4 +1,4 @@
-"""The training driver: pre-flight checks, the MLflow run, Ray Train's ``TensorflowTrainer``, the bundle.
+"""The training driver: pre-flight checks, the MLflow run, Ray Train (``backend.make_trainer``), the bundle.
 
     from bertops.config import load_config
     from bertops.training.trainer import finetune, pretrain
