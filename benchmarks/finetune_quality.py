@@ -88,8 +88,11 @@ def build_dapt_data(params: Path, base: list[str], data_dir: Path, seq: int, wit
         )
     split = data_dir / "split"
     (split / "corpus").mkdir(parents=True, exist_ok=True)
-    if not (split / "classification").exists():
-        (split / "classification").symlink_to((src / "classification").resolve(), target_is_directory=True)
+    for task in (
+        t for t in src.iterdir() if t.is_dir() and t.name != "corpus"
+    ):  # the task splits as they are
+        if not (split / task.name).exists():
+            (split / task.name).symlink_to(task.resolve(), target_is_directory=True)
     for out_split, texts_from in (("train", "train"), ("heldout", "validation")):
         with open(split / "corpus" / f"{out_split}.jsonl", "w", encoding="utf-8") as out:
             with open(src / "classification" / f"{texts_from}.jsonl", encoding="utf-8") as rows:
