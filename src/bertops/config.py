@@ -12,13 +12,22 @@ Nothing happens at import time: no files are read, no directories created.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_PARAMS = Path("params.yaml")
 BUILTIN_PREFIX = "builtin:"
@@ -239,8 +248,12 @@ class ModelConfig(_Section):
     )
     type_vocab_size: int = Field(default=2, ge=1, description="Segment (token type) ids.")
     dropout: float = Field(default=0.1, ge=0, lt=1, description="Dropout rate.")
-    dtype_policy: Literal["float32", "mixed_bfloat16", "mixed_float16"] = Field(
-        default="float32", description="Keras dtype policy (mixed precision)."
+    dtype_policy: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = Field(
+        default="float32",
+        description=(
+            "Keras dtype policy (mixed precision). auto: mixed_bfloat16 where the worker's device runs bf16 and "
+            "it was measured faster there (bertops.training.precision), else float32."
+        ),
     )
 
     @model_validator(mode="after")
@@ -253,6 +266,15 @@ class ModelConfig(_Section):
 
 
 # ------------------------------------------------------------------------------------------- training
+def _increasing_lengths(v: list[int]) -> list[int]:
+    if any(b < 1 for b in v) or any(a >= b for a, b in itertools.pairwise(v)):
+        raise ValueError(f"sequence_buckets must be positive and strictly increasing, got {v}")
+    return v
+
+
+SequenceBuckets = Annotated[list[int], AfterValidator(_increasing_lengths)]
+
+
 class ScalingSettings(_Section):
     """How Ray Train places workers. The same code runs locally and on a cluster; only this changes."""
 
@@ -288,6 +310,13 @@ class OptimizerConfig(_Section):
 
 
 class PretrainConfig(_Section):
+    init: str = Field(
+        default="scratch",
+        description=(
+            "Initial weights: scratch | hf:<dir> | google:<dir> | bertops:<dir>: continued (domain-adaptive) "
+            "pretraining of an existing model; build the records with its vocab.txt (vocab.vocab_file)."
+        ),
+    )
     batch_size: int = Field(default=32, ge=1, description="per worker; global = batch_size x num_workers")
     max_steps: int = Field(default=2000, ge=1, description="Optimizer steps of the pretraining run.")
     optimizer: OptimizerConfig = Field(
@@ -298,6 +327,13 @@ class PretrainConfig(_Section):
     eval_batches: int = Field(default=20, ge=1, description="Held-out batches per evaluation.")
     log_every_steps: int = Field(default=50, ge=1, description="Steps between logged training metrics.")
     jit_compile: bool = Field(default=False, description="XLA-compile the training step.")
+    sequence_buckets: SequenceBuckets = Field(
+        default=[16, 32, 64, 128],
+        description=(
+            "Dynamic padding: each step's global batch is cut to the smallest of these lengths that holds its "
+            "longest example (the records' max_seq_length is always the last); [] pads to max_seq_length."
+        ),
+    )
     scaling: ScalingSettings = Field(
         default=ScalingSettings(), description="Ray Train placement of pretraining."
     )
@@ -313,6 +349,15 @@ class PretrainConfig(_Section):
         ),
     )
     checkpoints_to_keep: int = Field(default=2, ge=1, description="Most recent checkpoints kept.")
+
+    @field_validator("init")
+    @classmethod
+    def _init_form(cls, v: str) -> str:
+        if v == "scratch" or v.startswith(("hf:", "google:", "bertops:")):
+            return v
+        raise ValueError(
+            f"pretrain.init must be 'scratch', 'hf:<dir>', 'google:<dir>' or 'bertops:<dir>', got {v!r}"
+        )
 
 
 class FinetuneConfig(_Section):
@@ -346,6 +391,13 @@ class FinetuneConfig(_Section):
     checkpoint_every_steps: int = Field(default=200, ge=1, description="Steps between checkpoints.")
     log_every_steps: int = Field(default=20, ge=1, description="Steps between logged training metrics.")
     jit_compile: bool = Field(default=False, description="XLA-compile the training step.")
+    sequence_buckets: SequenceBuckets = Field(
+        default=[16, 32, 64, 128],
+        description=(
+            "Dynamic padding: each step's global batch is cut to the smallest of these lengths that holds its "
+            "longest example (the records' max_seq_length is always the last); [] pads to max_seq_length."
+        ),
+    )
     scaling: ScalingSettings = Field(
         default=ScalingSettings(), description="Ray Train placement of fine-tuning."
     )

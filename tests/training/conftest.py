@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -151,3 +152,41 @@ def training_config(
         "finetune_data.max_seq_length=32",
     ]
     return load_config(repo_root / "params.yaml", base + overrides)
+
+
+@pytest.fixture(scope="module")
+def on_session_ray(ray_cluster: Any) -> str:
+    """The driver connected to the session's Ray head (other modules may have left another connection)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address=ray_cluster.address)
+    yield ray_cluster.address
+    ray.shutdown()
+
+
+def expected_batches(plan: Any, steps: int, start: int = 0) -> list[tuple[int, float]]:
+    """(width, fingerprint) of the global batches of steps ``start + 1 .. start + steps`` of a run that never
+    stopped: every worker's train input (``datasets.train_dataset``) rebuilt here from the plan. The shuffle
+    order depends on TensorFlow's global seed too, which the loop sets from the plan's seed: so does this."""
+    import keras
+
+    from bertops.data.records import load_manifest, split_files
+    from bertops.training.datasets import batch_fingerprint, train_dataset
+
+    keras.utils.set_random_seed(plan.seed)
+
+    manifest, files = load_manifest(plan.manifest), split_files(plan.manifest, plan.train_split)
+    streams = [
+        train_dataset(files, manifest, batch_size=plan.batch_size * plan.accumulation_steps,
+                      num_shards=plan.num_workers, shard_index=rank, seed=plan.seed, skip_batches=start,
+                      sequence_buckets=plan.sequence_buckets).take(steps)
+        for rank in range(plan.num_workers)
+    ]  # fmt: skip
+    out = []
+    for batches in zip(*streams, strict=True):
+        widths = {int(b["token_ids"].shape[1]) for b in batches}
+        assert len(widths) == 1, widths  # one width per step on every worker
+        out.append((widths.pop(), float(sum(int(batch_fingerprint(b)) for b in batches))))
+    return out

@@ -100,3 +100,30 @@ def test_balanced_class_weights() -> None:
 
     assert balanced_class_weights([30, 10]) == pytest.approx([40 / 60, 40 / 20])
     assert balanced_class_weights([5, 0]) == pytest.approx([0.5, 1.0])
+
+
+def test_pretraining_continues_from_an_existing_model_with_its_vocabulary(
+    repo_root: Path, synthetic_data: DataLayout, tmp_path: Path
+) -> None:
+    """``pretrain.init`` (domain-adaptive pretraining): a checkpoint whose vocabulary differs from the records'
+    is refused naming the key; a missing directory too; scratch is the default; buckets reach the plan."""
+    from bertops.config import ConfigError
+
+    assert make_plan(training_config(repo_root, synthetic_data, tmp_path, []), "pretrain").init == "scratch"
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "vocab.txt").write_text("[PAD]\n[UNK]\nother\n", encoding="utf-8")
+    with pytest.raises(TrainingSetupError, match=r"pretrain.init='hf:.*vocab.vocab_file="):
+        make_plan(
+            training_config(repo_root, synthetic_data, tmp_path, [f"pretrain.init=hf:{ckpt}"]), "pretrain"
+        )
+    with pytest.raises(TrainingSetupError, match=r"pretrain.init=.*does not exist"):
+        make_plan(training_config(repo_root, synthetic_data, tmp_path, [f"pretrain.init=hf:{tmp_path / 'no'}"]),
+                  "pretrain")  # fmt: skip
+    (ckpt / "vocab.txt").write_text(synthetic_data.vocab_file.read_text(encoding="utf-8"), encoding="utf-8")
+    cfg = training_config(repo_root, synthetic_data, tmp_path,
+                          [f"pretrain.init=hf:{ckpt}", "pretrain.sequence_buckets=[8, 16, 64]"])  # fmt: skip
+    plan = make_plan(cfg, "pretrain")
+    assert plan.init == f"hf:{ckpt.resolve()}" and plan.sequence_buckets == [8, 16, 64]
+    with pytest.raises(ConfigError, match=r"pretrain\.init"):
+        training_config(repo_root, synthetic_data, tmp_path, ["pretrain.init=pretrained"])

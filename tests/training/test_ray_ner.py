@@ -98,18 +98,6 @@ def ner_data(tmp_path_factory: pytest.TempPathFactory) -> DataLayout:
     return layout
 
 
-@pytest.fixture(scope="module")
-def on_session_ray(ray_cluster: Any) -> str:
-    """The driver connected to the session's Ray head (other modules may have left another connection)."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address=ray_cluster.address)
-    yield ray_cluster.address
-    ray.shutdown()
-
-
 def _pretraining_bundle(directory: Path, vocab_file: Path) -> Path:
     from bertops.config import ModelConfig
     from bertops.model.bundle import save_bundle
@@ -210,3 +198,45 @@ def test_ner_finetunes_in_ray_train_with_and_without_accumulation(
     # Gradient accumulation over 2 x 4 examples takes the same steps as one batch of 8.
     np.testing.assert_allclose(curves[2], curves[1], rtol=2e-3)
     assert curves[1][-1] < curves[1][0], curves[1]  # and it learns
+
+
+def test_continued_pretraining_of_the_imported_checkpoint(
+    on_session_ray: str, mlflow_server: Any, repo_root: Path, tmp_path: Path
+) -> None:
+    """``pretrain.init=hf:<dir>`` (domain-adaptive pretraining) in the real loop: MiniLM has no MLM/NSP heads,
+    so new ones go over its imported backbone; three buckets-cut steps move its weights and leave a
+    pretraining bundle of MiniLM's size that a fine-tune can start from (``bertops:<bundle>``)."""
+    from bertops.data.records import make_manifest, write_records
+    from bertops.model.bundle import load_bundle
+    from bertops.model.checkpoints import import_checkpoint
+    from bertops.training.trainer import pretrain
+
+    from .conftest import PREDS, pretraining_features
+
+    layout = DataLayout(tmp_path / "data")
+    layout.vocab_dir.mkdir(parents=True)
+    shutil.copy(minilm_dir() / "vocab.txt", layout.vocab_file)
+    rng, counts, files = np.random.default_rng(0), {}, {}
+    for split, n in (("train", 64), ("heldout", 16)):  # ids 0..99 of MiniLM's vocabulary: any valid tokens
+        (layout.pretrain_dir / split).mkdir(parents=True)
+        files[split] = [f"{split}/shard-00000.tfrecord"]
+        counts[split] = write_records(layout.pretrain_dir / files[split][0], pretraining_features(n, rng))
+    manifest = make_manifest("pretraining", max_seq_length=SEQ, num_examples=counts, files=files,
+                             vocab_size=30522, max_predictions_per_seq=PREDS)  # fmt: skip
+    (layout.pretrain_dir / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    source = _minilm_without_dropout(tmp_path / "minilm")
+    cfg = training_config(
+        repo_root, layout, tmp_path / "state",
+        [f"tracking.uri={mlflow_server.uri}", f"pretrain.scaling.address={on_session_ray}",
+         f"pretrain.init=hf:{source}", "pretrain.batch_size=8", "pretrain.max_steps=3", "pretrain.eval_batches=1",
+         "pretrain.log_every_steps=1", "pretrain.optimizer.learning_rate=1e-3",
+         f"pretrain.output_dir={tmp_path / 'dapt'}"],
+    )  # fmt: skip
+    result = pretrain(cfg)
+    assert result.metrics["steps"] == 3 and 0.0 <= result.metrics["heldout_mlm_accuracy"] <= 1.0
+    bundle = load_bundle(result.bundle_dir)
+    arch = bundle.model.backbone.get_config()
+    assert bundle.task == "pretraining" and (arch["num_layers"], arch["hidden_dim"]) == (6, 384)
+    before = np.array(import_checkpoint(f"hf:{source}", heads=False).backbone.token_embedding.embeddings)
+    after = np.array(bundle.model.backbone.token_embedding.embeddings)
+    assert before.shape == after.shape == (30522, 384) and not np.allclose(before, after)

@@ -19,7 +19,7 @@ import pytest
 
 from bertops.paths import DataLayout
 
-from .conftest import training_config
+from .conftest import expected_batches, training_config
 from .ray_nodes import RayNodes, start_head
 
 pytestmark = [pytest.mark.slow]
@@ -127,6 +127,21 @@ def test_pretraining_survives_a_killed_worker_and_learns(
     assert result.metrics["heldout_perplexity"] < 50
     bundle = load_bundle(result.bundle_dir)
     assert bundle.task == "pretraining" and bundle.meta["source_run_id"] == result.run_id
+    _assert_batches_of_an_uninterrupted_run(pretrained["cfg"], mlflow_server.uri, result.run_id, 400)
+
+
+def _assert_batches_of_an_uninterrupted_run(cfg: Any, uri: str, run_id: str, steps: int) -> None:
+    """Every logged step (replayed ones after the kill included) trained on the global batch, cut to the same
+    bucket, that a run which never stopped trains on at that step."""
+    from bertops.training.trainer import make_plan
+
+    want = expected_batches(make_plan(cfg, "pretrain"), steps)
+    logged = {"seq_len": _history(uri, run_id, "seq_len"), "fp": _history(uri, run_id, "batch_fingerprint")}
+    assert logged["fp"] and logged["fp"][-1][0] == steps, logged["fp"][-3:]
+    for step, value in logged["fp"]:
+        assert value == want[step - 1][1], (step, value, want[step - 1])
+    for step, value in logged["seq_len"]:
+        assert value == want[step - 1][0], (step, value, want[step - 1])
 
 
 def test_restarted_run_resumes_at_its_step(
@@ -145,6 +160,7 @@ def test_restarted_run_resumes_at_its_step(
     assert resumed[-1] == (401, 400.0)  # first step after the restart is 401, restored at 400
     steps = [s for s, _ in _history(mlflow_server.uri, again.run_id, "loss")]
     assert steps[-1] == 420 and 410 in steps
+    _assert_batches_of_an_uninterrupted_run(cfg, mlflow_server.uri, again.run_id, 420)
 
 
 def test_two_worker_finetune_from_pretraining(

@@ -6,7 +6,7 @@
 - :mod:`~bertops.training.checkpointing`: model + optimizer + loop state in a Ray checkpoint directory.
 - :mod:`~bertops.training.tracking`: MLflow run, tags (git commit, data version, Ray job, Airflow run).
 - :mod:`~bertops.training.loop`: ``train_loop_per_worker``, the custom MultiWorkerMirroredStrategy loop.
-- :mod:`~bertops.training.trainer`: the driver: pre-flight checks, Ray Train ``TensorflowTrainer``, result.
+- :mod:`~bertops.training.trainer`: the driver: pre-flight checks, Ray Train (``backend.make_trainer``), result.
 
 Entry points: :func:`bertops.training.trainer.pretrain` and :func:`bertops.training.trainer.finetune`.
 """

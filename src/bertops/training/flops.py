@@ -3,6 +3,8 @@
 Training FLOPs per token follow the PaLM appendix: ``6 * N`` for the weights (forward + backward) plus
 ``12 * L * H * S`` for the attention scores and mixing. ``N`` counts all parameters, embeddings included
 (PaLM leaves them out), so the figure runs slightly high for tiny models with large vocabularies. Peak figures are dense (no sparsity) per device.
+The training loop counts real (non-padding) tokens, with ``S`` the step's bucketed length: FLOPs spent on
+padding are not model FLOPs, so padding shows as a lower figure.
 """
 
 from __future__ import annotations
@@ -33,6 +35,6 @@ def peak_flops(device_name: str, dtype_policy: str) -> float | None:
     return None
 
 
-def mfu(tokens_per_s: float, flops_per_token: float, num_devices: int, peak_per_device: float) -> float:
-    """Share of the devices' peak the run achieves (0..1)."""
-    return tokens_per_s * flops_per_token / (num_devices * peak_per_device)
+def mfu(model_flops_per_s: float, num_devices: int, peak_per_device: float) -> float:
+    """Share of the devices' peak the run achieves (0..1), from the achieved model FLOP/s of all devices."""
+    return model_flops_per_s / (num_devices * peak_per_device)

@@ -4,11 +4,16 @@ Keras 3 ``fit`` fails under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20
 out: the model and optimizer are built under ``strategy.scope()``; each step runs ``strategy.run`` of a
 replica step that accumulates gradients over ``accumulation_steps`` micro-batches (each loss averaged over
 the *global* batch with ``tf.nn.compute_average_loss``), all-reduces them across workers, then clips the
-global gradient by norm and applies it once. Ray's ``TensorflowTrainer`` sets ``TF_CONFIG`` for the strategy
-(and ``TF_USE_LEGACY_KERAS=1``, which is why this module only ever uses ``import keras``, never ``tf.keras``).
+global gradient by norm and applies it once. The backend (``bertops.training.backend``) sets ``TF_CONFIG`` for
+the strategy; this module only ever uses Keras 3 (``import keras``), never ``tf.keras``.
 
-Per step: ``loss``, ``learning_rate``, ``grad_norm``, ``tokens_per_s``, ``examples_per_s``, ``step_time_s``
-(and ``mfu`` on a known GPU) go to MLflow from rank 0. Evaluation runs every ``eval_every_steps`` (and at
+Input is cut per global batch to a fixed set of lengths (``sequence_buckets``, ``bertops.training.datasets``):
+every worker runs the same step shapes in the same order, and XLA compiles one program per bucket.
+
+Per step: ``loss``, ``learning_rate``, ``grad_norm``, ``tokens_per_s`` (real tokens, padding not counted),
+``padding_share`` (share of the computed positions that were padding), ``model_flops_per_s``,
+``examples_per_s``, ``step_time_s``, ``seq_len`` and ``batch_fingerprint`` of the last step (which data it
+trained on), and ``mfu`` on a known GPU, go to MLflow from rank 0. Evaluation runs every ``eval_every_steps`` (and at
 each epoch end when fine-tuning) on every worker over the same split, so all workers agree on early stopping.
 Checkpoints (model, optimizer, loop state incl. data position) go through ``ray.train.report``; a restarted
 worker group resumes from the latest one at the same step. The last report carries the final model bundle.
@@ -119,7 +124,7 @@ def _gpu_peak(plan: RunPlan) -> float | None:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point (``TensorflowTrainer(train_loop_per_worker, train_loop_config=plan.to_dict())``)."""
+    """Ray Train entry point (``make_trainer(train_loop_per_worker, train_loop_config=plan.to_dict(), ...)``)."""
     started = time.perf_counter()
     import keras
     import numpy as np
@@ -134,9 +139,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         save_checkpoint,
         temp_checkpoint_dir,
     )
-    from bertops.training.datasets import eval_dataset, train_dataset
+    from bertops.training.datasets import batch_fingerprint, eval_dataset, train_dataset
     from bertops.training.flops import mfu, train_flops_per_token
-    from bertops.training.optimization import build_optimizer, learning_rate_at, warmup_steps_for
+    from bertops.training.optimization import (
+        apply_loss_scaled,
+        build_optimizer,
+        learning_rate_at,
+        warmup_steps_for,
+    )
+    from bertops.training.precision import resolve_dtype_policy
     from bertops.training.tracking import MetricLogger
 
     # Ray sets OMP_NUM_THREADS to the worker's CPUs; hold TensorFlow's op pool to it as well, so that workers
@@ -155,9 +166,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         level=logging.INFO, format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s"
     )
     keras.utils.set_random_seed(plan.seed)
-    if plan.model.get("dtype_policy", "float32") != "float32":
-        keras.config.set_dtype_policy(plan.model["dtype_policy"])
-    loss_scaling = plan.model.get("dtype_policy") == "mixed_float16"
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    policy = resolve_dtype_policy(plan.model.get("dtype_policy", "float32"), on_gpu=on_gpu)
+    plan.model["dtype_policy"] = policy  # what the model is built, imported and its FLOPs peak looked up with
+    if policy != "float32":
+        keras.config.set_dtype_policy(policy)
+    loss_scaling = policy == "mixed_float16"
 
     manifest = load_manifest(plan.manifest)
     train_files = split_files(plan.manifest, plan.train_split)
@@ -201,7 +215,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             num_shards=input_context.num_input_pipelines,
             shard_index=input_context.input_pipeline_id,
             seed=plan.seed,
-            skip_batches=state.step,  # the data position: one batch per optimizer step
+            skip_batches=state.step,  # the data position: one global batch per optimizer step
+            sequence_buckets=plan.sequence_buckets,
         )
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
@@ -234,20 +249,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             grads = g if grads is None else [a + b for a, b in zip(grads, g, strict=True)]
             loss += l_i
         grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        return grads, loss, task.tokens_in(batch)
+        # One vector, one cross-worker sum: loss, real tokens, computed positions, the batch's fingerprint
+        # (float64 holds the integer counts exactly).
+        stats = tf.stack(
+            [
+                tf.cast(loss, tf.float64),
+                tf.cast(task.tokens_in(batch), tf.float64),
+                tf.cast(tf.size(batch["padding_mask"]), tf.float64),
+                tf.cast(batch_fingerprint(batch), tf.float64),
+            ]
+        )
+        return grads, stats, tf.shape(batch["token_ids"])[1]
 
     @tf.function
     def train_step(it: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        grads, loss, tokens = strategy.run(replica_step, args=(next(it),))
+        grads, stats, width = strategy.run(replica_step, args=(next(it),))
         # After the all-reduce every replica holds the same sum: take the local copy and update in the
         # cross-replica context, so that clipping sees the global gradient and nothing is reduced twice.
         grads = [strategy.experimental_local_results(g)[0] for g in grads]
-        clip = opt_cfg.clip_norm * (optimizer.scale if loss_scaling else 1.0)
-        grads, norm = tf.clip_by_global_norm(grads, clip)
-        optimizer.apply_gradients(zip(grads, variables, strict=True))
         if loss_scaling:
-            norm = norm / optimizer.scale
-        return strategy.reduce("SUM", loss, axis=None), norm, strategy.reduce("SUM", tokens, axis=None)
+            norm = apply_loss_scaled(optimizer, grads, variables, opt_cfg.clip_norm)
+        else:
+            grads, norm = tf.clip_by_global_norm(grads, opt_cfg.clip_norm)
+            optimizer.apply_gradients(zip(grads, variables, strict=True))
+        width = strategy.experimental_local_results(width)[0]  # the same on every worker (one bucket a step)
+        return strategy.reduce("SUM", stats, axis=None), norm, width
 
     @tf.function
     def eval_step(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -259,19 +285,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         nonlocal eval_time
         t = time.perf_counter()
         sums: dict[str, float] = {}
-        for batch in eval_dataset(files, manifest, batch_size=micro * accum, max_batches=max_batches):
+        batches = eval_dataset(
+            files, manifest, batch_size=micro * accum, max_batches=max_batches,
+            sequence_buckets=plan.sequence_buckets,
+        )  # fmt: skip
+        for batch in batches:
             for k, v in eval_step(batch).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         eval_time += time.perf_counter() - t
         return task.finalize(sums)
 
     arch = model.backbone.get_config()
-    flops_per_token = train_flops_per_token(
-        int(sum(np.prod(v.shape) for v in variables)),
-        arch["num_layers"],
-        arch["hidden_dim"],
-        plan.max_seq_length,
-    )
+    num_params = int(sum(np.prod(v.shape) for v in variables))
+
+    def flops_per_token(width: int) -> float:  # attention grows with the step's (bucketed) length
+        return train_flops_per_token(num_params, arch["num_layers"], arch["hidden_dim"], width)
+
     peak = _gpu_peak(plan)
     devices = max(1, len(tf.config.list_physical_devices("GPU"))) * world
     logger = MetricLogger(plan.tracking_uri, plan.run_id, plan.total_steps) if rank == 0 else None
@@ -295,14 +324,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
 
     first_step_logged = False
-    window = {"steps": 0, "tokens": 0, "time": 0.0}
+    window = {"steps": 0, "tokens": 0.0, "positions": 0.0, "flops": 0.0, "time": 0.0}
     attempt_train_time = 0.0
     loop_started = time.perf_counter()
     last_metrics: dict[str, Any] = {}
     while state.step < plan.total_steps and not state.stopped_early:
         t0 = time.perf_counter()
-        loss_t, norm_t, tokens_t = train_step(iterator)
-        loss, norm, tokens = float(loss_t), float(norm_t), int(tokens_t)  # waits for the step
+        stats_t, norm_t, width_t = train_step(iterator)
+        loss, tokens, positions, fingerprint = (float(x) for x in stats_t.numpy())  # waits for the step
+        norm, width = float(norm_t), int(width_t)
         dt = time.perf_counter() - t0
         state.step += 1
         attempt_train_time += dt
@@ -312,12 +342,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # The first step includes tracing (and XLA compilation): logged apart, left out of throughput.
             if logger:
                 first = {"time_to_first_step_s": time.perf_counter() - started, "first_step_s": dt}
+                if "driver_started_at" in plan.extra:  # the whole start-up: plan, Ray, workers, imports
+                    first["driver_to_first_step_s"] = time.time() - plan.extra["driver_started_at"]
+                logger.set_tags({"bertops.dtype_policy": policy})
                 if resumed_from is not None:
                     first["resumed_from_step"] = resumed_from
                 logger.log(first, state.step)
         else:
             window["steps"] += 1
             window["tokens"] += tokens
+            window["positions"] += positions
+            window["flops"] += tokens * flops_per_token(width)
             window["time"] += dt
         if not np.isfinite(loss) and not loss_scaling:
             raise FloatingPointError(f"loss is {loss} at step {state.step}; lower the learning rate")
@@ -329,18 +364,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "learning_rate": learning_rate_at(
                     state.step - 1, opt_cfg.learning_rate, warmup, plan.total_steps
                 ),
+                "seq_len": width,
+                "batch_fingerprint": fingerprint,
             }
             if window["time"] > 0:
-                tps = window["tokens"] / window["time"]
+                flops_per_s = window["flops"] / window["time"]
                 metrics.update(
-                    tokens_per_s=tps,
+                    tokens_per_s=window["tokens"] / window["time"],
+                    padding_share=1.0 - window["tokens"] / window["positions"],
+                    model_flops_per_s=flops_per_s,
                     examples_per_s=window["steps"] * plan.global_batch_size / window["time"],
                     step_time_s=window["time"] / window["steps"],
                 )
                 if peak:
-                    metrics["mfu"] = mfu(tps, flops_per_token, devices, peak)
+                    metrics["mfu"] = mfu(flops_per_s, devices, peak)
             metrics["train_share_of_wall"] = attempt_train_time / max(time.perf_counter() - started, 1e-9)
-            window = {"steps": 0, "tokens": 0, "time": 0.0}
+            window = {"steps": 0, "tokens": 0.0, "positions": 0.0, "flops": 0.0, "time": 0.0}
             last_metrics.update(metrics)
             if logger:
                 logger.log(metrics, state.step)
@@ -395,7 +434,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         loop_wall_s=wall,
         overhead_share=1.0 - attempt_train_time / max(time.perf_counter() - started, 1e-9),
         global_batch_size=plan.global_batch_size,
-        **{k: last_metrics[k] for k in ("tokens_per_s", "examples_per_s", "mfu") if k in last_metrics},
+        **{
+            k: last_metrics[k]
+            for k in ("tokens_per_s", "padding_share", "model_flops_per_s", "examples_per_s", "mfu")
+            if k in last_metrics
+        },
     )
     if logger:
         logger.log(final, state.step)

@@ -106,3 +106,36 @@ def build_optimizer(
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
     return optimizer
+
+
+def apply_loss_scaled(optimizer: Any, grads: list[Any], variables: list[Any], clip_norm: float) -> Any:
+    """One update from gradients of the *scaled* loss (float16 compute); returns their unscaled global norm.
+
+    ``LossScaleOptimizer.apply_gradients`` refuses the cross-replica context the loop updates in (after its own
+    all-reduce), so its logic is spelled out here on its state: unscale by ``dynamic_scale``, clip, and apply
+    with the inner optimizer only when every gradient is finite, doubling the scale after
+    ``dynamic_growth_steps`` finite steps; a non-finite step is skipped and halves the scale.
+    """
+    import tensorflow as tf
+
+    scale = optimizer.dynamic_scale
+    grads = [g / tf.cast(scale, g.dtype) for g in grads]
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+    clipped, norm = tf.clip_by_global_norm(grads, clip_norm)
+
+    def apply() -> Any:
+        optimizer.inner_optimizer.apply_gradients(zip(clipped, variables, strict=True))
+        grow = tf.equal(optimizer.step_counter, optimizer.dynamic_growth_steps - 1)
+        scale.assign(tf.where(grow, scale * 2.0, scale))
+        optimizer.step_counter.assign(
+            tf.where(grow, tf.zeros_like(optimizer.step_counter), optimizer.step_counter + 1)
+        )
+        return tf.constant(True)
+
+    def skip() -> Any:
+        scale.assign(scale * 0.5)
+        optimizer.step_counter.assign(tf.zeros_like(optimizer.step_counter))
+        return tf.constant(False)
+
+    tf.cond(finite, apply, skip)
+    return norm

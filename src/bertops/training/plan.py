@@ -40,6 +40,7 @@ class RunPlan:
     early_stopping_patience: int | None
     class_weights: str  # none | balanced
     jit_compile: bool
+    sequence_buckets: list[int]  # dynamic padding: the widths a batch is cut to ([] = max_seq_length)
     seed: int
     tracking_uri: str
     run_id: str

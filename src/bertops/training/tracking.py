@@ -206,3 +206,12 @@ class MetricLogger:
             self.client.log_batch(self.run_id, metrics=batch)
         except Exception:  # a tracking hiccup must not kill hours of training
             log.warning("could not log metrics at step %d to MLflow run %s", step, self.run_id, exc_info=True)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Tags on the run (e.g. the dtype policy ``auto`` resolved to on the worker); never raises."""
+        from mlflow.entities import RunTag
+
+        try:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        except Exception:  # as for metrics
+            log.warning("could not set tags %s on MLflow run %s", sorted(tags), self.run_id, exc_info=True)

@@ -1,4 +1,4 @@
-"""The training driver: pre-flight checks, the MLflow run, Ray Train's ``TensorflowTrainer``, the bundle.
+"""The training driver: pre-flight checks, the MLflow run, Ray Train (``backend.make_trainer``), the bundle.
 
     from bertops.config import load_config
     from bertops.training.trainer import finetune, pretrain
@@ -95,22 +95,23 @@ def _same_vocab(a: Path, b: Path) -> bool:
     return a.read_bytes().split() == b.read_bytes().split()
 
 
-def _resolve_init(cfg: BertopsConfig, vocab_file: Path) -> tuple[str, str | None]:
-    """``finetune.init`` -> (plan init spec with an absolute path, the pretraining run id it links to)."""
+def _resolve_init(cfg: BertopsConfig, vocab_file: Path, key: str = "finetune.init") -> tuple[str, str | None]:
+    """``finetune.init`` (or ``pretrain.init``) -> (plan init spec with an absolute path, the pretraining run id
+    it links to)."""
     from bertops.model.bundle import VOCAB_FILE, BundleError, read_meta
 
-    init = cfg.finetune.init
+    init = cfg.pretrain.init if key == "pretrain.init" else cfg.finetune.init
     if init == "scratch":
         return "scratch", None
     if init.startswith(("hf:", "google:")):
         kind, _, directory = init.partition(":")
         path = Path(directory).resolve()
         if not path.is_dir():
-            raise TrainingSetupError(f"finetune.init={init!r}: checkpoint directory {path} does not exist")
+            raise TrainingSetupError(f"{key}={init!r}: checkpoint directory {path} does not exist")
         ckpt_vocab = path / "vocab.txt"
         if ckpt_vocab.is_file() and not _same_vocab(ckpt_vocab, vocab_file):
             raise TrainingSetupError(
-                f"finetune.init={init!r}: the records were built with {vocab_file}, which differs from the "
+                f"{key}={init!r}: the records were built with {vocab_file}, which differs from the "
                 f"checkpoint's {ckpt_vocab}; set vocab.vocab_file={ckpt_vocab} and rebuild the data (dvc repro)"
             )
         return f"{kind}:{path}", None
@@ -119,10 +120,10 @@ def _resolve_init(cfg: BertopsConfig, vocab_file: Path) -> tuple[str, str | None
         meta = read_meta(directory)
     except BundleError as exc:
         hint = " (run `bertops pretrain` first)" if init == "pretrained" else ""
-        raise TrainingSetupError(f"finetune.init={init!r}: {exc}{hint}") from None
+        raise TrainingSetupError(f"{key}={init!r}: {exc}{hint}") from None
     if not _same_vocab(directory / VOCAB_FILE, vocab_file):
         raise TrainingSetupError(
-            f"finetune.init={init!r}: {directory / VOCAB_FILE} differs from the records' vocabulary {vocab_file}"
+            f"{key}={init!r}: {directory / VOCAB_FILE} differs from the records' vocabulary {vocab_file}"
         )
     pretrain_run = (
         meta.get("source_run_id") if meta.get("task") == "pretraining" else meta.get("pretrain_run_id")
@@ -145,7 +146,8 @@ def make_plan(cfg: BertopsConfig, kind: Kind, run_id: str = "", data_version: st
         assert isinstance(section, PretrainConfig)
         manifest_path = layout.pretrain_dir / MANIFEST
         manifest = _check_records(manifest_path, ["train", "heldout"])
-        task, labels, init, pretrain_run = "pretraining", None, "scratch", None
+        task, labels = "pretraining", None
+        init, pretrain_run = _resolve_init(cfg, vocab_file, "pretrain.init")  # continued pretraining
         total, per_epoch = section.max_steps, None
         eval_every, eval_batches, patience, test_split = (
             section.eval_every_steps,
@@ -209,6 +211,7 @@ def make_plan(cfg: BertopsConfig, kind: Kind, run_id: str = "", data_version: st
         early_stopping_patience=patience,
         class_weights=getattr(section, "class_weights", "none"),
         jit_compile=section.jit_compile,
+        sequence_buckets=list(section.sequence_buckets),
         seed=cfg.project.seed,
         tracking_uri=cfg.tracking_uri(),
         run_id=run_id,
@@ -345,6 +348,7 @@ def run_training(cfg: BertopsConfig, kind: Kind, run_name: str | None = None) ->
     """Pretrain or fine-tune as configured; see the module docstring. Returns a :class:`TrainResult`."""
     from bertops.training import tracking
 
+    started_at = time.time()
     section = _section(cfg, kind)
     plan = make_plan(cfg, kind)  # checks the data before anything starts
     run_name = run_name or section.run_name or f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
@@ -381,11 +385,12 @@ def run_training(cfg: BertopsConfig, kind: Kind, run_name: str | None = None) ->
     )  # fmt: skip
 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
-    from ray.train.tensorflow import TensorflowTrainer
 
+    from bertops.training.backend import make_trainer  # imports Ray (not TensorFlow)
     from bertops.training.loop import RESULT_FILE, train_loop_per_worker
 
-    trainer = TensorflowTrainer(
+    plan.extra["driver_started_at"] = started_at  # wall clock: the worker logs driver_to_first_step_s
+    trainer = make_trainer(
         train_loop_per_worker,
         train_loop_config=plan.to_dict(),
         scaling_config=scaling_config(section.scaling),
