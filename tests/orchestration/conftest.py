@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -68,3 +69,42 @@ def make_project(root: Path, params: dict[str, Any]) -> Path:
     git(root, "add", "-A")
     git(root, "commit", "-qm", "init")
     return root
+
+
+def run_retrain_dag(
+    project: Path,
+    airflow_home: Path,
+    ray_cluster: Any,
+    mlflow_server: Any,
+    conf: dict[str, Any],
+    serving_url: str = "http://127.0.0.1:9",
+    timeout: float = 1800,
+) -> tuple[dict[str, Any], str]:
+    """One ``bert_retrain`` ``dag.test()`` run of ``project`` in its own process (``retrain_driver.py``), on the
+    session's Ray head and MLflow server, telling ``serving_url`` to reload (default: a port where nothing
+    serves, which ``update_serving`` must cope with). Returns ``(result, output)``; a run that does not succeed
+    fails the test with its task states, every error line of its log and the log's tail."""
+    env = airflow_env(airflow_home, {
+        "AIRFLOW__CORE__DAGS_FOLDER": str(project / "dags"),
+        "BERTOPS_PROJECT_DIR": str(project),
+        "MLFLOW_TRACKING_URI": mlflow_server.uri,
+        "BERTOPS_RAY_DASHBOARD_URL": ray_cluster.dashboard_url,
+        "RAY_ADDRESS": ray_cluster.address,
+        "BERTOPS_SERVING_URL": serving_url,
+    })  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("retrain_driver.py")), json.dumps(conf)],
+        env=env, cwd=project, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("DRIVER ")), None)
+    assert line, output[-6000:]
+    result = json.loads(line.removeprefix("DRIVER "))
+    if result["state"] != "success":
+        # pytest.fail keeps the whole message (an assert's repr would be cut in the middle).
+        log = project.parent / f"dag_test-{project.name}.log"
+        log.write_text(output)
+        errors = [x for x in output.splitlines() if "error" in x.lower() or "Traceback" in x][-40:]
+        pytest.fail(f"bert_retrain {result['state']}: {result['tasks']}\nfull log: {log}\n"
+                    + "\n".join(errors) + "\n--- tail ---\n" + output[-4000:])  # fmt: skip
+    return result, output

@@ -14,13 +14,11 @@ promoted over the untrained champion the service starts with: the test checks th
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
-from tests.orchestration.conftest import airflow_env, git, make_project
+from tests.orchestration.conftest import git, make_project, run_retrain_dag
 from tests.serving.conftest import Registry, start_service
 
 from bertops.serving.client import predict
@@ -80,30 +78,9 @@ def test_bert_retrain_does_what_was_asked_end_to_end(
     project: Path, airflow_home: Path, ray_cluster, mlflow_server, service
 ) -> None:
     served_before = predict(service.url, ["a fine film"])["version"]
-    env = airflow_env(airflow_home, {
-        "AIRFLOW__CORE__DAGS_FOLDER": str(project / "dags"),
-        "BERTOPS_PROJECT_DIR": str(project),
-        "MLFLOW_TRACKING_URI": mlflow_server.uri,
-        "BERTOPS_RAY_DASHBOARD_URL": ray_cluster.dashboard_url,
-        "RAY_ADDRESS": ray_cluster.address,
-        "BERTOPS_SERVING_URL": service.url,
-    })  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("retrain_driver.py")), json.dumps(CONF)],
-        env=env, cwd=project, capture_output=True, text=True, timeout=1800,
-    )  # fmt: skip
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("DRIVER ")), None)
-    assert line, (proc.stdout + proc.stderr)[-6000:]
-    result = json.loads(line.removeprefix("DRIVER "))
-    output = proc.stdout + proc.stderr
-    if result["state"] != "success":
-        # pytest.fail keeps the whole message (an assert's repr would be cut in the middle): the task states,
-        # then every error line of the run's log, then its tail.
-        log = project.parent / "dag_test.log"
-        log.write_text(output)
-        errors = [x for x in output.splitlines() if "error" in x.lower() or "Traceback" in x][-40:]
-        pytest.fail(f"bert_retrain {result['state']}: {result['tasks']}\nfull log: {log}\n"
-                    + "\n".join(errors) + "\n--- tail ---\n" + output[-4000:])  # fmt: skip
+    result, output = run_retrain_dag(
+        project, airflow_home, ray_cluster, mlflow_server, CONF, serving_url=service.url
+    )
     assert all(state == "success" for state in result["tasks"].values()), result["tasks"]
     summary = result["xcoms"]["summary"]
     assert "plan: pretraining: yes" in output  # check_params logged the plan

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.orchestration.conftest import airflow_env, make_project
+from tests.orchestration.conftest import make_project, run_retrain_dag
 
 pytestmark = [pytest.mark.slow]
 
@@ -49,31 +49,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _retrain(project: Path, airflow_home: Path, ray_cluster, mlflow_server, conf: dict) -> dict:
-    """One ``dag.test()`` run in its own process; fails the test with the log when it does not succeed."""
-    env = airflow_env(airflow_home, {
-        "AIRFLOW__CORE__DAGS_FOLDER": str(project / "dags"),
-        "BERTOPS_PROJECT_DIR": str(project),
-        "MLFLOW_TRACKING_URI": mlflow_server.uri,
-        "BERTOPS_RAY_DASHBOARD_URL": ray_cluster.dashboard_url,
-        "RAY_ADDRESS": ray_cluster.address,
-        "BERTOPS_SERVING_URL": "http://127.0.0.1:9",  # nothing serves here: update_serving must cope
-    })  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("retrain_driver.py")), json.dumps(conf)],
-        env=env, cwd=project, capture_output=True, text=True, timeout=1500,
-    )  # fmt: skip
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("DRIVER ")), None)
-    assert line, (proc.stdout + proc.stderr)[-6000:]
-    result = json.loads(line.removeprefix("DRIVER "))
-    if result["state"] != "success":
-        # pytest.fail keeps the whole message (an assert's repr would be cut in the middle): the task states,
-        # then every error line of the run's log, then its tail.
-        output = proc.stdout + proc.stderr
-        (project / "dag_test.log").write_text(output)
-        errors = [x for x in output.splitlines() if "error" in x.lower() or "Traceback" in x][-40:]
-        pytest.fail(f"bert_retrain {result['state']}: {result['tasks']}\nfull log: {project / 'dag_test.log'}\n"
-                    + "\n".join(errors) + "\n--- tail ---\n" + output[-4000:])  # fmt: skip
-    return result
+    return run_retrain_dag(project, airflow_home, ray_cluster, mlflow_server, conf, timeout=1500)[0]
 
 
 def test_ner_retrain_end_to_end_to_a_served_model(
