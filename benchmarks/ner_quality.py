@@ -187,7 +187,9 @@ def torch_worker(spec: dict[str, Any]) -> list[list[str]]:
     random.seed(spec["seed"])
     labels, seq = spec["labels"], spec["seq"]
     index = {t: i for i, t in enumerate(labels)}
-    tok = BertTokenizerFast(vocab_file=str(Path(spec["checkpoint"]) / "vocab.txt"), do_lower_case=True)
+    # from_pretrained reads the checkpoint's tokenizer files; BertTokenizerFast(vocab_file=...) in transformers 5
+    # builds a tokenizer that maps every word to [UNK] (seen here: the reference then learned nothing).
+    tok = BertTokenizerFast.from_pretrained(spec["checkpoint"], do_lower_case=True)
     model = BertForTokenClassification.from_pretrained(spec["checkpoint"], num_labels=len(labels))
 
     def encode(rows: list[dict[str, Any]]) -> tuple[dict[str, torch.Tensor], list[list[int | None]]]:
@@ -198,6 +200,16 @@ def torch_worker(spec: dict[str, Any]) -> list[list[str]]:
 
     train = read_jsonl(Path(spec["train"]))
     enc, words = encode(train)
+    real = (
+        enc["attention_mask"].bool()
+        & (enc["input_ids"] != tok.cls_token_id)
+        & (enc["input_ids"] != tok.sep_token_id)
+    )
+    unk_share = float((enc["input_ids"][real] == tok.unk_token_id).float().mean())
+    if unk_share > 0.05:
+        raise SystemExit(
+            f"the reference tokenizer maps {unk_share:.0%} of the word pieces to [UNK]: broken vocabulary"
+        )
     y = torch.full((len(train), seq), IGNORE, dtype=torch.long)
     for i, (row, w) in enumerate(zip(train, words, strict=True)):
         previous = None

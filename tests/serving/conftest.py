@@ -134,6 +134,9 @@ def start_service(
     port = free_port()
     overrides = [f"tracking.uri={registry.tracking_uri}", f"registry.model_name={registry.name}"]
     overrides += [f"serving.{k}={v}" for k, v in serving.items()] + list(extra)
+    if "models" not in serving and not any(e.startswith(("serving.models=", "registry.ner_model_name=")) for e in extra):
+        # Only this test's model: not the default bert-ner, which other tests may have registered on the server.
+        overrides.append(f"serving.models=[{registry.name}]")
     cfg = load_config(Path(__file__).resolve().parents[2] / "params.yaml", overrides)
     ray.init(address=ray_address, log_to_driver=False)
     try:

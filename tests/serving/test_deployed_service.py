@@ -99,7 +99,7 @@ def test_metrics_count_requests_and_show_the_version(service: Service) -> None:
     after = metric(service.url, "bertops_serving_requests_total", 'route="/predict",status="200"')
     assert after == before + 1
     assert metric(service.url, "bertops_serving_request_latency_seconds_count", 'route="/predict"') >= 1
-    assert metric(service.url, "bertops_serving_model_info", 'version="1"') == 1
+    assert metric(service.url, "bertops_serving_model_info", f'model="{service.registry.name}",version="1"') == 1
 
 
 def test_logs_are_json_with_the_request_id(service: Service) -> None:
@@ -307,8 +307,9 @@ def test_alias_move_is_followed_by_polling_without_failing_a_request(service: Se
     first_new = versions.index(v2)
     assert set(versions[first_new:]) == {v2}, "served the old version again after the switch"
     assert len(seen) > 20
-    assert metric(service.url, "bertops_serving_model_info", f'version="{v2}"') == 1
-    assert metric(service.url, "bertops_serving_model_info", 'version="1"') == 0
+    served = f'model="{reg.name}",version='
+    assert metric(service.url, "bertops_serving_model_info", f'{served}"{v2}"') == 1
+    assert metric(service.url, "bertops_serving_model_info", f'{served}"1"') == 0
 
 
 @pytest.mark.parametrize(("broken", "why"), [("load", "broken on purpose"), ("output", "not a distribution")])

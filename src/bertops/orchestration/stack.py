@@ -281,6 +281,9 @@ def service_env(state: dict[str, Any], paths: StackPaths) -> dict[str, str]:
     services = state.get("services", {})
     if "mlflow" in services:
         env["MLFLOW_TRACKING_URI"] = services["mlflow"]["url"]
+        # The same server for the registry: an MLFLOW_REGISTRY_URI left in the caller's environment (MLflow's
+        # set_registry_uri writes one) would otherwise send registry calls to another server.
+        env["MLFLOW_REGISTRY_URI"] = services["mlflow"]["url"]
     if "ray" in services:
         env["BERTOPS_RAY_DASHBOARD_URL"] = services["ray"]["url"]
         env["RAY_ADDRESS"] = services["ray"]["address"]
@@ -292,7 +295,7 @@ def service_env(state: dict[str, Any], paths: StackPaths) -> dict[str, str]:
 
 
 CLIENT_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI",
-              "BERTOPS_RAY_DASHBOARD_URL", "BERTOPS_SERVING_URL", "BERTOPS_AIRFLOW_URL", "AIRFLOW_URL")  # fmt: skip
+              "MLFLOW_REGISTRY_URI", "BERTOPS_RAY_DASHBOARD_URL", "BERTOPS_SERVING_URL", "BERTOPS_AIRFLOW_URL", "AIRFLOW_URL")  # fmt: skip
 
 
 def client_env(state: dict[str, Any], paths: StackPaths) -> dict[str, str]:
