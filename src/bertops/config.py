@@ -460,6 +460,73 @@ class RegistryConfig(_Section):
     ner_model_name: str = Field(default="bert-ner", description="Registered model of the NER task.")
 
 
+class ShadowConfig(_Section):
+    enabled: bool = Field(
+        default=False,
+        description="Run a candidate that passed the gate beside the champion on mirrored live traffic first.",
+    )
+    requests: int = Field(default=200, ge=1, description="Mirrored requests to compare before deciding.")
+    duration_s: float = Field(
+        default=900, gt=0, description="Longest shadow phase; it ends earlier once `requests` are compared."
+    )
+    min_agreement: float = Field(
+        default=0.9,
+        ge=0,
+        le=1,
+        description="Share of mirrored requests the candidate must answer as the champion.",
+    )
+    max_p99_ratio: float = Field(
+        default=1.5, gt=0, description="Candidate p99 latency over the champion's, at most."
+    )
+    max_errors: int = Field(default=0, ge=0, description="Candidate errors on mirrored requests, at most.")
+    min_feedback: int = Field(
+        default=30, ge=1, description="Feedback-labelled requests needed before their accuracy is judged."
+    )
+    max_feedback_drop: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Largest allowed drop of accuracy on feedback-labelled requests versus the champion.",
+    )
+    queue_size: int = Field(
+        default=256,
+        ge=1,
+        description="Mirrored requests waiting for the candidate; more are dropped (counted).",
+    )
+
+
+class CanaryConfig(_Section):
+    enabled: bool = Field(
+        default=False,
+        description="Answer a share of live requests with the candidate before the alias moves.",
+    )
+    percent: float = Field(
+        default=5,
+        gt=0,
+        le=100,
+        description="First share of requests (chosen by a stable hash of the caller).",
+    )
+    steps: list[float] = Field(
+        default=[25, 50],
+        description="Later shares, widened in order once a step is healthy (then 100: the switch).",
+    )
+    step_requests: int = Field(default=100, ge=1, description="Candidate requests per step before widening.")
+    step_duration_s: float = Field(default=600, gt=0, description="Longest wait for a step's requests.")
+    max_error_rate: float = Field(
+        default=0.01, ge=0, le=1, description="Candidate error rate above which the canary rolls back."
+    )
+    max_p99_ratio: float = Field(
+        default=1.5, gt=0, description="Candidate p99 over the champion's above which the canary rolls back."
+    )
+
+    @model_validator(mode="after")
+    def _steps_widen(self) -> CanaryConfig:
+        shares = [self.percent, *self.steps]
+        if any(b <= a for a, b in zip(shares, shares[1:])) or any(not 0 < x <= 100 for x in shares):
+            raise ValueError(f"canary shares must widen within (0, 100]: percent then steps gave {shares}")
+        return self
+
+
 class PromotionConfig(_Section):
     metric: str = Field(default="accuracy", description="The test metric the gate compares.")
     min_absolute: float = Field(default=0.6, ge=0, description="The candidate's metric must reach this.")
@@ -494,6 +561,10 @@ class PromotionConfig(_Section):
     mode: Literal["auto", "require_approval", "never"] = Field(
         default="auto",
         description="auto: promote when the gate passes; require_approval: wait for a reviewer; never: gates only.",
+    )
+    shadow: ShadowConfig = Field(default=ShadowConfig(), description="Shadow phase on mirrored live traffic.")
+    canary: CanaryConfig = Field(
+        default=CanaryConfig(), description="Canary phase on a share of live traffic."
     )
 
 
@@ -552,10 +623,16 @@ class ServingConfig(_Section):
         "variables on its nodes.",
     )
     haproxy_stats_port: int | None = Field(
-        default=None, ge=1, le=65535, description="HAProxy stats page port (ingress haproxy); None = a free port."
+        default=None,
+        ge=1,
+        le=65535,
+        description="HAProxy stats page port (ingress haproxy); None = a free port.",
     )
     haproxy_metrics_port: int | None = Field(
-        default=None, ge=1, le=65535, description="HAProxy Prometheus port (ingress haproxy); None = a free port."
+        default=None,
+        ge=1,
+        le=65535,
+        description="HAProxy Prometheus port (ingress haproxy); None = a free port.",
     )
     haproxy_admin_host: str = Field(
         default="127.0.0.1",
