@@ -111,6 +111,10 @@ class ShadowTally:
         if label is not None:
             self.feedback_pairs.append((candidate.label == label, champion.label == label))
 
+    def add_feedback(self, candidate_correct: bool, champion_correct: bool) -> None:
+        """A true label that came after the request was compared (``POST /feedback`` by its request id)."""
+        self.feedback_pairs.append((candidate_correct, champion_correct))
+
     def drop(self, n: int = 1) -> None:
         """A mirrored request was not sent (the candidate's queue was full): counted, never waited for."""
         self.dropped += n

@@ -28,6 +28,7 @@ import asyncio
 import dataclasses
 import functools
 import hmac
+import json
 import logging
 import os
 import time
@@ -40,13 +41,14 @@ from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve import Application
 
-from bertops.config import BertopsConfig, load_config, validate_config
+from bertops.config import BertopsConfig, CanaryConfig, load_config, validate_config
 from bertops.monitoring.feedback import BadFeedback, parse_feedback
 from bertops.monitoring.recorder import Recorder, settings_from_config
 from bertops.serving import mlflow_scoring, open_inference
 from bertops.serving.batching import AdaptiveBatcher
+from bertops.serving.live import CALLER_HEADER, LiveMetrics, LiveTrial
 from bertops.serving.metrics import ServingMetrics
-from bertops.serving.model_store import LoadedModel, ModelManager, ModelSource
+from bertops.serving.model_store import LoadedModel, ModelLoadError, ModelManager, ModelSource
 from bertops.serving.schemas import (
     BadRequest,
     ErrorResponse,
@@ -217,6 +219,7 @@ class BertopsService:
                 on_switch=self.metrics.model_switched,
                 on_failure=functools.partial(self.metrics.switch_failed, model=name),
                 on_skip=functools.partial(self.metrics.switch_skipped, model=name),
+                preloaded=functools.partial(self._preloaded, name),
             )
             for name in self.settings.served
         }
@@ -238,6 +241,8 @@ class BertopsService:
         self.limits = self.settings.limits
         self._behind_proxy = behind_proxy
         self._model_call = asyncio.Lock()  # one model call at a time per replica: it uses every core anyway
+        self.trials: dict[str, LiveTrial] = {}  # a candidate beside a champion (bertops.serving.live)
+        self.live_metrics = LiveMetrics(self.metrics.registry)
         self.batcher = AdaptiveBatcher(
             self._predict_batch, max_size=self.settings.max_batch_size, size_fn=_count_texts,
             extra_wait_s=self.settings.batch_wait_timeout_s,
@@ -313,7 +318,7 @@ class BertopsService:
             manager = self.managers[name]
             task = manager.current.task if manager.current else "classification"
             texts, context = protocol.parse(body, self.limits, task)
-            model, predictions = await self._predict(name, texts)
+            model, predictions = await self._answer(name, texts, request, request_id)
         except BadRequest as exc:
             return self._error(route, exc.status, exc.message, request_id, started)
         except _NotReady:
@@ -426,6 +431,8 @@ class BertopsService:
         if not self.recorder.feedback(fb.request_id, fb.index, fb.label, fb.entities_json()):
             message = "feedback not stored: monitoring.enabled is false, or its queue is full (retry)"
             return self._error("/feedback", 503, message, _request_id(request), started)
+        for trial in self.trials.values():  # a mirrored request: its label scores the candidate too
+            trial.feedback(fb.request_id, fb.index, fb.label)
         self.metrics.observe_request("/feedback", 202, time.perf_counter() - started)
         return JSONResponse({"accepted": True, "request_id": fb.request_id}, status_code=202)
 
@@ -477,26 +484,155 @@ class BertopsService:
     async def admin_reload(self, request: Request, model: str | None = None) -> Response:
         """Follow the alias now (a promotion calls this): the default model, or ``?model=<name>``. Loopback
         callers only; retries a failed version."""
+        refused = self._admin_refusal(request, "/admin/reload", model)
+        if refused is not None:
+            return refused
+        return JSONResponse(dataclasses.asdict(await self.reload(model=model)))
+
+    def _admin_refusal(self, request: Request, route: str, model: str | None) -> Response | None:
+        """The 403 (not loopback, no token) or 404 (``model`` not served) of an admin route; None when allowed."""
         host = request.client.host if request.client else None
         # A service that listens beyond loopback may sit behind HAProxy, whose connections all come from
         # 127.0.0.1: there the peer address proves nothing, and everyone needs the token.
         local = host in LOOPBACK and self.settings.host in LOOPBACK
         if not local and not _token_ok(request):
             message = (
-                f"reload is allowed from loopback (on a service bound to loopback), or with the "
+                f"{route} is allowed from loopback (on a service bound to loopback), or with the "
                 f"{ADMIN_TOKEN_ENV} bearer token; not from {host}"
             )
-            return self._error("/admin/reload", 403, message, None, time.perf_counter())
+            return self._error(route, 403, message, None, time.perf_counter())
         if model is not None and model not in self.managers:
             message = f"model {model!r} is not served here (served: {', '.join(self.managers)})"
-            return self._error("/admin/reload", 404, message, None, time.perf_counter())
-        return JSONResponse(dataclasses.asdict(await self.reload(model=model)))
+            return self._error(route, 404, message, None, time.perf_counter())
+        return None
 
     async def reload(self, force: bool = True, model: str | None = None) -> Any:
         """Handle method for the same: ``serve.get_app_handle("bertops").reload.remote()``."""
         result = await self.managers[model or self.settings.model_name].refresh(force=force)
         logger.info("reload of %s requested: %s", model or self.settings.model_name, result.message)
         return result
+
+    # ------------------------------------------------------ live trial: a candidate beside the champion
+    async def _answer(
+        self, name: str, texts: list[str], request: Request, request_id: str
+    ) -> tuple[LoadedModel, list[dict[str, Any]]]:
+        """The candidate's answer when a canary routes the caller there, else the champion's (mirrored to a
+        shadowing candidate, never waited for). See bertops.serving.live."""
+        trial = self.trials.get(name)
+        if trial is None or trial.candidate is None:
+            return await self._predict(name, texts)
+        champion = self.managers[name].current
+        if champion is not None and champion.version == trial.version:  # promoted: it answers as champion
+            trial.end("promoted: the alias now points at it")
+            return await self._predict(name, texts)
+        caller = request.headers.get(CALLER_HEADER) or (request.client.host if request.client else request_id)
+        if trial.routes(caller):
+            answered = await trial.answer(texts)
+            if answered is not None:
+                return answered
+        started = time.perf_counter()
+        model, predictions = await self._predict(name, texts)
+        ms = (time.perf_counter() - started) * 1000
+        trial.champion_answered(ms)
+        trial.mirror(request_id, texts, predictions, ms)
+        return model, predictions
+
+    async def _call(self, model: LoadedModel, texts: list[str]) -> list[dict[str, Any]]:
+        """One model call of the candidate, under the replica's model lock like the champion's batches."""
+        async with self._model_call:
+            return await asyncio.to_thread(model.predict, texts)
+
+    def _preloaded(self, name: str, version: str) -> LoadedModel | None:
+        """The trial's candidate when the alias moved to it: the switch takes it as it is (no second load)."""
+        trial = self.trials.get(name)
+        return trial.candidate if trial is not None and trial.version == version else None
+
+    def _trial(self, request: Request, route: str, model: str | None) -> tuple[str, LiveTrial | None, Any]:
+        """(model name, its trial or None, the refusal response or None) of a live-trial admin route."""
+        name = model or self.settings.model_name
+        return name, self.trials.get(name), self._admin_refusal(request, route, name)
+
+    @api.post("/admin/shadow", responses=_ERRORS)
+    async def admin_shadow(
+        self, request: Request, version: str, model: str | None = None, queue_size: int = 256
+    ) -> Response:
+        """Load and warm up ``version`` of ``model`` (default: the default model) as the candidate and mirror
+        the champion's requests to it. A version that fails to load or to warm up gets no traffic: 422 says why."""
+        name, trial, refused = self._trial(request, "/admin/shadow", model)
+        if refused is not None:
+            return refused
+        champion = self.managers[name].current
+        if champion is not None and champion.version == version:
+            return self._error("/admin/shadow", 409, f"{name} v{version} is the champion already", None, 0.0)
+        if trial is None or trial.candidate is None or trial.version != version:
+            try:
+                loaded = await self.managers[name].load(version)
+            except ModelLoadError as exc:
+                message = f"candidate {name} v{version} not loaded, so it gets no traffic: {exc}"
+                return self._error("/admin/shadow", 422, message, None, time.perf_counter())
+            if trial is not None:
+                await trial.stop_shadow()
+                trial.end(f"replaced by v{version}")
+            trial = self.trials[name] = LiveTrial(loaded, max(1, queue_size), self._call, self.live_metrics)
+        trial.start_shadow(self.settings.max_batch_size)
+        logger.info("shadow of %s v%s started", name, version)
+        return JSONResponse({"model": name, **trial.status()})
+
+    @api.post("/admin/shadow/stop", responses=_ERRORS)
+    async def admin_shadow_stop(self, request: Request, model: str | None = None) -> Response:
+        """Stop mirroring to the candidate; it stays loaded (for a canary) and its report stays readable."""
+        name, trial, refused = self._trial(request, "/admin/shadow/stop", model)
+        if refused is not None:
+            return refused
+        if trial is not None:
+            await trial.stop_shadow()
+        return JSONResponse({"model": name, **(trial.status() if trial else {"phase": "none"})})
+
+    @api.get("/admin/candidate", responses=_ERRORS)
+    async def admin_candidate(self, request: Request, model: str | None = None) -> Response:
+        """The candidate of ``model``: its version and phase, the shadow report so far, the canary step."""
+        name, trial, refused = self._trial(request, "/admin/candidate", model)
+        if refused is not None:
+            return refused
+        champion = self.managers[name].current
+        status = trial.status() if trial else {"phase": "none", "candidate_version": None}
+        return JSONResponse(
+            {"model": name, "champion_version": champion.version if champion else None, **status}
+        )
+
+    @api.post("/admin/canary", responses=_ERRORS)
+    async def admin_canary(self, request: Request, percent: float, model: str | None = None) -> Response:
+        """Send ``percent`` of requests (by a stable hash of the caller) to the loaded candidate; the JSON body,
+        if any, holds the limits (``promotion.canary``: ``max_error_rate``, ``max_p99_ratio``,
+        ``step_requests``) past which it is rolled back at once. ``percent=0`` ends the canary."""
+        name, trial, refused = self._trial(request, "/admin/canary", model)
+        if refused is not None:
+            return refused
+        if trial is None or trial.candidate is None:
+            message = f"{name} has no candidate loaded (POST /admin/shadow first)"
+            return self._error("/admin/canary", 409, message, None, time.perf_counter())
+        if not 0 <= percent <= 100:
+            return self._error("/admin/canary", 400, f"percent {percent} is not in [0, 100]", None, 0.0)
+        body = await _read_body(request, self.limits.max_body_bytes)
+        try:
+            # The share is the query's; the body's percent/steps (a whole promotion.canary) do not apply here.
+            limits = CanaryConfig.model_validate({**json.loads(body or b"{}"), "percent": 100, "steps": []})
+        except ValueError as exc:  # bad JSON, or a limit out of range (pydantic's ValidationError)
+            return self._error("/admin/canary", 400, f"canary limits: {exc}", None, time.perf_counter())
+        trial.set_canary(percent, limits)
+        logger.info("canary of %s v%s at %s%%", name, trial.version, percent)
+        return JSONResponse({"model": name, **trial.status()})
+
+    @api.post("/admin/rollback", responses=_ERRORS)
+    async def admin_rollback(self, request: Request, model: str | None = None) -> Response:
+        """Drop the candidate: the champion answers every request again."""
+        name, trial, refused = self._trial(request, "/admin/rollback", model)
+        if refused is not None:
+            return refused
+        if trial is not None:
+            await trial.stop_shadow()
+            trial.end("rolled back by an operator")
+        return JSONResponse({"model": name, **(trial.status() if trial else {"phase": "none"})})
 
     def _id_header(self, request_id: str | None) -> dict[str, str] | None:
         # Behind Ray's proxy the header is added for us; a second copy would read "abc, abc" to the client.

@@ -324,8 +324,11 @@ class ModelManager:
         on_switch: Callable[[LoadedModel | None, LoadedModel], None] | None = None,
         on_failure: Callable[[str | None, str], None] | None = None,
         on_skip: Callable[[str], None] | None = None,
+        preloaded: Callable[[str], LoadedModel | None] | None = None,
     ) -> None:
         self.source = source
+        # A version already loaded and warmed up elsewhere (the live trial's candidate): switched to as it is.
+        self._preloaded = preloaded or (lambda version: None)
         self.current: LoadedModel | None = None
         self.last_error: str | None = None
         self._loader = loader
@@ -355,7 +358,7 @@ class ModelManager:
                     False, previous, previous, f"version {target} failed before: {self._failed[target]}"
                 )
             try:
-                loaded = await asyncio.to_thread(self._loader, self.source, target)
+                loaded = self._preloaded(target) or await self.load(target)
             except ModelLoadError as exc:
                 self._failed[target] = str(exc)
                 return self._failure(target, f"version {target} not served: {exc}", previous)
@@ -365,6 +368,10 @@ class ModelManager:
             self._on_switch(old, loaded)
             logger.info("now serving %s version %s (was %s)", self.source.name, target, previous)
             return RefreshResult(True, target, previous, f"switched from version {previous} to {target}")
+
+    async def load(self, version: str) -> LoadedModel:
+        """Load and warm up ``version`` in a worker thread (not served by this manager). Raises ModelLoadError."""
+        return await asyncio.to_thread(self._loader, self.source, version)
 
     def _failure(self, version: str | None, error: str, previous: str | None) -> RefreshResult:
         self.last_error = error
