@@ -14,7 +14,7 @@ Runs weekly (`orchestration.retrain_schedule`), whenever `bert_data` publishes a
 | `finetune` | Ray job `ray_jobs/finetune.py` |
 | `evaluate` | MLflow evaluation run on the held-out test split |
 | `register` | new registered model version, alias `challenger`, lineage tags |
-| `promotion_gate` | gate against the champion; promote per `promotion`: auto / require_approval / never |
+| `promotion_gate` | gate against the champion; then, with `promotion.shadow` / `promotion.canary` enabled, the candidate on the running service's live traffic (shadow report on the version, canary steps, rollback on limits); promote per `promotion`: auto / require_approval / never |
 | `update_serving` | tell Ray Serve to follow `champion` now |
 | `summary` | what ran, metrics, the decision, MLflow links |
 

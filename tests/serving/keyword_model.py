@@ -2,7 +2,8 @@
 
 Used where a test needs many versions or a deliberately broken one quickly (no TensorFlow). Its
 ``model_config``: ``bias`` (shifts every score, so versions answer differently), ``sleep_s`` (per call),
-``broken`` (``"load"``: loading fails; ``"output"``: probabilities that are not a distribution).
+``broken`` (``"load"``: loading fails; ``"output"``: probabilities that are not a distribution), ``fail_word``
+(a call that has a text with this word raises: the version loads and warms up, then errors on live traffic).
 """
 
 import math
@@ -24,11 +25,14 @@ class KeywordModel(PythonModel):
         self.bias = float(cfg.get("bias", 0.0))
         self.sleep_s = float(cfg.get("sleep_s", 0.0))
         self.broken_output = cfg.get("broken") == "output"
+        self.fail_word = cfg.get("fail_word")
 
     def predict(self, context, model_input, params=None):
         texts = model_input["text"].tolist() if isinstance(model_input, pd.DataFrame) else list(model_input)
         if self.sleep_s:
             time.sleep(self.sleep_s)
+        if self.fail_word and any(self.fail_word in t.lower().split() for t in texts):
+            raise RuntimeError(f"this version fails on {self.fail_word!r} on purpose")
         rows = []
         for text in texts:
             words = text.lower().split()

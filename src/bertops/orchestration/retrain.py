@@ -272,9 +272,25 @@ def promotion_gate(params: dict[str, Any], registered: dict[str, Any]) -> dict[s
     elif mode == "never":
         out["decision"] = "gate passed; not promoted (promotion mode 'never')"
     else:
-        result = promote(cfg, name, version, wait_for_review=(mode == "require_approval"))
-        out["promoted"] = bool(result.get("changed", True))
-        out["decision"] = f"promoted to champion (mode {mode})"
+        # Live traffic first (promotion.shadow / promotion.canary): a refusal leaves the alias where it is.
+        live = (
+            tasks.live_trial(cfg, name, version, wait_for_review=(mode == "require_approval"))
+            if tasks.live_trial_enabled(cfg)
+            else None
+        )
+        if live is not None:
+            out["live"] = live
+        if live is not None and not live["passed"]:
+            out["decision"] = f"refused on live traffic: {live['reason']}"
+        else:
+            try:
+                result = promote(cfg, name, version, wait_for_review=(mode == "require_approval"))
+            except Exception:
+                if live is not None:  # the candidate must not keep its canary share
+                    tasks.drop_candidate(cfg, name)
+                raise
+            out["promoted"] = bool(result.get("changed", True))
+            out["decision"] = f"promoted to champion (mode {mode})"
     log.info("%s v%s: %s (%s)", name, version, out["decision"], decision.reason)
     return out
 
@@ -348,6 +364,8 @@ def summary(params: dict[str, Any], run_id: str, xcoms: dict[str, Any]) -> dict[
         "decision": gate.get("decision"),
         "serving_version": (xcoms.get("update_serving") or {}).get("version"),
     }
+    if gate.get("live"):  # the shadow and canary outcome (the shadow report is on the model version too)
+        out["live_trial"] = {k: gate["live"].get(k) for k in ("passed", "reason", "shadow_run_id", "canary")}
     if (xcoms.get("update_serving") or {}).get("note"):
         out["serving_note"] = xcoms["update_serving"]["note"]
     if ui and trained.get("run_id"):

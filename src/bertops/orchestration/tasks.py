@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -367,3 +368,134 @@ def require_result(kind: str, result: Mapping[str, Any] | None, submission_id: s
     if missing:
         raise RuntimeError(f"Ray job {submission_id} ({kind}): BERTOPS_RESULT lacks {', '.join(missing)}")
     return dict(result)
+
+
+# ------------------------------------------------------------------------------------------- live trial
+class LiveTrialRefused(RuntimeError):
+    """The candidate failed on live traffic (or could not be put on it): the alias does not move."""
+
+
+def live_trial_enabled(cfg: BertopsConfig) -> bool:
+    return cfg.promotion.shadow.enabled or cfg.promotion.canary.enabled
+
+
+def live_trial(
+    cfg: BertopsConfig, name: str, version: str, wait_for_review: bool = False, poll_s: float = 1.0
+) -> dict[str, Any]:
+    """The candidate on the running service's live traffic, after the gate and before the alias moves:
+    ``promotion.shadow`` (mirrored requests, judged by :func:`~bertops.registry.live.shadow_decision` and
+    logged to the version by :func:`~bertops.registry.live.record_shadow`), then ``promotion.canary`` (each
+    share until :func:`~bertops.registry.live.canary_verdict` says widen; the service rolls back by itself
+    past the limits). ``wait_for_review``: a reviewer's approval tag is awaited after the shadow report is on
+    the version and before any client is answered by the candidate.
+
+    Returns ``{"passed", "reason", "serving_url", "shadow", "shadow_run_id", "canary"}``. On success the
+    candidate stays on the service at the last canary share (or loaded, after shadow only) until the alias
+    moves and the reload takes it over; on refusal the service is back on the champion alone.
+    """
+    from bertops.serving import live_client as live
+    from bertops.serving.client import ServingClientError
+
+    url = serving_url(cfg)
+    out: dict[str, Any] = {"passed": False, "serving_url": url, "shadow": None, "canary": []}
+    try:
+        if cfg.promotion.shadow.enabled:
+            _shadow_phase(cfg, name, version, url, poll_s, out)
+        if wait_for_review and cfg.promotion.canary.enabled:
+            _await_review(cfg, name, version)
+        if cfg.promotion.canary.enabled:
+            if not cfg.promotion.shadow.enabled:
+                live.start_shadow(url, name, version, cfg.promotion.shadow.queue_size)
+                live.stop_shadow(url, name)  # loaded and warmed up; no mirroring
+            _canary_phase(cfg, name, version, url, poll_s, out)
+    except (LiveTrialRefused, ServingClientError) as exc:
+        out["reason"] = str(exc)
+        drop_candidate(cfg, name)
+        log.warning("%s v%s refused on live traffic: %s", name, version, exc)
+        return out
+    out["passed"] = True
+    shares = ", ".join(f"{step['percent']}%" for step in out["canary"])
+    parts = [
+        f"shadow: {out['shadow']['reason']}" if out["shadow"] else "",
+        f"canary {shares} healthy" if shares else "",
+    ]
+    out["reason"] = "; ".join(p for p in parts if p)
+    return out
+
+
+def drop_candidate(cfg: BertopsConfig, name: str) -> None:
+    """Best effort: the service answers with the champion alone (nothing listening is fine)."""
+    from bertops.serving import live_client as live
+    from bertops.serving.client import ServingClientError
+
+    try:
+        live.rollback(serving_url(cfg), name)
+    except ServingClientError as exc:
+        log.warning("could not drop the candidate of %s: %s", name, exc)
+
+
+def _shadow_phase(cfg: BertopsConfig, name: str, version: str, url: str, poll_s: float, out: dict) -> None:
+    from bertops.registry.client import connect
+    from bertops.registry.live import ShadowReport, record_shadow, shadow_decision
+    from bertops.serving import live_client as live
+
+    sh = cfg.promotion.shadow
+    live.start_shadow(url, name, version, sh.queue_size)
+    deadline = time.monotonic() + sh.duration_s
+    state = _trial_state(url, name, version)
+    while state["report"]["compared"] < sh.requests and time.monotonic() < deadline:
+        time.sleep(poll_s)
+        state = _trial_state(url, name, version)
+    live.stop_shadow(url, name)
+    report = ShadowReport(**_trial_state(url, name, version)["report"])
+    decision = shadow_decision(report, sh, version)
+    out["shadow_run_id"] = record_shadow(connect(cfg.tracking_uri()), name, version, report, decision)
+    out["shadow"] = {**decision.to_dict(), "report": asdict(report)}
+    if not decision.passed:
+        raise LiveTrialRefused(f"shadow: {decision.reason}")
+
+
+def _await_review(cfg: BertopsConfig, name: str, version: str) -> None:
+    from bertops.registry.client import connect
+    from bertops.registry.promote import APPROVED, wait_for_approval
+
+    outcome = wait_for_approval(connect(cfg.tracking_uri()), name, version, cfg.promotion.approval_timeout_s)
+    if outcome != APPROVED:
+        raise LiveTrialRefused(
+            f"approval {outcome} after {cfg.promotion.approval_timeout_s}s (before canary)"
+        )
+
+
+def _canary_phase(cfg: BertopsConfig, name: str, version: str, url: str, poll_s: float, out: dict) -> None:
+    from bertops.registry.live import canary_shares
+    from bertops.serving import live_client as live
+
+    ca = cfg.promotion.canary
+    for share in canary_shares(ca):
+        live.set_canary(url, name, share, ca.model_dump(mode="json"))
+        deadline = time.monotonic() + ca.step_duration_s
+        while True:
+            step = _trial_state(url, name, version)["canary"]
+            action, reason = step["verdict"]["action"], step["verdict"]["reason"]
+            if action == "widen":
+                out["canary"].append(
+                    {"percent": share, "requests": step["requests"], "errors": step["errors"]}
+                )
+                break
+            if action == "rollback":
+                raise LiveTrialRefused(f"canary at {share}%: {reason}")
+            if time.monotonic() >= deadline:
+                raise LiveTrialRefused(f"canary at {share}%: {reason} after {ca.step_duration_s}s")
+            time.sleep(poll_s)
+
+
+def _trial_state(url: str, name: str, version: str) -> dict[str, Any]:
+    """The service's candidate state; refused when the candidate is gone (rolled back by the service)."""
+    from bertops.serving import live_client as live
+
+    state = live.candidate(url, name)
+    if state.get("candidate_version") != version or state.get("phase") in ("ended", "none"):
+        raise LiveTrialRefused(
+            f"the candidate v{version} is no longer on {url}: {state.get('ended') or state}"
+        )
+    return state
