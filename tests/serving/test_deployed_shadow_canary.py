@@ -1,0 +1,189 @@
+"""Shadow and canary for real: a candidate version beside the champion on Ray Serve (the session's Ray head),
+versions from the real MLflow server, live traffic over HTTP, the retrain's live-trial step
+(``bertops.orchestration.tasks.live_trial``, what ``promotion_gate`` calls) driving the service's admin routes.
+
+Candidates are keyword pyfuncs (keyword_model.py): ``bias`` makes one disagree with the champion, ``fail_word``
+one that loads and warms up but errors on live traffic, ``broken`` ones that fail to load or to warm up.
+Latency limits are set out of reach: timing figures are the benchmark's (benchmarks/shadow_latency.py).
+
+One deployment for the module; the last test makes its candidate the champion. Named to sort before
+test_http_api.py (see test_deployed_service.py for why).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bertops.config import load_config
+from bertops.orchestration import tasks
+from bertops.registry import live as registry_live
+from bertops.serving import live_client as live
+from bertops.serving.client import ServingClientError, notify_reload
+
+from .conftest import Registry, Service, start_service
+
+pytestmark = [pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+TEXTS = ["a good film", "a dull film", "the film", "good and moving", "long and bad", "it is a film"]
+
+
+@pytest.fixture(scope="module")
+def service(ray_address: str, registry: Registry) -> Iterator[Service]:
+    registry.set_alias(registry.register_keyword(bias=0.0, sleep_s=0.002))
+    yield from start_service(ray_address, registry, poll_interval_s=1.0, max_batch_size=8)
+
+
+def _cfg(service: Service, monkeypatch: pytest.MonkeyPatch, *overrides: str):
+    monkeypatch.setenv("BERTOPS_SERVING_URL", service.url)
+    return load_config(
+        REPO / "params.yaml",
+        [f"tracking.uri={service.registry.tracking_uri}", f"registry.model_name={service.registry.name}",
+         "promotion.shadow.max_p99_ratio=1000", "promotion.canary.max_p99_ratio=1000", *overrides],
+    )  # fmt: skip
+
+
+class Stream:
+    """Requests from 40 callers (``X-Bertops-Caller``) in a few threads; every failure and who answered whom.
+    ``fail_word_every``: once a candidate has answered, every n-th text carries the failing candidate's word."""
+
+    def __init__(self, url: str, threads: int = 3, fail_word_every: int | None = None) -> None:
+        self.url, self.failures, self.answers = url, [], []  # answers: (caller, version)
+        self._stop = threading.Event()
+        self._n = itertools.count()
+        self._fail_every = fail_word_every
+        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def __enter__(self) -> Stream:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=120)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=60) as client:
+            while not self._stop.is_set():
+                i = next(self._n)
+                caller, text = f"caller-{i % 40}", TEXTS[i % len(TEXTS)]
+                candidate_answered = any(v != "1" for _, v in self.answers[-50:])
+                if self._fail_every and i % self._fail_every == 0 and candidate_answered:
+                    text += " boom"
+                try:
+                    r = client.post(f"{self.url}/predict", json={"texts": [text]},
+                                    headers={"X-Bertops-Caller": caller})  # fmt: skip
+                except httpx.HTTPError as exc:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                if r.status_code != 200:
+                    self.failures.append(f"{r.status_code} {r.text[:200]}")
+                    continue
+                self.answers.append((caller, r.json()["version"]))
+
+
+def test_a_candidate_that_fails_to_load_or_warm_up_gets_no_traffic(service: Service) -> None:
+    name = service.registry.name
+    for config, why in (
+        ({"broken": "load"}, "broken on purpose"),
+        ({"broken": "output"}, "not a distribution"),
+    ):
+        version = service.registry.register_keyword(**config)
+        with pytest.raises(ServingClientError) as err:
+            live.start_shadow(service.url, name, version)
+        assert err.value.status == 422 and why in str(err.value) and "gets no traffic" in str(err.value)
+        assert live.candidate(service.url, name)["phase"] == "none"
+    with pytest.raises(ServingClientError) as err:
+        live.set_canary(service.url, name, 50)
+    assert err.value.status == 409
+    with Stream(service.url) as stream:
+        time.sleep(1)
+    assert stream.failures == [] and {v for _, v in stream.answers} == {"1"}
+
+
+def test_a_candidate_that_disagrees_often_is_refused_with_its_figures(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # bias -3: every text without two positive words is "negative" (the champion says positive to most).
+    version = service.registry.register_keyword(bias=-3.0)
+    cfg = _cfg(service, monkeypatch, "promotion.shadow.enabled=true", "promotion.shadow.requests=15",
+               "promotion.shadow.min_agreement=0.9")  # fmt: skip
+    with Stream(service.url) as stream:
+        out = tasks.live_trial(cfg, service.registry.name, version, poll_s=0.5)
+    assert stream.failures == []
+    assert {v for _, v in stream.answers} == {"1"}  # shadow answers never reach a client
+    assert not out["passed"] and "agreement with the champion" in out["reason"], out
+    report = out["shadow"]["report"]
+    assert report["compared"] >= 15 and report["agreement"] < 0.9 and report["errors"] == 0
+    mv = service.registry.client().get_model_version(service.registry.name, version)
+    assert mv.tags[registry_live.TAG_SHADOW] == "failed"
+    assert f"{report['agreement']:.4f}" in mv.tags[registry_live.TAG_SHADOW_REASON]
+    assert mv.tags[registry_live.TAG_SHADOW_RUN] == out["shadow_run_id"]
+    assert registry_live.CARD_SECTION in mv.description and "**Result: failed**" in mv.description
+    assert live.candidate(service.url, service.registry.name)["phase"] == "ended"
+    metrics = httpx.get(f"{service.url}/metrics").text
+    assert (
+        f'bertops_serving_shadow_requests_total{{model="{service.registry.name}",outcome="compared"}}'
+        in metrics
+    )
+
+
+def test_a_canary_whose_candidate_errors_is_rolled_back_automatically(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    version = service.registry.register_keyword(bias=0.1, fail_word="boom")
+    cfg = _cfg(service, monkeypatch, "promotion.canary.enabled=true", "promotion.canary.percent=50",
+               "promotion.canary.steps=[]", "promotion.canary.step_requests=30",
+               "promotion.canary.max_error_rate=0.05")  # fmt: skip
+    with Stream(service.url, fail_word_every=7) as stream:
+        out = tasks.live_trial(cfg, service.registry.name, version, poll_s=0.5)
+        rolled_back_at = len(stream.answers)
+        time.sleep(1)
+    assert stream.failures == []  # a candidate error is answered by the champion
+    assert not out["passed"] and "rolled back at 50" in out["reason"] and "error rate" in out["reason"], out
+    assert version in {v for _, v in stream.answers[:rolled_back_at]}  # it did answer some callers first
+    assert {v for _, v in stream.answers[rolled_back_at:]} == {"1"}
+    state = live.candidate(service.url, service.registry.name)
+    assert state["phase"] == "ended" and "error rate" in state["ended"]
+    metrics = httpx.get(f"{service.url}/metrics").text
+    assert f'bertops_serving_canary_rollbacks_total{{model="{service.registry.name}"}} 1.0' in metrics
+
+
+def test_a_good_candidate_goes_shadow_canary_champion_with_no_failed_request(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = service.registry.name
+    version = service.registry.register_keyword(bias=0.1)  # answers as the champion does
+    cfg = _cfg(service, monkeypatch, "promotion.shadow.enabled=true", "promotion.shadow.requests=15",
+               "promotion.canary.enabled=true", "promotion.canary.percent=25", "promotion.canary.steps=[60]",
+               "promotion.canary.step_requests=5")  # fmt: skip
+    with Stream(service.url) as stream:
+        out = tasks.live_trial(cfg, name, version, poll_s=0.5)
+        assert out["passed"], out
+        assert [s["percent"] for s in out["canary"]] == [25, 60]
+        service.registry.set_alias(version)  # what promote() does; then update_serving's reload
+        reload = notify_reload(service.url, model=name)
+        assert reload["version"] == version  # by this call, or by the poller a moment before
+        time.sleep(1)
+    assert stream.failures == []
+    mv = service.registry.client().get_model_version(name, version)
+    assert mv.tags[registry_live.TAG_SHADOW] == "passed"
+    seen: dict[str, list[str]] = {}
+    for caller, v in stream.answers:
+        if not seen.setdefault(caller, [v]) or seen[caller][-1] != v:
+            seen[caller].append(v)
+    # A caller moves from the champion to the candidate at most once: the share only widens.
+    assert all(path in (["1"], [version], ["1", version]) for path in seen.values()), seen
+    assert stream.answers[-1][1] == version
+    assert httpx.get(f"{service.url}/metadata").json()["model"]["version"] == version
+    state = live.candidate(service.url, name)
+    assert state["phase"] == "ended" and state["ended"].startswith("promoted"), state
