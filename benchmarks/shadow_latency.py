@@ -1,0 +1,104 @@
+"""Benchmark: the champion's latency with and without a shadow candidate, under the same load.
+
+A throw-away MLflow server gets two freshly initialised bertops classifiers of the same size (``--preset``): v1
+the champion, v2 the candidate. bertops serving (one replica, params.yaml's ``serving`` otherwise) serves v1;
+the same load of single-text requests (aiohttp, ``--concurrency`` in flight) is sent with no candidate, then
+with v2 shadowing (``POST /admin/shadow``: every answered request mirrored to it in the background), in
+alternating rounds. Printed: p50/p99 of each, the p99 ratio (target, issue 20: at most 1.2), and what the shadow
+compared and dropped (its bounded queue sheds load rather than slow the champion).
+
+    .venv/bin/python benchmarks/shadow_latency.py                        # tiny preset, 400 requests a cell
+    .venv/bin/python benchmarks/shadow_latency.py --requests 40 --rounds 1 --concurrency 4   # a smoke run
+    .venv/bin/python benchmarks/shadow_latency.py --preset minilm --set serving.max_batch_size=16
+
+Figures need an idle machine: on a shared one they say nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+
+# The sibling benchmark's harness (MLflow server, tiny classifier, local Ray + Serve, the aiohttp load).
+from serving_load import (
+    SENTENCES,
+    load,
+    register_tiny_classifier,
+    start_bertops,
+    start_mlflow_server,
+    stop_bertops,
+)
+
+from bertops.serving import live_client as live
+
+
+def main() -> None:
+    from mlflow import MlflowClient
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="tiny", help="model preset of both versions (or minilm: L6/H384/A12)")
+    ap.add_argument("--max-seq-length", type=int, default=128)
+    ap.add_argument("--requests", type=int, default=400, help="requests per cell")
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating without/with-shadow rounds")
+    ap.add_argument(
+        "--set", action="append", default=[], help="serving overrides, e.g. serving.max_batch_size=16"
+    )
+    args = ap.parse_args()
+
+    name = "bert-shadow-bench"
+    root = Path(tempfile.mkdtemp(prefix="bertops-shadow-bench-"))
+    proc, uri, ray_env = None, None, {}
+    try:
+        proc, uri = start_mlflow_server(root)
+        versions = []
+        for tag in ("champion", "candidate"):  # each registration moves champion: put it back on v1 after
+            (root / tag).mkdir()
+            versions.append(register_tiny_classifier(uri, name, args.preset, root / tag, args.max_seq_length))
+        MlflowClient(tracking_uri=uri).set_registered_model_alias(name, "champion", versions[0])
+        url, ray_env = start_bertops(uri, name, ["serving.num_replicas=1", *args.set])
+        body = lambda i: {"texts": [SENTENCES[i % len(SENTENCES)]]}  # noqa: E731
+        asyncio.run(load(f"{url}/predict", body, min(64, args.requests), args.concurrency))  # warm-up
+        print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; champion v{versions[0]}, candidate "
+              f"v{versions[1]} ({args.preset}); {args.requests} requests a cell at concurrency {args.concurrency}")  # fmt: skip
+        print(
+            f"{'round':>5} | {'shadow':<6} | {'p50 ms':>8} | {'p99 ms':>8} | {'req/s':>8} | errors | compared | dropped"
+        )
+        p99 = {False: [], True: []}
+        for r in range(args.rounds):
+            for shadow in (False, True):
+                if shadow:
+                    live.start_shadow(url, name, versions[1])
+                cell = asyncio.run(load(f"{url}/predict", body, args.requests, args.concurrency))
+                report = {"compared": "-", "dropped": "-"}
+                if shadow:
+                    live.stop_shadow(url, name)
+                    report = live.candidate(url, name)["report"]
+                    live.rollback(url, name)  # a fresh tally next round
+                p99[shadow].append(cell["p99_ms"])
+                print(f"{r:>5} | {'on' if shadow else 'off':<6} | {cell['p50_ms']:>8.1f} | {cell['p99_ms']:>8.1f} | "
+                      f"{cell['rps']:>8.1f} | {int(cell['errors']):>6} | {report['compared']:>8} | {report['dropped']:>7}")  # fmt: skip
+        off, on = statistics.median(p99[False]), statistics.median(p99[True])
+        verdict = "within" if on <= 1.2 * off else "NOT within"
+        print(f"champion p99 median over {args.rounds} round(s): {off:.1f} ms without shadow, {on:.1f} ms with: "
+              f"ratio {on / off:.2f} ({verdict} the 1.2 target)")  # fmt: skip
+    finally:
+        stop_bertops(ray_env)
+        if proc is not None:  # started in its own session: stop it and its workers
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    main()
