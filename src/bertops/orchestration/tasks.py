@@ -28,6 +28,9 @@ from bertops.model.presets import resolve_architecture
 from bertops.orchestration import dvc_ops
 from bertops.orchestration.ray_jobs import JobSpec, python_entrypoint
 from bertops.orchestration.retrain_params import conf_to_overrides, validate_conf
+from bertops.registry.client import connect
+from bertops.serving import live_client as live
+from bertops.serving.client import ServingClientError
 
 log = logging.getLogger(__name__)
 
@@ -393,8 +396,6 @@ def live_trial(
     candidate stays on the service at the last canary share (or loaded, after shadow only) until the alias
     moves and the reload takes it over; on refusal the service is back on the champion alone.
     """
-    from bertops.serving import live_client as live
-    from bertops.serving.client import ServingClientError
 
     url = serving_url(cfg)
     out: dict[str, Any] = {"passed": False, "serving_url": url, "shadow": None, "canary": []}
@@ -425,8 +426,6 @@ def live_trial(
 
 def drop_candidate(cfg: BertopsConfig, name: str) -> None:
     """Best effort: the service answers with the champion alone (nothing listening is fine)."""
-    from bertops.serving import live_client as live
-    from bertops.serving.client import ServingClientError
 
     try:
         live.rollback(serving_url(cfg), name)
@@ -435,9 +434,8 @@ def drop_candidate(cfg: BertopsConfig, name: str) -> None:
 
 
 def _shadow_phase(cfg: BertopsConfig, name: str, version: str, url: str, poll_s: float, out: dict) -> None:
-    from bertops.registry.client import connect
+    # Inside: registry.live pulls numpy and the gate's evaluation metrics, which DAG parsing does not need.
     from bertops.registry.live import ShadowReport, record_shadow, shadow_decision
-    from bertops.serving import live_client as live
 
     sh = cfg.promotion.shadow
     live.start_shadow(url, name, version, sh.queue_size)
@@ -456,7 +454,6 @@ def _shadow_phase(cfg: BertopsConfig, name: str, version: str, url: str, poll_s:
 
 
 def _await_review(cfg: BertopsConfig, name: str, version: str) -> None:
-    from bertops.registry.client import connect
     from bertops.registry.promote import APPROVED, wait_for_approval
 
     outcome = wait_for_approval(connect(cfg.tracking_uri()), name, version, cfg.promotion.approval_timeout_s)
@@ -468,7 +465,6 @@ def _await_review(cfg: BertopsConfig, name: str, version: str) -> None:
 
 def _canary_phase(cfg: BertopsConfig, name: str, version: str, url: str, poll_s: float, out: dict) -> None:
     from bertops.registry.live import canary_shares
-    from bertops.serving import live_client as live
 
     ca = cfg.promotion.canary
     for share in canary_shares(ca):
@@ -491,7 +487,6 @@ def _canary_phase(cfg: BertopsConfig, name: str, version: str, url: str, poll_s:
 
 def _trial_state(url: str, name: str, version: str) -> dict[str, Any]:
     """The service's candidate state; refused when the candidate is gone (rolled back by the service)."""
-    from bertops.serving import live_client as live
 
     state = live.candidate(url, name)
     if state.get("candidate_version") != version or state.get("phase") in ("ended", "none"):

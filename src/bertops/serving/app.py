@@ -563,7 +563,9 @@ class BertopsService:
             return refused
         champion = self.managers[name].current
         if champion is not None and champion.version == version:
-            return self._error("/admin/shadow", 409, f"{name} v{version} is the champion already", None, 0.0)
+            return self._error(
+                "/admin/shadow", 409, f"{name} v{version} is the champion already", None, time.perf_counter()
+            )
         if trial is None or trial.candidate is None or trial.version != version:
             try:
                 loaded = await self.managers[name].load(version)
@@ -612,7 +614,9 @@ class BertopsService:
             message = f"{name} has no candidate loaded (POST /admin/shadow first)"
             return self._error("/admin/canary", 409, message, None, time.perf_counter())
         if not 0 <= percent <= 100:
-            return self._error("/admin/canary", 400, f"percent {percent} is not in [0, 100]", None, 0.0)
+            return self._error(
+                "/admin/canary", 400, f"percent {percent} is not in [0, 100]", None, time.perf_counter()
+            )
         body = await _read_body(request, self.limits.max_body_bytes)
         try:
             # The share is the query's; the body's percent/steps (a whole promotion.canary) do not apply here.
