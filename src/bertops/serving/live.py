@@ -102,7 +102,7 @@ class LiveTrial:
 
     def __init__(self, model: LoadedModel, queue_size: int, call: Call, metrics: LiveMetrics) -> None:
         self.candidate: LoadedModel | None = model
-        self.version = model.version
+        self.name, self.version = model.name, model.version
         self.tally = ShadowTally()
         self.canary: CanaryStep | None = None
         self.ended: str | None = None  # why the candidate was dropped (rollback, promoted, replaced)
@@ -113,9 +113,6 @@ class LiveTrial:
         self._answers: OrderedDict[str, list[tuple[str, str]]] = OrderedDict()  # request id -> per text
         metrics.phase(model.name, model.version, "loaded")
 
-    @property
-    def name(self) -> str:
-        return self.candidate.name if self.candidate else ""
 
     @property
     def shadowing(self) -> bool:
