@@ -16,6 +16,9 @@ Metric names (all prefixed ``bertops_serving_``):
 - ``model_info{model, version}``: 1 for the version being served.
 - ``model_switches_total{model, outcome}``: alias changes followed (``switched``), refused (``failed``), or
   passed over by a poll because that version failed before (``skipped``: no retry on every poll).
+
+A candidate on live traffic adds its shadow and canary figures to the same registry
+(:class:`bertops.serving.live.LiveMetrics`).
 """
 
 from __future__ import annotations
