@@ -522,7 +522,7 @@ class CanaryConfig(_Section):
     @model_validator(mode="after")
     def _steps_widen(self) -> CanaryConfig:
         shares = [self.percent, *self.steps]
-        if any(b <= a for a, b in zip(shares, shares[1:])) or any(not 0 < x <= 100 for x in shares):
+        if any(b <= a for a, b in itertools.pairwise(shares)) or any(not 0 < x <= 100 for x in shares):
             raise ValueError(f"canary shares must widen within (0, 100]: percent then steps gave {shares}")
         return self
 

@@ -154,6 +154,10 @@ def test_a_canary_whose_candidate_errors_is_rolled_back_automatically(
     assert {v for _, v in stream.answers[rolled_back_at:]} == {"1"}
     state = live.candidate(service.url, service.registry.name)
     assert state["phase"] == "ended" and "error rate" in state["ended"]
+    tags = service.registry.client().get_model_version(service.registry.name, version).tags
+    assert (
+        tags[registry_live.TAG_CANARY] == "failed" and "error rate" in tags[registry_live.TAG_CANARY_REASON]
+    )
     metrics = httpx.get(f"{service.url}/metrics").text
     assert f'bertops_serving_canary_rollbacks_total{{model="{service.registry.name}"}} 1.0' in metrics
 
@@ -176,7 +180,7 @@ def test_a_good_candidate_goes_shadow_canary_champion_with_no_failed_request(
         time.sleep(1)
     assert stream.failures == []
     mv = service.registry.client().get_model_version(name, version)
-    assert mv.tags[registry_live.TAG_SHADOW] == "passed"
+    assert mv.tags[registry_live.TAG_SHADOW] == "passed" and mv.tags[registry_live.TAG_CANARY] == "passed"
     seen: dict[str, list[str]] = {}
     for caller, v in stream.answers:
         if not seen.setdefault(caller, [v]) or seen[caller][-1] != v:

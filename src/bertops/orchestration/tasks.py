@@ -464,6 +464,25 @@ def _await_review(cfg: BertopsConfig, name: str, version: str) -> None:
 
 
 def _canary_phase(cfg: BertopsConfig, name: str, version: str, url: str, poll_s: float, out: dict) -> None:
+    from bertops.registry import registry as reg
+    from bertops.registry.live import TAG_CANARY, TAG_CANARY_REASON
+
+    try:
+        _canary_steps(cfg, name, version, url, poll_s, out)
+    except LiveTrialRefused as exc:
+        reg.set_tags(
+            connect(cfg.tracking_uri()), name, version, {TAG_CANARY: "failed", TAG_CANARY_REASON: str(exc)}
+        )
+        raise
+    shares = ", ".join(
+        f"{s['percent']}% ({s['requests']} requests, {s['errors']} errors)" for s in out["canary"]
+    )
+    reg.set_tags(
+        connect(cfg.tracking_uri()), name, version, {TAG_CANARY: "passed", TAG_CANARY_REASON: shares}
+    )
+
+
+def _canary_steps(cfg: BertopsConfig, name: str, version: str, url: str, poll_s: float, out: dict) -> None:
     from bertops.registry.live import canary_shares
 
     ca = cfg.promotion.canary

@@ -113,7 +113,6 @@ class LiveTrial:
         self._answers: OrderedDict[str, list[tuple[str, str]]] = OrderedDict()  # request id -> per text
         metrics.phase(model.name, model.version, "loaded")
 
-
     @property
     def shadowing(self) -> bool:
         return self._worker is not None and not self._worker.done()

@@ -29,7 +29,9 @@ def _call(
     token = os.environ.get("BERTOPS_SERVING_ADMIN_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        resp = httpx.request(method, _url(url, path), params=params, json=body, headers=headers, timeout=timeout)
+        resp = httpx.request(
+            method, _url(url, path), params=params, json=body, headers=headers, timeout=timeout
+        )
     except httpx.HTTPError as exc:
         raise ServingClientError(_url(url, path), None, f"{type(exc).__name__}: {exc}") from None
     return _check(resp)
