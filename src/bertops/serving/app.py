@@ -68,6 +68,7 @@ logger = logging.getLogger("ray.serve.bertops")
 APP_NAME = "bertops"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 REQUEST_ID_HEADER = "x-request-id"
+SHADOW_YIELD_S = 0.002  # how often a mirrored batch looks whether the champion is idle
 RETRY_AFTER_S = 5  # what a 503 (no version loaded yet) asks the client to wait before trying again
 # Shared secret for POST /admin/reload from other hosts (from the environment / a Secret; never in params.yaml).
 ADMIN_TOKEN_ENV = "BERTOPS_SERVING_ADMIN_TOKEN"
@@ -542,6 +543,12 @@ class BertopsService:
         async with self._model_call:
             return await asyncio.to_thread(model.predict, texts)
 
+    async def _shadow_call(self, model: LoadedModel, texts: list[str]) -> list[dict[str, Any]]:
+        """A mirrored batch's model call, made only while the champion has no batch running or queued."""
+        while self.batcher.busy or self._model_call.locked():
+            await asyncio.sleep(SHADOW_YIELD_S)
+        return await self._call(model, texts)
+
     def _preloaded(self, name: str, version: str) -> LoadedModel | None:
         """The trial's candidate when the alias moved to it: the switch takes it as it is (no second load)."""
         trial = self.trials.get(name)
@@ -575,7 +582,9 @@ class BertopsService:
             if trial is not None:
                 await trial.stop_shadow()
                 trial.end(f"replaced by v{version}")
-            trial = self.trials[name] = LiveTrial(loaded, max(1, queue_size), self._call, self.live_metrics)
+            trial = self.trials[name] = LiveTrial(
+                loaded, max(1, queue_size), self._call, self.live_metrics, shadow_call=self._shadow_call
+            )
         trial.start_shadow(self.settings.max_batch_size)
         logger.info("shadow of %s v%s started", name, version)
         return JSONResponse({"model": name, **trial.status()})

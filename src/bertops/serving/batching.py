@@ -47,6 +47,11 @@ class AdaptiveBatcher(Generic[Item]):
         self._draining = False
         self._task: asyncio.Task[None] | None = None  # held so the running drain is not garbage-collected
 
+    @property
+    def busy(self) -> bool:
+        """A batch is running or queued (what background work, e.g. a shadow model call, waits out)."""
+        return self._draining
+
     async def submit(self, item: Item) -> Any:
         """Queue ``item`` and return its result once its batch has run."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

@@ -16,7 +16,9 @@ One :class:`LiveTrial` per served model, held by the replica (``BertopsService.t
 The orchestration side drives the phases through the admin routes (:mod:`bertops.serving.live_client`). A
 candidate that fails to load or to warm up is never held, so it gets no traffic.
 
-Pure asyncio apart from the ``call`` the service passes in (its model call, under its model lock).
+Pure asyncio apart from the calls the service passes in: its model call, under its model lock, and for the
+shadow the same call made only while the champion has no batch running or queued (mirroring takes no turn from
+the champion; under saturation the queue fills and sheds, counted as ``dropped``).
 """
 
 from __future__ import annotations
@@ -100,14 +102,24 @@ class _Mirrored:
 class LiveTrial:
     """The candidate of one served model and its shadow and canary state (see the module docstring)."""
 
-    def __init__(self, model: LoadedModel, queue_size: int, call: Call, metrics: LiveMetrics) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        queue_size: int,
+        call: Call,
+        metrics: LiveMetrics,
+        shadow_call: Call | None = None,
+    ) -> None:
         self.candidate: LoadedModel | None = model
         self.name, self.version = model.name, model.version
         self.tally = ShadowTally()
         self.canary: CanaryStep | None = None
         self.ended: str | None = None  # why the candidate was dropped (rollback, promoted, replaced)
         self._queue: asyncio.Queue[_Mirrored] = asyncio.Queue(maxsize=queue_size)
-        self._call = call
+        self._call = call  # a canary request's answer
+        self._shadow_call = (
+            shadow_call or call
+        )  # a mirrored batch: the service's waits for the champion to idle
         self._metrics = metrics
         self._worker: asyncio.Task | None = None
         self._answers: OrderedDict[str, list[tuple[str, str]]] = OrderedDict()  # request id -> per text
@@ -165,7 +177,7 @@ class LiveTrial:
                 return
             started = time.perf_counter()
             try:
-                answers = await self._call(model, [t for m in batch for t in m.texts])
+                answers = await self._shadow_call(model, [t for m in batch for t in m.texts])
             except Exception as exc:  # any failure of the candidate is a figure of the report, not a crash
                 logger.warning("shadow: %s v%s failed on %d mirrored requests: %s: %s",
                                model.name, model.version, len(batch), type(exc).__name__, exc)  # fmt: skip
