@@ -437,8 +437,18 @@ def _shadow_phase(cfg: BertopsConfig, name: str, version: str, url: str, poll_s:
     # Inside: registry.live pulls numpy and the gate's evaluation metrics, which DAG parsing does not need.
     from bertops.registry.live import ShadowReport, record_shadow, shadow_decision
 
+    from bertops.registry import registry as reg
+    from bertops.registry.live import TAG_SHADOW, TAG_SHADOW_REASON
+
     sh = cfg.promotion.shadow
-    live.start_shadow(url, name, version, sh.queue_size)
+    try:
+        live.start_shadow(url, name, version, sh.queue_size)
+    except ServingClientError as exc:  # e.g. 422: it failed to load or to warm up, so it got no traffic
+        why = f"not put on live traffic: {exc}"
+        reg.set_tags(
+            connect(cfg.tracking_uri()), name, version, {TAG_SHADOW: "failed", TAG_SHADOW_REASON: why}
+        )
+        raise LiveTrialRefused(f"shadow: {why}") from None
     deadline = time.monotonic() + sh.duration_s
     state = _trial_state(url, name, version)
     while state["report"]["compared"] < sh.requests and time.monotonic() < deadline:
