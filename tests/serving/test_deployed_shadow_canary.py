@@ -91,7 +91,9 @@ class Stream:
                 self.answers.append((caller, r.json()["version"]))
 
 
-def test_a_candidate_that_fails_to_load_or_warm_up_gets_no_traffic(service: Service) -> None:
+def test_a_candidate_that_fails_to_load_or_warm_up_gets_no_traffic(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
     name = service.registry.name
     for config, why in (
         ({"broken": "load"}, "broken on purpose"),
@@ -102,6 +104,14 @@ def test_a_candidate_that_fails_to_load_or_warm_up_gets_no_traffic(service: Serv
             live.start_shadow(service.url, name, version)
         assert err.value.status == 422 and why in str(err.value) and "gets no traffic" in str(err.value)
         assert live.candidate(service.url, name)["phase"] == "none"
+    # The retrain's step: refused, with the service's reason on the version.
+    out = tasks.live_trial(_cfg(service, monkeypatch, "promotion.shadow.enabled=true"), name, version)
+    assert not out["passed"] and "not a distribution" in out["reason"], out
+    tags = service.registry.client().get_model_version(name, version).tags
+    assert (
+        tags[registry_live.TAG_SHADOW] == "failed"
+        and "not a distribution" in tags[registry_live.TAG_SHADOW_REASON]
+    )
     with pytest.raises(ServingClientError) as err:
         live.set_canary(service.url, name, 50)
     assert err.value.status == 409

@@ -435,10 +435,14 @@ def drop_candidate(cfg: BertopsConfig, name: str) -> None:
 
 def _shadow_phase(cfg: BertopsConfig, name: str, version: str, url: str, poll_s: float, out: dict) -> None:
     # Inside: registry.live pulls numpy and the gate's evaluation metrics, which DAG parsing does not need.
-    from bertops.registry.live import ShadowReport, record_shadow, shadow_decision
-
     from bertops.registry import registry as reg
-    from bertops.registry.live import TAG_SHADOW, TAG_SHADOW_REASON
+    from bertops.registry.live import (
+        TAG_SHADOW,
+        TAG_SHADOW_REASON,
+        ShadowReport,
+        record_shadow,
+        shadow_decision,
+    )
 
     sh = cfg.promotion.shadow
     try:
