@@ -46,7 +46,8 @@ def _cfg(service: Service, monkeypatch: pytest.MonkeyPatch, *overrides: str):
     return load_config(
         REPO / "params.yaml",
         [f"tracking.uri={service.registry.tracking_uri}", f"registry.model_name={service.registry.name}",
-         "promotion.shadow.max_p99_ratio=1000", "promotion.shadow.duration_s=120", "promotion.canary.max_p99_ratio=1000", *overrides],
+         "promotion.shadow.max_p99_ratio=1000", "promotion.shadow.duration_s=120",
+         "promotion.canary.max_p99_ratio=1000", *overrides],
     )  # fmt: skip
 
 
