@@ -188,7 +188,11 @@ class NerTask(Task):
         ce = _ce(safe, outputs) * mask  # (B, T)
         if self._weights is not None:
             ce = ce * tf.gather(self._weights, safe)
-        return tf.reduce_sum(ce, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+        # Token-weighted, as Hugging Face's token classification averages: every labelled word of the batch
+        # counts the same, whatever its sentence's length. The loop averages per-example values over the batch,
+        # so each example's CE sum is scaled by (examples / labelled tokens) of its (micro-)batch.
+        examples = tf.cast(tf.shape(labels)[0], tf.float32)
+        return tf.reduce_sum(ce, axis=1) * examples / tf.maximum(tf.reduce_sum(mask), 1.0)
 
     def eval_sums(self, batch: Mapping[str, tf.Tensor], outputs: Any) -> dict[str, tf.Tensor]:
         labels = batch["labels"]
