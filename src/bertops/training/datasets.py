@@ -33,7 +33,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from bertops.data.records import parse_fn
+from bertops.data.records import IGNORE_INDEX, parse_fn
 
 # Read-ahead of the shuffle: records, not bytes (a tiny-model record is ~2 KB at seq 128).
 DEFAULT_SHUFFLE_BUFFER = 10_000
@@ -50,6 +50,19 @@ def _options() -> tf.data.Options:
 # Features with one value per token position (cut with the batch); the others (label, masked-LM
 # predictions) are per example. NER's ``labels`` are -100 on padding, so a cut drops nothing the loss sees.
 SEQUENCE_FEATURES = ("token_ids", "segment_ids", "padding_mask", "labels")
+
+
+# Token-labelled batches (NER) carry, on every row, the global batch's labelled tokens per example: the loss is
+# averaged over the labelled tokens of the whole global batch (every worker, every accumulated micro-batch), so
+# accumulation and more workers give the loss of one batch without them (``NerTask.per_example_loss``).
+LABELLED_TOKENS_PER_EXAMPLE = "labelled_tokens_per_example"
+
+
+def labelled_tokens_per_example(labels: tf.Tensor) -> tf.Tensor:
+    """``(rows,)`` float32: the batch's labelled (not -100) tokens divided by its rows, repeated per row."""
+    rows = tf.shape(labels)[0]
+    labelled = tf.reduce_sum(tf.cast(labels != IGNORE_INDEX, tf.float32))
+    return tf.fill([rows], labelled / tf.cast(rows, tf.float32))
 
 
 def bucket_lengths(sequence_buckets: Sequence[int], max_seq_length: int) -> list[int]:
@@ -154,6 +167,8 @@ def train_dataset(
 
     def worker_rows(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         batch = cut_to_bucket(parse(serialized), lengths)  # the width follows the whole global batch
+        if "labels" in batch and batch["labels"].shape.rank == 2:
+            batch[LABELLED_TOKENS_PER_EXAMPLE] = labelled_tokens_per_example(batch["labels"])
         return {k: v[lo:hi] for k, v in batch.items()}
 
     ds = ds.map(worker_rows, num_parallel_calls=tf.data.AUTOTUNE)
