@@ -14,7 +14,7 @@ one after the other (never concurrently), and prints both figures and the ratio.
 
 ``--lengths`` gives the batches real text lengths: a record set's directory (its train split's lengths) or
 ``uniform`` (8..seq). bertops then runs two rows per precision: ``padded`` (every batch at ``--seq``) and
-``buckets`` (each batch cut to ``--buckets``, as the training loop does); the reference stays at full length.
+``buckets`` (batches grouped by length and cut to ``--buckets``, as the training input does); the reference stays at full length.
 Without ``--lengths`` every token is real. The machine's other load affects both; rerun when figures look
 off, and take figures only on an idle machine.
 """
@@ -56,6 +56,23 @@ def sample_lengths(spec: str | None, n: int, seq: int) -> list[int]:
     return [min(seq, x) for x in rng.choice(lengths, n).tolist()]
 
 
+def group_lengths(lengths: list[int], widths: list[int], batch: int) -> list[int]:
+    """``lengths`` reordered into whole batches of one bucket each (in order of first appearance, as
+    ``bertops.training.datasets.group_by_length`` emits them); a bucket's incomplete last batch is left out and
+    the list is cycled back to its original size."""
+    groups: dict[int, list[int]] = {}
+    out: list[int] = []
+    for n in lengths:
+        group = groups.setdefault(next(w for w in widths if w >= n), [])
+        group.append(n)
+        if len(group) == batch:
+            out.extend(group)
+            group.clear()
+    if not out:
+        return lengths
+    return (out * (len(lengths) // len(out) + 1))[: len(lengths)]
+
+
 # ----------------------------------------------------------------------------------------------- bertops
 def bench_bertops(
     size: str, seq: int, batch: int, steps: int, warmup: int, jit: bool, policy: str = "float32",
@@ -81,6 +98,8 @@ def bench_bertops(
     rng = np.random.default_rng(0)
     widths = bucket_lengths(buckets or [], seq)
     lengths = lengths or [seq] * (batch * steps)
+    if len(widths) > 1:  # as the training input groups them: each batch holds lengths of one bucket
+        lengths = group_lengths(lengths, widths, batch)
     batches = []
     for i in range(steps):
         mask = (np.arange(seq)[None, :] < np.asarray(lengths[i * batch : (i + 1) * batch])[:, None]).astype(

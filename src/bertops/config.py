@@ -330,8 +330,9 @@ class PretrainConfig(_Section):
     sequence_buckets: SequenceBuckets = Field(
         default=[16, 32, 64, 128],
         description=(
-            "Dynamic padding: each step's global batch is cut to the smallest of these lengths that holds its "
-            "longest example (the records' max_seq_length is always the last); [] pads to max_seq_length."
+            "Dynamic padding: records are grouped by length into these buckets (the records' max_seq_length is "
+            "always the last); each global batch holds one bucket and is cut to its width; [] pads every batch to "
+            "max_seq_length."
         ),
     )
     scaling: ScalingSettings = Field(
@@ -394,8 +395,9 @@ class FinetuneConfig(_Section):
     sequence_buckets: SequenceBuckets = Field(
         default=[16, 32, 64, 128],
         description=(
-            "Dynamic padding: each step's global batch is cut to the smallest of these lengths that holds its "
-            "longest example (the records' max_seq_length is always the last); [] pads to max_seq_length."
+            "Dynamic padding: records are grouped by length into these buckets (the records' max_seq_length is "
+            "always the last); each global batch holds one bucket and is cut to its width; [] pads every batch to "
+            "max_seq_length."
         ),
     )
     scaling: ScalingSettings = Field(

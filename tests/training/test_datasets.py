@@ -49,45 +49,56 @@ def _stream(files, manifest, steps: int, **kw) -> list[dict[str, np.ndarray]]:
     return [{k: v.numpy() for k, v in b.items()} for b in train_dataset(files, manifest, **kw).take(steps)]
 
 
-def test_buckets_cut_the_same_global_batch_to_the_same_width_on_every_worker(
+def _key(row: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(x) for x in np.trim_zeros(row, "b"))
+
+
+def test_buckets_group_each_global_batch_by_length_and_cut_it_the_same_on_every_worker(
     synthetic_data: DataLayout,
 ) -> None:
-    """Workers' rows of a step are cut to one width, the smallest bucket that holds the global batch's longest
-    example; no real token is cut; the rows are those of the padded stream; a resumed stream matches."""
+    """Each global batch holds records of one length bucket only, and the workers' rows of a step are cut to
+    that bucket's width (the same on every worker); every row is a real record with no real token cut; the
+    stream covers the data; a resumed stream sees the batches of one that never stopped."""
+    from bertops.training.datasets import eval_dataset
+
+    buckets = [20, 24, 28]
     for manifest_path in (
         synthetic_data.finetune_task_dir("classification") / MANIFEST,
         synthetic_data.pretrain_dir / MANIFEST,
     ):
         manifest, files = load_manifest(manifest_path), split_files(manifest_path, "train")
-        kw = {"batch_size": 2, "num_shards": 2, "seed": 5}  # small global batches: their widths vary
-        steps = 40
-        padded = [_stream(files, manifest, steps, shard_index=r, **kw) for r in (0, 1)]
-        cut = [
-            _stream(files, manifest, steps, shard_index=r, sequence_buckets=[20, 24, 28], **kw)
-            for r in (0, 1)
-        ]
-        widths = []
+        records = {}
+        for batch in eval_dataset(files, manifest, batch_size=64):
+            batch = {k: v.numpy() for k, v in batch.items()}
+            for i in range(len(batch["token_ids"])):
+                records[_key(batch["token_ids"][i])] = {k: v[i] for k, v in batch.items()}
+        full_width = int(manifest["max_seq_length"])
+        kw = {"batch_size": 2, "num_shards": 2, "seed": 5}
+        steps = 60
+        cut = [_stream(files, manifest, steps, shard_index=r, sequence_buckets=buckets, **kw) for r in (0, 1)]
+        widths, seen = [], set()
         for step in range(steps):
             w0, w1 = cut[0][step]["token_ids"].shape[1], cut[1][step]["token_ids"].shape[1]
             assert w0 == w1, (step, w0, w1)
-            longest = max(int(np.nonzero(p["padding_mask"][i])[0].max()) + 1 for p in (padded[0][step],
-                          padded[1][step]) for i in range(2))  # fmt: skip
-            assert w0 == next(b for b in (20, 24, 28, 32) if b >= longest), (step, w0, longest)
             widths.append(w0)
             for rank in (0, 1):
-                full, short = padded[rank][step], cut[rank][step]
-                for key, value in short.items():
-                    if value.ndim == 2 and value.shape[1] == w0 and key in ("token_ids", "segment_ids",
-                                                                            "padding_mask", "labels"):  # fmt: skip
-                        np.testing.assert_array_equal(value, full[key][:, :w0])
-                        assert not full[key][:, w0:].any() or key == "labels"  # only padding was cut
-                    else:
-                        np.testing.assert_array_equal(value, full[key])
+                short = cut[rank][step]
+                for i in range(len(short["token_ids"])):
+                    length = int(short["padding_mask"][i].sum())
+                    # the row's own bucket is the batch's: the batch was grouped by length, not cut to its longest
+                    assert w0 == next(b for b in (*buckets, full_width) if b >= length), (step, w0, length)
+                    record = records[_key(short["token_ids"][i])]  # a real record, found by its tokens
+                    seen.add(_key(short["token_ids"][i]))
+                    for key, value in short.items():
+                        if key in ("token_ids", "segment_ids", "padding_mask", "labels") and value.ndim == 2:
+                            np.testing.assert_array_equal(value[i], record[key][:w0])
+                            assert not record[key][w0:].any() or key == "labels"  # only padding was cut
+                        else:
+                            np.testing.assert_array_equal(value[i], record[key])
         assert len(set(widths)) > 1, widths  # the synthetic lengths span two buckets
-        resumed = _stream(
-            files, manifest, 10, shard_index=1, sequence_buckets=[20, 24, 28], skip_batches=30, **kw
-        )
-        for a, b in zip(resumed, cut[1][30:], strict=True):
+        assert len(seen) > 0.8 * min(len(records), steps * 4), (len(seen), len(records))
+        resumed = _stream(files, manifest, 10, shard_index=1, sequence_buckets=buckets, skip_batches=30, **kw)
+        for a, b in zip(resumed, cut[1][30:40], strict=True):
             assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 

@@ -4,12 +4,15 @@ Training input is one stream of *global* batches (``batch_size x num_shards`` re
 worker: shuffled with a fixed seed, repeated, batched. Each worker keeps its own ``batch_size`` rows of each
 global batch, so the workers' rows partition the data, and every worker knows the whole global batch.
 
-Dynamic padding: the records are padded to ``max_seq_length``, but most texts are far shorter. Each global
-batch is cut to the smallest of a fixed set of lengths (``sequence_buckets``; ``max_seq_length`` is always
-the last) that holds its longest example. The length is a function of the global batch, so every worker cuts
-its rows to the same width at the same step: under ``MultiWorkerMirroredStrategy`` the workers trace and run
-the same step functions in the same order (no shape mismatch, no collective out of step), and XLA compiles
-at most one program per bucket. Padding is on the right and masked, so a cut changes no real token's output.
+Dynamic padding with length buckets: the records are padded to ``max_seq_length``, but most texts are far
+shorter. With ``sequence_buckets`` set, the shuffled stream is grouped by length: each record goes to the
+smallest bucket (of ``sequence_buckets``, with ``max_seq_length`` always the last) that holds it, and a global
+batch is made of records of one bucket only (``tf.data.Dataset.group_by_window``), then cut to that bucket's
+width. Random batches would be cut to their longest example, which is nearly always long: grouping is what
+removes the padding. The width is a function of the global batch, so every worker cuts its rows to the same
+width at the same step: under ``MultiWorkerMirroredStrategy`` the workers trace and run the same step
+functions in the same order (no shape mismatch, no collective out of step), and XLA compiles at most one
+program per bucket. Padding is on the right and masked, so a cut changes no real token's output.
 
 Because the order is a pure function of the seed (and of TensorFlow's global seed, which the loop sets
 from the same seed), a resumed run skips exactly the global batches it had
@@ -30,7 +33,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from bertops.data.records import parse_fn
+from bertops.data.records import IGNORE_INDEX, parse_fn
 
 # Read-ahead of the shuffle: records, not bytes (a tiny-model record is ~2 KB at seq 128).
 DEFAULT_SHUFFLE_BUFFER = 10_000
@@ -47,6 +50,19 @@ def _options() -> tf.data.Options:
 # Features with one value per token position (cut with the batch); the others (label, masked-LM
 # predictions) are per example. NER's ``labels`` are -100 on padding, so a cut drops nothing the loss sees.
 SEQUENCE_FEATURES = ("token_ids", "segment_ids", "padding_mask", "labels")
+
+
+# Token-labelled batches (NER) carry, on every row, the global batch's labelled tokens per example: the loss is
+# averaged over the labelled tokens of the whole global batch (every worker, every accumulated micro-batch), so
+# accumulation and more workers give the loss of one batch without them (``NerTask.per_example_loss``).
+LABELLED_TOKENS_PER_EXAMPLE = "labelled_tokens_per_example"
+
+
+def labelled_tokens_per_example(labels: tf.Tensor) -> tf.Tensor:
+    """``(rows,)`` float32: the batch's labelled (not -100) tokens divided by its rows, repeated per row."""
+    rows = tf.shape(labels)[0]
+    labelled = tf.reduce_sum(tf.cast(labels != IGNORE_INDEX, tf.float32))
+    return tf.fill([rows], labelled / tf.cast(rows, tf.float32))
 
 
 def bucket_lengths(sequence_buckets: Sequence[int], max_seq_length: int) -> list[int]:
@@ -67,6 +83,34 @@ def batch_width(padding_mask: tf.Tensor, lengths: Sequence[int]) -> tf.Tensor:
     need = tf.reduce_max(tf.where(padding_mask > 0, positions[None, :], 0))
     table = tf.constant(list(lengths), tf.int32)
     return tf.gather(table, tf.argmax(tf.cast(table >= need, tf.int32), output_type=tf.int32))
+
+
+def record_bucket(padding_mask: tf.Tensor, lengths: Sequence[int]) -> tf.Tensor:
+    """The index in ``lengths`` of the smallest width that holds one record's real tokens (int64 scalar)."""
+    positions = tf.range(1, tf.shape(padding_mask)[0] + 1)
+    need = tf.reduce_max(tf.where(padding_mask > 0, positions, 0))
+    table = tf.constant(list(lengths), tf.int32)
+    return tf.argmax(tf.cast(table >= need, tf.int32), output_type=tf.int64)
+
+
+def group_by_length(
+    serialized: tf.data.Dataset, manifest: Mapping[str, Any], lengths: Sequence[int], global_batch: int
+) -> tf.data.Dataset:
+    """Global batches of serialised records of one length bucket each, in the stream's order within a bucket.
+
+    Deterministic for a deterministic input stream (``group_by_window`` keeps the order it sees), so a resumed
+    run that skips ``n`` of these batches sees the batches of a run that never stopped.
+    """
+    parse_one = parse_fn(manifest)
+
+    def key(record: tf.Tensor) -> tf.Tensor:
+        return record_bucket(parse_one(record)["padding_mask"], lengths)
+
+    return serialized.group_by_window(
+        key_func=key,
+        reduce_func=lambda _, window: window.batch(global_batch, drop_remainder=True),
+        window_size=global_batch,
+    )
 
 
 def cut_to_bucket(batch: dict[str, tf.Tensor], lengths: Sequence[int]) -> dict[str, tf.Tensor]:
@@ -100,7 +144,8 @@ def train_dataset(
     sequence_buckets: Sequence[int] = (),
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
 ) -> tf.data.Dataset:
-    """Endless, shuffled batches of this worker's ``batch_size`` rows of each global batch, cut to a bucket.
+    """Endless, shuffled batches of this worker's ``batch_size`` rows of each global batch, grouped by length
+    and cut to their bucket when ``sequence_buckets`` is set.
 
     ``skip_batches`` global batches are dropped from the front (unparsed): the data position of a resumed run.
     """
@@ -111,7 +156,10 @@ def train_dataset(
     lengths = bucket_lengths(sequence_buckets, int(manifest["max_seq_length"]))
     ds = tf.data.TFRecordDataset(list(files))
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.batch(batch_size * num_shards, drop_remainder=True)
+    if len(lengths) > 1:
+        ds = group_by_length(ds, manifest, lengths, batch_size * num_shards)
+    else:
+        ds = ds.batch(batch_size * num_shards, drop_remainder=True)
     if skip_batches:
         ds = ds.skip(skip_batches)
     parse = parse_fn(manifest, batched=True)
@@ -119,6 +167,8 @@ def train_dataset(
 
     def worker_rows(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         batch = cut_to_bucket(parse(serialized), lengths)  # the width follows the whole global batch
+        if "labels" in batch and batch["labels"].shape.rank == 2:
+            batch[LABELLED_TOKENS_PER_EXAMPLE] = labelled_tokens_per_example(batch["labels"])
         return {k: v[lo:hi] for k, v in batch.items()}
 
     ds = ds.map(worker_rows, num_parallel_calls=tf.data.AUTOTUNE)

@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from bertops.data.records import IGNORE_INDEX
+from bertops.training.datasets import LABELLED_TOKENS_PER_EXAMPLE, labelled_tokens_per_example
 
 MODEL_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 
@@ -188,7 +189,14 @@ class NerTask(Task):
         ce = _ce(safe, outputs) * mask  # (B, T)
         if self._weights is not None:
             ce = ce * tf.gather(self._weights, safe)
-        return tf.reduce_sum(ce, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+        # Token-weighted, as Hugging Face's token classification averages: every labelled word of the global
+        # batch counts the same, whatever its sentence's length. The loop averages per-example values over the
+        # global batch, so each example's CE sum is divided by the global batch's labelled tokens per example
+        # (set by the training input on every row; else this batch's own).
+        per_example = batch.get(LABELLED_TOKENS_PER_EXAMPLE)
+        if per_example is None:
+            per_example = labelled_tokens_per_example(labels)
+        return tf.reduce_sum(ce, axis=1) / tf.maximum(per_example, 1e-6)
 
     def eval_sums(self, batch: Mapping[str, tf.Tensor], outputs: Any) -> dict[str, tf.Tensor]:
         labels = batch["labels"]
