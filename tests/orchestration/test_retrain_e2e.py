@@ -14,6 +14,7 @@ promoted over the untrained champion the service starts with: the test checks th
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -40,7 +41,12 @@ SMALL = {
     "evaluation": {"latency_repeats": 2, "worst_examples": 5},
     "registry": {"model_name": MODEL},
     "promotion": {"min_absolute": 0.0, "min_over_majority": 0.0, "min_improvement": -1.0,
-                  "max_regression": 1.0, "max_latency_ms": 100000.0},
+                  "max_regression": 1.0, "max_latency_ms": 100000.0,
+                  # live traffic before the alias moves: shadow, then one canary step (issue 20)
+                  "shadow": {"enabled": True, "requests": 15, "duration_s": 300, "min_agreement": 0.0,
+                             "max_p99_ratio": 1000.0},
+                  "canary": {"enabled": True, "percent": 30, "steps": [], "step_requests": 5,
+                             "step_duration_s": 300, "max_error_rate": 0.0, "max_p99_ratio": 1000.0}},
     "orchestration": {"task_retries": 1, "retry_delay_s": 1, "ray_job_timeout_s": 900},
 }  # fmt: skip
 OVERRIDE = "ingest.classification.max_records=1500"
@@ -77,10 +83,39 @@ def service(ray_cluster, mlflow_server, tmp_path_factory: pytest.TempPathFactory
 def test_bert_retrain_does_what_was_asked_end_to_end(
     project: Path, airflow_home: Path, ray_cluster, mlflow_server, service
 ) -> None:
+    import threading
+
+    import httpx
+
     served_before = predict(service.url, ["a fine film"])["version"]
-    result, output = run_retrain_dag(
-        project, airflow_home, ray_cluster, mlflow_server, CONF, serving_url=service.url
-    )
+    # A steady stream of plain HTTP requests (no client retries) from 12 callers while the DAG runs: the shadow
+    # mirrors them, the canary answers some callers with the candidate, then the alias moves; none may fail.
+    stop, failures, answered_by = threading.Event(), [], {}
+
+    def stream() -> None:
+        with httpx.Client(timeout=60) as http:
+            i = 0
+            while not stop.is_set():
+                caller = f"caller-{i % 12}"
+                r = http.post(f"{service.url}/predict", json={"texts": [f"a fine film {i}"]},
+                              headers={"X-Bertops-Caller": caller})  # fmt: skip
+                if r.status_code != 200:
+                    failures.append((r.status_code, r.text[:200]))
+                else:
+                    answered_by.setdefault(caller, set()).add(r.json()["version"])
+                i += 1
+                time.sleep(0.05)
+
+    streamer = threading.Thread(target=stream, daemon=True)
+    streamer.start()
+    try:
+        result, output = run_retrain_dag(
+            project, airflow_home, ray_cluster, mlflow_server, CONF, serving_url=service.url
+        )
+    finally:
+        stop.set()
+        streamer.join(timeout=120)
+    assert not failures, failures[:5]
     assert all(state == "success" for state in result["tasks"].values()), result["tasks"]
     summary = result["xcoms"]["summary"]
     assert "plan: pretraining: yes" in output  # check_params logged the plan
@@ -110,6 +145,13 @@ def test_bert_retrain_does_what_was_asked_end_to_end(
     assert OVERRIDE in json.loads(champion.tags["bertops.overrides"])
     assert champion.tags.get("bertops.ray_job_id", "").startswith("bert_retrain-finetune-")
     assert summary["dvc_experiment"] in champion.description and OVERRIDE in champion.description
+
+    # the live trial ran on the DAG's path: shadow passed (its report on the version), one canary step, then the switch
+    live = summary["live_trial"]
+    assert live["passed"] and live["shadow_run_id"] and [s["percent"] for s in live["canary"]] == [30], live
+    assert champion.tags["bertops.shadow"] == "passed", champion.tags
+    assert "## Live shadow" in client.get_model_version(MODEL, champion.version).description
+    assert any(champion.version in versions for versions in answered_by.values()), answered_by
 
     # the live service follows the new champion, and the checkout is as clean as before the run
     assert summary["serving_version"] == champion.version
