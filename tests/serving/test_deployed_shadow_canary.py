@@ -173,6 +173,45 @@ def test_a_canary_whose_candidate_errors_is_rolled_back_automatically(
     assert f'bertops_serving_canary_rollbacks_total{{model="{service.registry.name}"}} 1.0' in metrics
 
 
+def test_with_require_approval_the_reviewer_sees_the_shadow_report_before_any_canary_answer(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``promotion.mode=require_approval``: the shadow report is on the version (tags, model card) while the
+    trial waits for the reviewer's approval tag, and no client gets a candidate answer before it is set."""
+    from bertops.registry import registry as reg
+
+    name = service.registry.name
+    version = service.registry.register_keyword(bias=0.1)
+    cfg = _cfg(service, monkeypatch, "promotion.mode=require_approval", "promotion.approval_timeout_s=120",
+               "promotion.shadow.enabled=true", "promotion.shadow.requests=10", "promotion.canary.enabled=true",
+               "promotion.canary.percent=50", "promotion.canary.steps=[]", "promotion.canary.step_requests=5")  # fmt: skip
+    out: dict = {}
+    client = service.registry.client()
+    with Stream(service.url) as stream:
+        trial = threading.Thread(
+            target=lambda: out.update(tasks.live_trial(cfg, name, version, wait_for_review=True, poll_s=0.5))
+        )
+        trial.start()
+        deadline = time.monotonic() + 120
+        # what the reviewer sees next to the approval tag: the shadow's tags and its model-card section
+        while registry_live.CARD_SECTION not in (
+            (mv := client.get_model_version(name, version)).description or ""
+        ):
+            assert time.monotonic() < deadline and trial.is_alive(), out
+            time.sleep(0.5)
+        assert mv.tags[registry_live.TAG_SHADOW] == "passed", mv.tags
+        time.sleep(2)
+        assert trial.is_alive() and version not in {v for _, v in stream.answers}  # waiting: no canary yet
+        client.set_model_version_tag(name, version, reg.TAG_APPROVAL, "approved")
+        trial.join(timeout=180)
+        assert not trial.is_alive()
+    assert out["passed"], out
+    assert version in {v for _, v in stream.answers}  # after the approval, the canary answered some callers
+    assert stream.failures == []
+    tasks.drop_candidate(cfg, name)  # the alias stays; the next test starts from the champion alone
+    assert live.candidate(service.url, name)["phase"] == "ended"
+
+
 def test_a_good_candidate_goes_shadow_canary_champion_with_no_failed_request(
     service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
