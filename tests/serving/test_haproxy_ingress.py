@@ -1,14 +1,19 @@
 """``serving.ingress: haproxy`` for real: a Ray head started with the switches bertops gives its own Rays
 (:func:`bertops.serving.ingress.ray_process_env`), Ray's HAProxy in front, requests going straight to the
 replica's own HTTP server. The same app and checks as the proxy path, through HAProxy: answers, bad input as a
-4xx, a push reload to a new version under a request stream with no failed request; and what listens where.
+4xx, a push reload to a new version under a request stream with no failed request, a replica killed under load
+with no request lost for a client that does not retry; and what listens where.
 
 This file sorts before test_http_api.py on purpose (see test_deployed_service.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +31,7 @@ from .test_deployed_service import BAD_INPUTS, LIMITS, _switch_under_load
 
 pytestmark = [pytest.mark.slow]
 ENV: dict[str, str] = {}  # the Ray head's ingress environment (listener ports), filled by the fixture
+HEAD: dict[str, int] = {}  # the Ray head's process id ("pid"), filled by the fixture
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +48,7 @@ def service(registry: Registry) -> Iterator[Service]:
         "--object-store-memory", str(200 * 1024**2), "--temp-dir", str(temp_dir), "--disable-usage-stats",
     ]  # fmt: skip
     head = start_ray_node(args, temp_dir, "head", env=env)
+    HEAD["pid"] = head.pid
     v1 = registry.register_keyword(bias=0.0)
     registry.set_alias(v1)
     try:
@@ -110,3 +117,56 @@ def test_push_reload_switches_without_failing_a_request(service: Service) -> Non
     )
     assert seen and all(status == 200 for status, _ in seen), [s for s in seen if s[0] != 200][:5]
     assert {v for _, v in seen} == {"1", v2}
+
+
+def _replica_pids() -> set[int]:
+    """Process ids of this module's Ray head's BertopsService replicas (descendants of the head)."""
+    pids = set()
+    for proc in psutil.Process(HEAD["pid"]).children(recursive=True):
+        try:
+            if "ServeReplica" in (title := " ".join(proc.cmdline())) and "BertopsService" in title:
+                pids.add(proc.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return pids
+
+
+def test_a_killed_replica_loses_no_request_of_a_client_that_does_not_retry(service: Service) -> None:
+    """8 plain httpx clients (no retries of their own) send requests; the lone replica is SIGKILLed once the
+    first are answered. HAProxy retries the ones in flight (``retry-on``, redispatch) and the later ones wait or
+    are retried until the replacement answers: each request is answered 200, or 503 with ``Retry-After`` where
+    HAProxy gave up (counted). Never a 500. Last in the module: it replaces the replica."""
+    before = _replica_pids()
+    assert len(before) == 1, before
+    per_client, statuses = 12, []  # (status, Retry-After, body) of every request
+    answered = asyncio.Event()
+
+    async def client(http: httpx.AsyncClient, k: int) -> None:
+        for i in range(per_client):
+            r = await http.post(f"{service.url}/predict", json={"texts": [f"a good film {k}-{i}"]})
+            statuses.append((r.status_code, r.headers.get("retry-after"), r.text[:200]))
+            if len(statuses) >= 8:
+                answered.set()
+
+    async def run() -> None:
+        # Replacing the replica takes a while on a busy machine: a waiting request must not time out first.
+        async with httpx.AsyncClient(timeout=600, transport=httpx.AsyncHTTPTransport(retries=0)) as http:
+            clients = [asyncio.create_task(client(http, k)) for k in range(8)]
+            await answered.wait()
+            os.kill(next(iter(before)), signal.SIGKILL)
+            await asyncio.gather(*clients)
+
+    asyncio.run(run())
+    assert len(statuses) == 8 * per_client
+    unavailable = [s for s in statuses if s[0] == 503]
+    wrong = [s for s in statuses if s[0] != 200 and not (s[0] == 503 and s[1] and int(s[1]) > 0)]
+    config = sorted(Path(ENV["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]).rglob("haproxy.cfg.bertops"))
+    assert not wrong, f"{len(wrong)} of {len(statuses)} not 200 or 503+Retry-After: {wrong[:5]}\n" + (
+        config[-1].read_text() if config else "no HAProxy config"
+    )
+    print(f"{len(statuses) - len(unavailable)} answered 200, {len(unavailable)} 503 with Retry-After")
+    deadline = time.monotonic() + 300
+    while not (after := _replica_pids()) or after & before:
+        assert time.monotonic() < deadline, "the replica was not replaced"
+        time.sleep(1)
+    assert predict(service.url, ["a good film"])["predictions"][0]["label"] == "positive"

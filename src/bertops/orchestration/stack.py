@@ -45,6 +45,7 @@ from bertops.orchestration.airflow_api import (
     passwords_file,
     read_credentials,
 )
+from bertops.orchestration.ray_head import node_address
 from bertops.orchestration.retrain import DAG_ID, DATA_DAG_ID
 from bertops.serving.ingress import HAPROXY_SWITCHES, ray_process_env
 
@@ -350,6 +351,7 @@ def up(
         # and a job submitted to someone else's cluster would be a silent disaster. The URL is in stack.json.
         dash = free_port()
         gcs = free_port()
+        node_args, node_env = node_address(cfg.orchestration.stack_ray_node_ip)
         note(f"starting a Ray head (dashboard 127.0.0.1:{dash})")
         cmd = [
             sys.executable, "-m", "bertops.orchestration.ray_head", "start", "--head", "--block",
@@ -359,7 +361,7 @@ def up(
             "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
             "--num-cpus", str(cfg.orchestration.stack_ray_cpus), "--temp-dir", str(paths.ray_temp),
             "--object-store-memory", str(cfg.orchestration.stack_ray_object_store_mb * 1024**2),
-            "--disable-usage-stats",
+            "--disable-usage-stats", *node_args,
         ]  # fmt: skip
         # Ray gives its dashboard 60 s to start by default; a busy 2-core machine can need several minutes.
         # (and its raylet waits 16 s for the dashboard agent to report its port, then aborts).
@@ -372,12 +374,9 @@ def up(
             "BERTOPS_RAY_START_TIMEOUT_S": str(int(timeout)),
             "BERTOPS_RAY_READY_FILE": str(paths.state / "ray.ready"),
             **ray_process_env(cfg.serving),  # serving.ingress: Serve's processes read it at start
+            **node_env,  # orchestration.stack_ray_node_ip (ray_head.node_address)
         }
         url = f"http://127.0.0.1:{dash}"
-        # No --node-ip-address 127.0.0.1: `ray start` rewrites a loopback node address to the machine's IP
-        # (resolve_ip_for_localhost) anyway. Ray's gRPC ports then listen beyond loopback and check the token;
-        # its three Prometheus HTTP servers (dashboard, autoscaler, agent export) bind every interface with no
-        # token (tests/test_doc_commands.py records them). The dashboard still binds 127.0.0.1.
         # Ray waits only 30 s (hard-coded) for its raylet to register: on an overloaded machine the head can
         # exit during start-up. Try again, a few times, before giving up.
         ready = paths.state / "ray.ready"

@@ -8,7 +8,7 @@
   inside each replica (bound to the same host, ports 30000-31000), so no Python proxy and no actor calls sit on
   the request path. Several times the throughput (``benchmarks/serving_load.py``; docs/benchmarks.md). Ray's
   template binds HAProxy's stats page and Prometheus exporter on *all* interfaces; bertops runs HAProxy through
-  a launcher (``RAY_SERVE_HAPROXY_BINARY_PATH``, :mod:`bertops.serving.haproxy_binds`) that binds them to
+  a launcher (``RAY_SERVE_HAPROXY_BINARY_PATH``, :mod:`bertops.serving.haproxy_launcher`) that binds them to
   ``serving.haproxy_admin_host`` (127.0.0.1), on ``serving.haproxy_stats_port`` /
   ``serving.haproxy_metrics_port`` (default: free ports picked at start).
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from bertops.config import ServingConfig
 
 HAPROXY_SWITCHES = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+HAPROXY_RETRIES = 10  # per request, after its first try: see ray_process_env
 
 
 def ray_process_env(serving: ServingConfig) -> dict[str, str]:
@@ -49,8 +50,13 @@ def ray_process_env(serving: ServingConfig) -> dict[str, str]:
     return {
         **HAPROXY_SWITCHES,
         # Predictions are idempotent: a request whose replica died before answering (empty response) is sent
-        # again, to another replica where there is one (Ray's default retries connection failures only).
+        # again (Ray's default retries connection failures only), each retry to another server (Ray's `option
+        # redispatch 1`). A dead replica stays UP in HAProxy until 3 connection errors mark it down
+        # (`observe layer4 error-limit 3`); only then do retries reach another replica or the head's Serve
+        # proxy (the backup server), which holds the request until a replacement is up. HAProxy's default of 3
+        # retries runs out right at the mark-down; HAPROXY_RETRIES leaves room past it.
         "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+        "RAY_SERVE_HAPROXY_RETRIES": str(HAPROXY_RETRIES),
         "RAY_SERVE_HAPROXY_BINARY_PATH": write_haproxy_launcher(Path(state), serving.haproxy_admin_host),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(serving.haproxy_stats_port or free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(serving.haproxy_metrics_port or free_port()),
@@ -64,11 +70,11 @@ def ray_process_env(serving: ServingConfig) -> dict[str, str]:
 
 def write_haproxy_launcher(directory: Path, admin_host: str) -> str:
     """An executable that Ray runs as its HAProxy binary: HAProxy itself, with the stats and Prometheus
-    listeners bound to ``admin_host`` (:mod:`bertops.serving.haproxy_binds`). Returns its path."""
+    listeners bound to ``admin_host`` (:mod:`bertops.serving.haproxy_launcher`). Returns its path."""
     launcher = directory / "haproxy"
     launcher.write_text(
         "#!/bin/sh\n"
-        f"exec {shlex.quote(sys.executable)} -m bertops.serving.haproxy_binds --host {shlex.quote(admin_host)} "
+        f"exec {shlex.quote(sys.executable)} -m bertops.serving.haproxy_launcher --host {shlex.quote(admin_host)} "
         '-- "$@"\n',
         encoding="utf-8",
     )
