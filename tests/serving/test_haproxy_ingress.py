@@ -38,6 +38,7 @@ HEAD: dict[str, int] = {}  # the Ray head's process id ("pid"), filled by the fi
 def service(registry: Registry) -> Iterator[Service]:
     temp_dir = Path(tempfile.mkdtemp(prefix="ray_ha_", dir="/tmp"))
     env = ray_process_env(ServingConfig(ingress="haproxy"))
+    env["RAY_SERVE_HAPROXY_LOG_TARGET"] = "stdout"  # DEBUG
     ENV.update(env)
     gcs = free_port()
     args = [
@@ -140,11 +141,23 @@ def test_a_killed_replica_loses_no_request_of_a_client_that_does_not_retry(servi
     assert len(before) == 1, before
     per_client, statuses = 12, []  # (status, Retry-After, body) of every request
     answered = asyncio.Event()
+    KILLED: dict[str, float] = {}
 
     async def client(http: httpx.AsyncClient, k: int) -> None:
         for i in range(per_client):
-            r = await http.post(f"{service.url}/predict", json={"texts": [f"a good film {k}-{i}"]})
-            statuses.append((r.status_code, r.headers.get("retry-after"), r.text[:200]))
+            t0 = time.monotonic()
+            try:
+                r = await http.post(f"{service.url}/predict", json={"texts": [f"a good film {k}-{i}"]})
+            except httpx.TransportError as exc:  # counted, not raised: the test reports every failure
+                statuses.append((type(exc).__name__, None, f"{t0 - KILLED.get('t', t0):+.2f}s {exc}"))
+                continue
+            statuses.append(
+                (
+                    r.status_code,
+                    r.headers.get("retry-after"),
+                    f"{t0 - KILLED.get('t', t0):+.2f}s {r.text[:200]}",
+                )
+            )
             if len(statuses) >= 8:
                 answered.set()
 
@@ -154,9 +167,15 @@ def test_a_killed_replica_loses_no_request_of_a_client_that_does_not_retry(servi
             clients = [asyncio.create_task(client(http, k)) for k in range(8)]
             await answered.wait()
             os.kill(next(iter(before)), signal.SIGKILL)
+            KILLED["t"] = time.monotonic()
             await asyncio.gather(*clients)
 
     asyncio.run(run())
+    print("DEBUG", *statuses, sep="\n")
+    state = Path(ENV["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
+    print("DEBUG files", sorted(state.rglob("*")))
+    for cfg in sorted(state.rglob("*.stdout.log")):
+        print("DEBUG", cfg, cfg.read_text())
     assert len(statuses) == 8 * per_client
     unavailable = [s for s in statuses if s[0] == 503]
     wrong = [s for s in statuses if s[0] != 200 and not (s[0] == 503 and s[1] and int(s[1]) > 0)]

@@ -89,3 +89,14 @@ def test_haproxy_retries_a_request_whose_replica_died_past_the_mark_down() -> No
     assert set(env["RAY_SERVE_HAPROXY_RETRY_ON"].split()) == {"conn-failure", "empty-response"}
     # Ray marks a server down after that many layer-4 errors: the retries outlast it to reach a live server.
     assert int(env["RAY_SERVE_HAPROXY_RETRIES"]) > RAY_SERVE_HAPROXY_OBSERVE_ERROR_LIMIT
+
+
+def test_haproxy_reads_each_request_whole_so_that_it_can_send_it_again() -> None:
+    from ray.serve._private.haproxy_templates import HAPROXY_CONFIG_TEMPLATE
+
+    from bertops.serving.haproxy_launcher import buffer_requests
+
+    out = buffer_requests(HAPROXY_CONFIG_TEMPLATE)
+    defaults = out.split("\ndefaults\n", 1)[1].split("\nfrontend ", 1)[0]
+    assert "    option http-buffer-request\n" in defaults and "retry-on" in defaults
+    assert out.count("http-buffer-request") == 1 and buffer_requests(out) == out

@@ -1,5 +1,5 @@
-"""Ray's HAProxy, with two edits to the config Ray writes: its admin listeners on one address, and no 500 for a
-request that no replica could answer.
+"""Ray's HAProxy, with three edits to the config Ray writes: its admin listeners on one address, requests kept
+whole so that a request whose replica crashed is sent again, and no 500 for a request that no replica answered.
 
 Ray lets an operator choose the HAProxy binary (``RAY_SERVE_HAPROXY_BINARY_PATH``). bertops points it at a
 two-line launcher (written by :func:`bertops.serving.ingress.ray_process_env`) that runs this module::
@@ -11,6 +11,11 @@ It copies the config Ray wrote (``-f``) with
 - the bind lines of ``listen stats`` and ``frontend prometheus`` (and only those: the HTTP frontend keeps
   ``serving.host``) set to ``--host``. Ray 2.60's template hard-codes ``bind *:<stats_port>`` and
   ``bind :<metrics_port>``, every interface, and has no setting for their host;
+- ``option http-buffer-request`` in ``defaults``: HAProxy reads the whole request before it picks a server, so
+  it holds a copy to send again. Without it Ray's ``retry-on`` (``empty-response``, set by
+  :func:`~bertops.serving.ingress.ray_process_env`) never fires for a request already sent to a replica that
+  died: HAProxy answers 502 (``SH--``, 0 retries), measured with Ray's own defaults section; with it the same
+  requests are retried (redispatched to a live server, or Ray's backup, the head's Serve proxy) and answered;
 - the ``errorfile 502|503|504`` lines pointed at bertops' answers: ``503`` (``504`` for a timeout) with
   ``Retry-After`` and a JSON ``{"error": ...}`` body like the service's own. Ray's template maps all three to one
   ``500 Internal Server Error`` (its ``500.http``), which tells a client nothing it can act on. HAProxy answers
@@ -59,6 +64,15 @@ def rewrite_binds(config: str, host: str, sections: tuple[str, ...] = ADMIN_SECT
             line = f"{match.group(1)}{host}:{match.group(2)}{match.group(3)}\n"
         out.append(line)
     return "".join(out)
+
+
+def buffer_requests(config: str) -> str:
+    """``config`` with ``option http-buffer-request`` as the first line of its ``defaults`` section."""
+    if "option http-buffer-request" in config:
+        return config
+    return re.sub(
+        r"^defaults[ \t]*\n", "defaults\n    option http-buffer-request\n", config, count=1, flags=re.M
+    )
 
 
 def error_response(status: int) -> str:
@@ -124,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         i = haproxy_args.index("-f") + 1
         source = Path(haproxy_args[i])
         copy = source.with_name(source.name + ".bertops")
-        config = rewrite_binds(source.read_text(encoding="utf-8"), args.host)
+        config = buffer_requests(rewrite_binds(source.read_text(encoding="utf-8"), args.host))
         config = rewrite_errorfiles(config, write_error_files(source.parent))
         copy.write_text(config, encoding="utf-8")
         haproxy_args[i] = str(copy)
