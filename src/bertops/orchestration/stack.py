@@ -45,7 +45,7 @@ from bertops.orchestration.airflow_api import (
     passwords_file,
     read_credentials,
 )
-from bertops.orchestration.ray_head import node_address
+from bertops.orchestration.ray_head import ONE_MACHINE, node_address
 from bertops.orchestration.retrain import DAG_ID, DATA_DAG_ID
 from bertops.serving.ingress import HAPROXY_SWITCHES, ray_process_env
 
@@ -288,6 +288,9 @@ def service_env(state: dict[str, Any], paths: StackPaths) -> dict[str, str]:
     if "ray" in services:
         env["BERTOPS_RAY_DASHBOARD_URL"] = services["ray"]["url"]
         env["RAY_ADDRESS"] = services["ray"]["address"]
+        # A loopback head (orchestration.stack_ray_node_ip): a driver without this switch would rewrite
+        # 127.0.0.1 in RAY_ADDRESS to the machine's IP, where the GCS does not listen.
+        env.update(services["ray"].get("env", {}))
     if "serving" in services:
         env["BERTOPS_SERVING_URL"] = services["serving"]["url"]
     if "airflow" in services:
@@ -296,7 +299,8 @@ def service_env(state: dict[str, Any], paths: StackPaths) -> dict[str, str]:
 
 
 CLIENT_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI",
-              "MLFLOW_REGISTRY_URI", "BERTOPS_RAY_DASHBOARD_URL", "BERTOPS_SERVING_URL", "BERTOPS_AIRFLOW_URL", "AIRFLOW_URL")  # fmt: skip
+              "MLFLOW_REGISTRY_URI", "BERTOPS_RAY_DASHBOARD_URL", "BERTOPS_SERVING_URL", "BERTOPS_AIRFLOW_URL", "AIRFLOW_URL",
+              *ONE_MACHINE)  # fmt: skip
 
 
 def client_env(state: dict[str, Any], paths: StackPaths) -> dict[str, str]:
@@ -383,7 +387,7 @@ def up(
         for attempt in range(1, 6):
             ready.unlink(missing_ok=True)
             proc = spawn("ray", cmd, env, paths)
-            services["ray"] = {"pid": proc.pid, "url": url, "address": f"127.0.0.1:{gcs}"}
+            services["ray"] = {"pid": proc.pid, "url": url, "address": f"127.0.0.1:{gcs}", "env": node_env}
             _save_state(paths, state)
             try:
                 wait_until(
