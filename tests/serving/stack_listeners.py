@@ -113,7 +113,7 @@ def beyond_loopback(root: Path) -> dict[str, list]:
     for address, port, pid in sockets:
         if address.startswith(LOOPBACK):
             if ray_metrics_exporter(address, port, procs[pid]):
-                out["loopback_ray_metrics"].append((address, port, procs[pid][:80]))
+                out["loopback_ray_metrics"].append((address, port, procs[pid]))
             continue
         command = procs[pid]
         why = refuses_without_token(address, port)

@@ -379,6 +379,10 @@ def up(
             "BERTOPS_RAY_READY_FILE": str(paths.state / "ray.ready"),
             **ray_process_env(cfg.serving),  # serving.ingress: Serve's processes read it at start
             **node_env,  # orchestration.stack_ray_node_ip (ray_head.node_address)
+            # Ray's dashboard and autoscaler Prometheus servers default to fixed ports (44227, 44217), which
+            # any other Ray on the machine may hold already (theirs then fail to start): free ones instead.
+            "DASHBOARD_METRIC_PORT": str(free_port()),
+            "AUTOSCALER_METRIC_PORT": str(free_port()),
         }
         url = f"http://127.0.0.1:{dash}"
         # Ray waits only 30 s (hard-coded) for its raylet to register: on an overloaded machine the head can
