@@ -340,7 +340,7 @@ def iter_feedback(
                 file=sf.name,
                 row=row,
                 field="label" if task == "classification" else "tags",
-                hint="correct or delete that feedback in the monitoring store (or the labels), then re-run",
+                hint="POST /feedback the right label again (the latest of a text wins), or fix validate.labels; re-run",
             )
         if not record_key(task, rec):
             _empty(sf, row, FEEDBACK_COLUMNS[task][0], stats, drop=True)
