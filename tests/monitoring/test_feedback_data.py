@@ -53,6 +53,7 @@ def _stages_run(caplog: pytest.LogCaptureFixture) -> list[str]:
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     store = tmp_path / "store"
+    (tmp_path / "project").mkdir()
     root = make_project(tmp_path / "project", {**SMALL, "monitoring": {"store_uri": str(store)}})
     monkeypatch.setenv("BERTOPS_PROJECT_DIR", str(root))
     return root
