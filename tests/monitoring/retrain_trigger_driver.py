@@ -13,6 +13,7 @@ import sys
 import time
 
 from airflow.api_fastapi.execution_api.datamodels.taskinstance import DagRun as WorkerDagRun
+from airflow.models.asset import AssetEvent  # defines the backref DagRun.consumed_asset_events
 from airflow.models.dagrun import DagRun
 from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
 from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
@@ -29,7 +30,7 @@ while found is None and time.monotonic() < deadline:
     with create_session() as session:
         run = session.scalars(
             select(DagRun).filter_by(dag_id=retrain.DAG_ID, run_type="asset_triggered")
-            .options(joinedload(DagRun.consumed_asset_events))
+            .options(joinedload(DagRun.consumed_asset_events).joinedload(AssetEvent.asset))
         ).unique().first()  # fmt: skip
         if run is not None:
             wire = WorkerDagRun.model_validate(run).model_dump(mode="json")  # what ti_run sends a worker
