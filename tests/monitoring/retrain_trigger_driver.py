@@ -13,17 +13,18 @@ import sys
 import time
 
 from airflow.api_fastapi.execution_api.datamodels.taskinstance import DagRun as WorkerDagRun
-from airflow.models.asset import AssetEvent  # defines the backref DagRun.consumed_asset_events
+from airflow.models.asset import AssetEvent
 from airflow.models.dagrun import DagRun
 from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
 from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
 from airflow.utils.session import create_session
 from airflow.utils.state import DagRunState
 from sqlalchemy import select
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import configure_mappers, joinedload
 
 from bertops.orchestration import retrain, tasks
 
+configure_mappers()  # backrefs such as DagRun.consumed_asset_events (declared on AssetEvent) exist after this
 deadline = time.monotonic() + float(sys.argv[1])
 found = None
 while found is None and time.monotonic() < deadline:
