@@ -9,7 +9,7 @@ Runs weekly (`orchestration.retrain_schedule`), whenever `bert_data` publishes a
 | task | what |
 |---|---|
 | `check_params` | refuse bad params (schema, then every config key) before any work |
-| `prepare_data` | `dvc repro`, or a DVC experiment (`dvc exp run --set-param`) for data overrides; the run's data set aside for it (pool `dvc`) |
+| `prepare_data` | the feedback-labelled served texts exported from the monitoring store (a source of `ingest`), then `dvc repro`, or a DVC experiment (`dvc exp run --set-param`) for data overrides; the run's data set aside for it (pool `dvc`) |
 | `pretrain` | Ray job `ray_jobs/pretrain.py`, only when the corpus changed or asked (`pretraining`) |
 | `finetune` | Ray job `ray_jobs/finetune.py` |
 | `evaluate` | MLflow evaluation run on the held-out test split |

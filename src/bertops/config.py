@@ -113,6 +113,12 @@ class IngestConfig(_Section):
         ge=1,
         description="Sentence splitting of the unlabelled corpus: shorter sentences (in characters) are dropped.",
     )
+    feedback_dir: str | None = Field(
+        default="data/raw/feedback",
+        description="Feedback-labelled served texts (classification.jsonl, ner.jsonl; written by bert_retrain "
+        "from the monitoring store): added to the train split only, texts already in the data dropped. A "
+        "missing file: no feedback yet. null: not read.",
+    )
 
 
 class ValidateConfig(_Section):

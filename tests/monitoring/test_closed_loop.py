@@ -1,7 +1,8 @@
 """The closed loop on real parts: a real Ray Serve deployment of the champion (the session's Ray head and MLflow
 server) records what it serves and takes feedback over HTTP; the drift check compares the window with the
 champion's training split and logs to MLflow; ``bert_monitor`` runs under ``dag.test()`` and emits the
-``bertops_drift`` Asset that ``bert_retrain`` is scheduled on.
+``bertops_drift`` Asset, from which a real Airflow scheduler creates a ``bert_retrain`` run (asset-triggered,
+the drift report in its consumed event, so in the retrain's lineage tags).
 
 200 in-domain reviews: no drift, nothing triggered. 200 Chinese sentences: drift detected, the Asset emitted.
 (English news sentences are not told apart from review snippets by the tiny untrained champion used here:
@@ -22,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from tests.conftest import stop_group
 from tests.monitoring.conftest import Champion, Corpora, monitoring_config
 from tests.orchestration.conftest import airflow_env, merge
 from tests.serving.conftest import Registry, Service, start_service
@@ -171,19 +173,61 @@ def test_bert_monitor_dag_emits_the_drift_asset(
         "monitoring": {"store_uri": str(store), "window_hours": hours, "reference_samples": 300},
     })  # fmt: skip
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    env = airflow_env(
-        airflow_home, {"BERTOPS_PROJECT_DIR": str(project), "MLFLOW_TRACKING_URI": champion.tracking_uri}
-    )
+    env = airflow_env(airflow_home, {
+        "BERTOPS_PROJECT_DIR": str(project), "MLFLOW_TRACKING_URI": champion.tracking_uri,
+        "BERTOPS_TEST_SCHEDULE_RETRAIN": "1",
+    })  # fmt: skip
+    # The DAGs serialised in the metadata DB, as the dag-processor stores them: the scheduler reads them there.
+    airflow = str(Path(sys.executable).with_name("airflow"))
     proc = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("monitor_driver.py"))],
-        env=env, cwd=project, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        [airflow, "dags", "reserialize"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    try:
+        result = _driver("monitor_driver.py", env, project)
+        assert result["state"] == "success" and result["tasks"] == {"check": "success", "emit": "success"}, (
+            result
+        )
+        assert result["events"] and result["events"][-1]["triggered"] is True
+        report = result["events"][-1]["json_path"]
+        assert report.startswith(str(store))
+        assert result["retrain_assets"] == ["AssetAny", "bertops_data", "bertops_drift"]
+
+        # A real scheduler turns the event into a bert_retrain run (none of its tasks start: no pool slot).
+        log = airflow_home / "scheduler-closed-loop.log"
+        with open(log, "wb") as fh:
+            scheduler = subprocess.Popen([airflow, "scheduler", "--skip-serve-logs"], env=env, stdout=fh,
+                                         stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        try:
+            run = _driver("retrain_trigger_driver.py", env, project, "300")
+        finally:
+            stop_group(scheduler)
+    finally:
+        _restore_airflow(env)
+    assert run, f"no asset-triggered bert_retrain run within 300 s; scheduler log: {log.read_text()[-4000:]}"
+    assert run["run_type"] == "asset_triggered" and run["state"] in ("queued", "running"), run
+    assert run["assets"] == ["bertops_drift"] and run["events"][-1]["json_path"] == report
+    # ... and the retrain's lineage, from what its tasks see of that run, names the drift report
+    assert run["drift"]["drift_report"] == report
+    assert run["lineage"]["bertops.drift_report"] == report
+    assert run["lineage"]["bertops.drift_run_id"] == run["events"][-1]["mlflow_run_id"]
+
+
+def _driver(name: str, env: dict[str, str], cwd: Path, *args: str) -> dict | None:
+    """Run a driver script of this folder; its ``DRIVER <json>`` line, or a failure with the output's tail."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name(name)), *args],
+                          env=env, cwd=cwd, capture_output=True, text=True, timeout=900)  # fmt: skip
     line = next((x for x in proc.stdout.splitlines() if x.startswith("DRIVER ")), None)
     assert line, (proc.stdout + proc.stderr)[-6000:]
-    result = json.loads(line.removeprefix("DRIVER "))
-    assert result["state"] == "success" and result["tasks"] == {"check": "success", "emit": "success"}, (
-        result, (proc.stdout + proc.stderr)[-4000:]
-    )  # fmt: skip
-    assert result["events"] and result["events"][-1]["triggered"] is True
-    assert result["events"][-1]["json_path"].startswith(str(store))
-    assert result["retrain_assets"] == ["AssetAny", "bertops_data", "bertops_drift"]
+    return json.loads(line.removeprefix("DRIVER "))
+
+
+def _restore_airflow(env: dict[str, str]) -> None:
+    """The session's Airflow as the other tests expect it: the default pool's slots back, bert_retrain paused."""
+    code = ("from airflow.models.pool import Pool\nfrom airflow.models.dag import DagModel\n"
+            "from airflow.utils.session import create_session\n"
+            "Pool.create_or_update_pool('default_pool', 128, 'Default pool', include_deferred=False)\n"
+            "with create_session() as s:\n    m = s.get(DagModel, 'bert_retrain')\n"
+            "    if m is not None:\n        m.is_paused = True\n")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,17 +1,18 @@
-"""Feedback-labelled requests exported as a data source: joined on (request_id, index), the latest label wins,
-texts already in any split (or repeated) are dropped, texts not kept (store_text false) never appear."""
+"""Feedback-labelled requests exported as data sources: joined on (request_id, index), the latest label of a text
+wins, a text served twice is one row, texts not kept (store_text false) never appear, NER entities become BIO
+tags on word boundaries (anything else is an error naming the request)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
-from bertops.monitoring.feedback_source import export_feedback
+from bertops.monitoring.feedback_source import FeedbackSourceError, export_feedback
 from bertops.monitoring.recorder import Recorder, RecorderSettings
 from bertops.monitoring.store import Store
-from bertops.paths import DataLayout
 
 PRED = {"label": "positive", "probability": 0.6}
 
@@ -20,33 +21,69 @@ class Model:
     name, version, task, pyfunc = "m", "1", "classification", None
 
 
-def test_export_dedupes_against_splits_and_itself(tmp_path: Path) -> None:
-    layout = DataLayout(tmp_path / "data")
-    for split, text in (("train", "Seen in Train"), ("test", "seen in test")):
-        path = layout.split_file("classification", split)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"text": text, "label": "positive"}) + "\n")
-    rec = Recorder(
-        RecorderSettings(store_uri=str(tmp_path / "store")), registry=CollectorRegistry(), start=False
-    )
-    texts = ["a new review", "seen in train", "Seen in test", "A new review", "never labelled"]
-    rec.record("r1", Model(), texts, [PRED] * 5)
-    for index, label in ((0, "positive"), (0, "negative"), (1, "positive"), (2, "negative"), (3, "positive")):
-        rec.feedback("r1", index, label, None)
+class NerModel:
+    name, version, task, pyfunc = "n", "1", "ner", None
+
+
+def _recorder(tmp_path: Path, **kw: object) -> Recorder:
+    settings = RecorderSettings(store_uri=str(tmp_path / "store"), **kw)
+    return Recorder(settings, registry=CollectorRegistry(), start=False)
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_latest_label_wins_and_a_text_served_twice_is_one_row(tmp_path: Path) -> None:
+    rec = _recorder(tmp_path)
+    rec.record("r1", Model(), ["a new review", "never labelled", "Another  one"], [PRED] * 3)
+    rec.record("r2", Model(), ["A new REVIEW"], [PRED])
+    for request, index, label in (("r1", 0, "positive"), ("r1", 2, "negative"), ("r2", 0, "negative")):
+        rec.feedback(request, index, label, None)
     rec.flush()
-    out = tmp_path / "data" / "raw" / "feedback" / "feedback.jsonl"
-    assert export_feedback(Store(rec.settings.store_uri), layout, out) == 1
-    assert [json.loads(x) for x in out.read_text().splitlines()] == [
-        {"text": "a new review", "label": "negative", "request_id": "r1"}
+    out = tmp_path / "feedback"
+    assert export_feedback(Store(rec.settings.store_uri), out) == {"classification": 2, "ner": 0}
+    assert _lines(out / "classification.jsonl") == [
+        {"text": "a new review", "label": "negative", "request_id": "r2", "index": 0},
+        {"text": "Another  one", "label": "negative", "request_id": "r1", "index": 2},
     ]
+    assert not (out / "ner.jsonl").exists()
+    before = (out / "classification.jsonl").read_bytes()
+    export_feedback(Store(rec.settings.store_uri), out)  # the same feedback: the same bytes (no DVC change)
+    assert (out / "classification.jsonl").read_bytes() == before
 
 
-def test_texts_not_kept_are_not_exported(tmp_path: Path) -> None:
-    settings = RecorderSettings(store_uri=str(tmp_path / "store"), store_text=False)
-    rec = Recorder(settings, registry=CollectorRegistry(), start=False)
+def test_texts_not_kept_are_not_exported_and_an_old_file_goes(tmp_path: Path) -> None:
+    rec = _recorder(tmp_path, store_text=False)
     rec.record("r", Model(), ["private text"], [PRED])
     rec.feedback("r", 0, "positive", None)
     rec.flush()
-    out = tmp_path / "feedback.jsonl"
-    assert export_feedback(Store(settings.store_uri), DataLayout(tmp_path / "data"), out) == 0
-    assert out.read_text() == ""
+    out = tmp_path / "feedback"
+    out.mkdir()
+    (out / "classification.jsonl").write_text('{"text": "old"}\n')
+    assert export_feedback(Store(rec.settings.store_uri), out) == {"classification": 0, "ner": 0}
+    assert not (out / "classification.jsonl").exists()
+
+
+def test_ner_entities_become_bio_tags_on_word_boundaries(tmp_path: Path) -> None:
+    rec = _recorder(tmp_path)
+    rec.record("n1", NerModel(), ["Anna Smith flew to Zürich, today"], [{"entities": []}])
+    ents = [{"start": 0, "end": 10, "type": "person"}, {"start": 19, "end": 25, "type": "location"}]
+    rec.feedback("n1", 0, None, json.dumps(ents))
+    rec.flush()
+    out = tmp_path / "feedback"
+    assert export_feedback(Store(rec.settings.store_uri), out) == {"classification": 0, "ner": 1}
+    assert _lines(out / "ner.jsonl") == [{
+        "tokens": ["Anna", "Smith", "flew", "to", "Zürich", ",", "today"],
+        "tags": ["B-person", "I-person", "O", "O", "B-location", "O", "O"], "request_id": "n1", "index": 0,
+    }]  # fmt: skip
+
+
+def test_an_entity_off_word_boundaries_names_the_request_and_writes_nothing(tmp_path: Path) -> None:
+    rec = _recorder(tmp_path)
+    rec.record("n2", NerModel(), ["Anna Smith flew"], [{"entities": []}])
+    rec.feedback("n2", 0, None, json.dumps([{"start": 1, "end": 10, "type": "person"}]))
+    rec.flush()
+    with pytest.raises(FeedbackSourceError, match=r"request 'n2', index 0: entity \[1, 10\) 'nna Smith'"):
+        export_feedback(Store(rec.settings.store_uri), tmp_path / "feedback")
+    assert not (tmp_path / "feedback").exists()

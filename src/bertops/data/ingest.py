@@ -5,7 +5,8 @@
 - NER: ``{"tokens": [str], "tags": [str], "source", "row"}``.
 
 ``source`` and ``row`` point back to the raw input, so that the ``validate`` stage names the raw file and row
-of any problem. Empty or whitespace-only texts fail the stage unless ``ingest.drop_empty`` is set, in which case
+of any problem. Feedback-labelled served texts (``ingest.feedback_dir``, :func:`iter_feedback`) follow the
+classification and NER records, pinned to the train split (``"split": "train"``). Empty or whitespace-only texts fail the stage unless ``ingest.drop_empty`` is set, in which case
 they are dropped and listed in ``ingest_stats.json`` (which the data report includes). The three outputs and the
 stats are written together: a failure in any source leaves all four files as they were.
 
@@ -33,6 +34,7 @@ from bertops.data import sources
 from bertops.data.errors import DataError
 from bertops.data.io import INGEST_STATS, atomic_open
 from bertops.data.sentences import split_sentences
+from bertops.data.validate import normalise_text
 from bertops.paths import DataLayout
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,12 @@ class IngestStats:
     multiline_rows: int = 0  # CSV rows whose quoted field spans lines (legal, but so is a misplaced quote)
     multiline_examples: list[str] = field(default_factory=list)
     ignored_files: list[str] = field(default_factory=list)  # folder layout: files in the root, outside labels
+    feedback_files: list[str] = field(default_factory=list)  # ingest.feedback_dir files read
+    feedback_records: int = 0  # feedback-labelled texts added (train split only)
+    feedback_duplicates: int = 0  # feedback texts dropped: the same normalised text is in the data already
+    feedback_duplicate_rows: list[str] = field(
+        default_factory=list
+    )  # "file:row (request id)" of the first MAX_LISTED
 
     def drop_empty(self, sf: sources.SourceFile, row: int) -> None:
         self.dropped_empty += 1
@@ -281,13 +289,106 @@ def iter_ner(cfg: SourceConfig, stats: IngestStats, *, drop_empty: bool) -> Iter
                 return
 
 
-def _write_records(fh: Any, records: Iterator[dict], name: str, stats: IngestStats) -> None:
+# The fields of a feedback file's rows (written by bertops.monitoring.feedback_source.export_feedback).
+FEEDBACK_COLUMNS = {
+    "classification": ["text", "label", "request_id"],
+    "ner": ["tokens", "tags", "request_id"],
+}
+
+
+def record_key(task: str, rec: dict[str, Any]) -> str:
+    """The key under which two records are the same text (the split stage groups by it)."""
+    return normalise_text(rec["text"] if task == "classification" else " ".join(rec["tokens"]))
+
+
+def record_classes(task: str, rec: dict[str, Any]) -> set[str]:
+    """A record's label, or its entity types (NER)."""
+    return (
+        {rec["label"]} if task == "classification" else {t[2:] for t in rec["tags"] if t[:2] in ("B-", "I-")}
+    )
+
+
+def iter_feedback(
+    path: Path, task: str, seen: set[str], known: set[str], stats: IngestStats
+) -> Iterator[dict[str, Any]]:
+    """The feedback-labelled texts of ``path`` (none when it does not exist), pinned to the train split.
+
+    A text whose normalised form is in ``seen`` (the data's own records, or an earlier feedback row) is dropped
+    and counted, so that a served text never lands in two splits and the test split stays what it was. A label
+    (an entity type, for NER) outside ``known`` fails the stage naming the file, row and request id: nothing is
+    written, the store keeps the feedback, the previous data stays.
+    """
+    if not path.is_file():
+        return
+    sf = sources.SourceFile(path=path, name=str(path), format="jsonl")
+    stats.feedback_files.append(sf.name)
+    for row, raw in sources.iter_rows(sf, "utf-8", FEEDBACK_COLUMNS[task]):
+        fields = _Fields(sf, row, raw, stats)
+        request = fields.label("request_id")
+        if task == "classification":
+            rec: dict[str, Any] = {
+                "text": " ".join(fields.text("text").split()),
+                "label": fields.label("label"),
+            }
+        else:
+            rec = {"tokens": fields.words("tokens"), "tags": fields.words("tags")}
+        unknown = sorted(record_classes(task, rec) - known)
+        if unknown:
+            what = "label" if task == "classification" else "entity type"
+            raise DataError(
+                f"feedback of request {request!r}: {what} {unknown[0]!r} is not one of the data's {sorted(known)}",
+                file=sf.name,
+                row=row,
+                field="label" if task == "classification" else "tags",
+                hint="POST /feedback the right label again (the latest of a text wins), or fix validate.labels; re-run",
+            )
+        if not record_key(task, rec):
+            _empty(sf, row, FEEDBACK_COLUMNS[task][0], stats, drop=True)
+            continue
+        if record_key(task, rec) in seen:
+            stats.feedback_duplicates += 1
+            if len(stats.feedback_duplicate_rows) < MAX_LISTED:
+                stats.feedback_duplicate_rows.append(f"{sf.name}:{row} ({request})")
+            continue
+        seen.add(record_key(task, rec))
+        stats.feedback_records += 1
+        yield {**rec, "source": sf.name, "row": row, "request_id": request, "split": "train"}
+
+
+def _write_records(fh: Any, records: Iterator[dict], name: str, stats: IngestStats) -> list[dict[str, Any]]:
+    """Write ``records``; returns them (classification and NER are small enough to keep for the feedback)."""
+    kept = []
     for rec in records:
         fh.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")))
         fh.write("\n")
+        if name != "corpus":
+            kept.append(rec)
     if stats.records == 0:
         raise DataError(f"no {name} records were read", file=", ".join(stats.files) or stats.source)
     log.info("ingest %s: %d records from %d rows (%s)", name, stats.records, stats.rows_read, stats.source)
+    return kept
+
+
+def _write_feedback(
+    fh: Any, cfg: BertopsConfig, task: str, records: list[dict[str, Any]], stats: IngestStats
+) -> None:
+    """Append the feedback of ``task`` (``ingest.feedback_dir``) after the data's own ``records``."""
+    if cfg.ingest.feedback_dir is None:
+        return
+    labels = cfg.validate_data.labels if task == "classification" else None
+    known = set(labels or ()) or {c for rec in records for c in record_classes(task, rec)}
+    seen = {record_key(task, rec) for rec in records}
+    path = Path(cfg.ingest.feedback_dir) / f"{task}.jsonl"
+    for rec in iter_feedback(path, task, seen, known, stats):
+        fh.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
+    if stats.feedback_files:
+        log.info(
+            "ingest %s feedback: %d texts added to train, %d already in the data dropped (%s)",
+            task,
+            stats.feedback_records,
+            stats.feedback_duplicates,
+            path,
+        )
 
 
 def run_ingest(cfg: BertopsConfig, layout: DataLayout | None = None) -> dict[str, IngestStats]:
@@ -315,13 +416,17 @@ def run_ingest(cfg: BertopsConfig, layout: DataLayout | None = None) -> dict[str
             "corpus",
             stats["corpus"],
         )
-        _write_records(
+        classification = _write_records(
             cls_fh,
             iter_classification(ic.classification, stats["classification"], drop_empty=ic.drop_empty),
             "classification",
             stats["classification"],
         )
-        _write_records(ner_fh, iter_ner(ic.ner, stats["ner"], drop_empty=ic.drop_empty), "ner", stats["ner"])
+        _write_feedback(cls_fh, cfg, "classification", classification, stats["classification"])
+        ner = _write_records(
+            ner_fh, iter_ner(ic.ner, stats["ner"], drop_empty=ic.drop_empty), "ner", stats["ner"]
+        )
+        _write_feedback(ner_fh, cfg, "ner", ner, stats["ner"])
         json.dump({k: asdict(v) for k, v in stats.items()}, stats_fh, indent=2, sort_keys=True)
         stats_fh.write("\n")
     return stats

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bertops.config import BertopsConfig
+from bertops.data.errors import DataError
 from bertops.data.io import atomic_open, read_jsonl
 from bertops.data.validate import normalise_text
 from bertops.paths import SPLITS, DataLayout
@@ -192,10 +193,19 @@ def split_records(
     fractions: dict[str, float],
     seed: int,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Group ``records`` by split (see :func:`assign_splits`); every split name is present, maybe empty."""
-    names = assign_splits([key(r) for r in records], [stratum(r) for r in records], fractions, seed)
+    """Group ``records`` by split (see :func:`assign_splits`); every split name is present, maybe empty.
+
+    A record with a ``split`` field (feedback, pinned to ``train`` by ingest) goes there and takes no part in
+    the assignment, so the other records' splits, the test split above all, are what they were without it.
+    """
+    free = [r for r in records if "split" not in r]
+    names = iter(assign_splits([key(r) for r in free], [stratum(r) for r in free], fractions, seed))
     out: dict[str, list[dict[str, Any]]] = {n: [] for n in ("train", *fractions)}
-    for rec, name in zip(records, names, strict=True):
+    for rec in records:
+        name = rec.get("split") or next(names)
+        if name not in out:
+            raise DataError(f"record pinned to an unknown split {name!r}", file=rec.get("source"),
+                            row=rec.get("row"), field="split")  # fmt: skip
         out[name].append(rec)
     return out
 

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from bertops.monitoring.feedback_source import FeedbackSourceError, export_for_retrain
 from bertops.orchestration import tasks
 from bertops.orchestration.ray_jobs import JobOutcome, JobSpec, RayJobError, submission_id_for
 from bertops.orchestration.retrain_params import RetrainParamsError
@@ -51,8 +52,14 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------- data
 def prepare_data(params: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """This run's data (a DVC experiment when it overrides data params), set aside for this run alone."""
-    return tasks.prepare_run_data(params, run_id)
+    """This run's data (a DVC experiment when it overrides data params), set aside for this run alone; first
+    the served texts with feedback labels, exported from the monitoring store as a source of ``ingest``."""
+    try:
+        feedback = export_for_retrain(tasks.run_config(params), tasks.project_root())
+    except FeedbackSourceError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail raises
+    return {**tasks.prepare_run_data(params, run_id), "feedback_texts": feedback}
 
 
 def drift_trigger(context: Any) -> dict[str, str]:
