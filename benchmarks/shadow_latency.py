@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import signal
 import statistics
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -34,6 +31,7 @@ from serving_load import (
     start_bertops,
     start_mlflow_server,
     stop_bertops,
+    stop_process_group,
 )
 
 from bertops.serving import live_client as live
@@ -91,13 +89,8 @@ def main() -> None:
               f"ratio {on / off:.2f} ({verdict} the 1.2 target)")  # fmt: skip
     finally:
         stop_bertops(ray_env)
-        if proc is not None:  # started in its own session: stop it and its workers
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+        if proc is not None:
+            stop_process_group(proc)
 
 
 if __name__ == "__main__":

@@ -73,8 +73,8 @@ def bucket_lengths(sequence_buckets: Sequence[int], max_seq_length: int) -> list
     return [b for b in sorted(set(sequence_buckets)) if b < max_seq_length] + [max_seq_length]
 
 
-def batch_width(padding_mask: tf.Tensor, lengths: Sequence[int]) -> tf.Tensor:
-    """The smallest of ``lengths`` that holds every real token of the batch (int32 scalar).
+def _bucket_index(padding_mask: tf.Tensor, lengths: Sequence[int]) -> tf.Tensor:
+    """The index in ``lengths`` of the smallest width that holds every real token of a ``(rows, T)`` mask.
 
     A row's length is its last real position + 1 (robust to a mask with holes); ``lengths[-1]`` is the
     records' full width, so there is always one that fits.
@@ -82,15 +82,17 @@ def batch_width(padding_mask: tf.Tensor, lengths: Sequence[int]) -> tf.Tensor:
     positions = tf.range(1, tf.shape(padding_mask)[1] + 1)
     need = tf.reduce_max(tf.where(padding_mask > 0, positions[None, :], 0))
     table = tf.constant(list(lengths), tf.int32)
-    return tf.gather(table, tf.argmax(tf.cast(table >= need, tf.int32), output_type=tf.int32))
+    return tf.argmax(tf.cast(table >= need, tf.int32), output_type=tf.int32)
+
+
+def batch_width(padding_mask: tf.Tensor, lengths: Sequence[int]) -> tf.Tensor:
+    """The smallest of ``lengths`` that holds every real token of the batch (int32 scalar)."""
+    return tf.gather(tf.constant(list(lengths), tf.int32), _bucket_index(padding_mask, lengths))
 
 
 def record_bucket(padding_mask: tf.Tensor, lengths: Sequence[int]) -> tf.Tensor:
     """The index in ``lengths`` of the smallest width that holds one record's real tokens (int64 scalar)."""
-    positions = tf.range(1, tf.shape(padding_mask)[0] + 1)
-    need = tf.reduce_max(tf.where(padding_mask > 0, positions, 0))
-    table = tf.constant(list(lengths), tf.int32)
-    return tf.argmax(tf.cast(table >= need, tf.int32), output_type=tf.int64)
+    return tf.cast(_bucket_index(padding_mask[None, :], lengths), tf.int64)
 
 
 def group_by_length(
