@@ -34,6 +34,7 @@ from serving_load import (
     stop_process_group,
 )
 
+from bertops.config import ShadowConfig
 from bertops.serving import live_client as live
 
 
@@ -49,7 +50,14 @@ def main() -> None:
     ap.add_argument(
         "--set", action="append", default=[], help="serving overrides, e.g. serving.max_batch_size=16"
     )
+    ap.add_argument(
+        "--batch-texts", type=int, default=ShadowConfig().batch_texts, help="promotion.shadow.batch_texts"
+    )
+    ap.add_argument(
+        "--quiet-ms", type=float, default=ShadowConfig().quiet_ms, help="promotion.shadow.quiet_ms"
+    )
     args = ap.parse_args()
+    shadow = ShadowConfig(batch_texts=args.batch_texts, quiet_ms=args.quiet_ms)
 
     name = "bert-shadow-bench"
     root = Path(tempfile.mkdtemp(prefix="bertops-shadow-bench-"))
@@ -65,7 +73,8 @@ def main() -> None:
         body = lambda i: {"texts": [SENTENCES[i % len(SENTENCES)]]}  # noqa: E731
         asyncio.run(load(f"{url}/predict", body, min(64, args.requests), args.concurrency))  # warm-up
         print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; champion v{versions[0]}, candidate "
-              f"v{versions[1]} ({args.preset}); {args.requests} requests a cell at concurrency {args.concurrency}")  # fmt: skip
+              f"v{versions[1]} ({args.preset}); {args.requests} requests a cell at concurrency {args.concurrency}; "
+              f"shadow batch_texts {shadow.batch_texts}, quiet_ms {shadow.quiet_ms:g}")  # fmt: skip
         print(
             f"{'round':>5} | {'shadow':<6} | {'p50 ms':>8} | {'p99 ms':>8} | {'req/s':>8} | errors | compared | dropped"
         )
@@ -73,7 +82,7 @@ def main() -> None:
         for r in range(args.rounds):
             for shadow in (False, True):
                 if shadow:
-                    live.start_shadow(url, name, versions[1])
+                    live.start_shadow(url, name, versions[1], shadow)
                 cell = asyncio.run(load(f"{url}/predict", body, args.requests, args.concurrency))
                 report = {"compared": "-", "dropped": "-"}
                 if shadow:

@@ -502,6 +502,18 @@ class ShadowConfig(_Section):
         ge=1,
         description="Mirrored requests waiting for the candidate; more are dropped (counted).",
     )
+    batch_texts: int = Field(
+        default=4,
+        ge=1,
+        description="Most mirrored texts per candidate call. A champion request that arrives during a shadow call "
+        "waits for it, so small calls bound what shadowing adds to the champion's latency.",
+    )
+    quiet_ms: float = Field(
+        default=5.0,
+        ge=0,
+        description="A shadow call starts only after the champion has had no batch running or queued for this "
+        "long (a champion request that follows its predecessor's answer is not overtaken).",
+    )
 
 
 class CanaryConfig(_Section):

@@ -151,3 +151,23 @@ def test_extra_wait_gathers_more_only_after_a_busy_call() -> None:
         assert rec.batches == [["hold"], ["a", "b", "c"]]
 
     asyncio.run(run())
+
+
+def test_idle_since_is_when_the_last_batch_ended_not_when_it_started() -> None:
+    async def run() -> tuple[float, float, float, bool]:
+        rec = Recorder()
+        rec.gate.clear()
+        batcher = AdaptiveBatcher(rec, max_size=4)
+        loop = asyncio.get_running_loop()
+        before = batcher.idle_since
+        task = asyncio.create_task(batcher.submit("a"))
+        await asyncio.sleep(0.05)
+        busy_while_running = batcher.busy and batcher.idle_since == before
+        released = loop.time()
+        rec.gate.set()
+        await task
+        return before, released, batcher.idle_since, busy_while_running and not batcher.busy
+
+    before, released, idle_since, ok = asyncio.run(run())
+    assert before == 0.0 and ok
+    assert idle_since >= released

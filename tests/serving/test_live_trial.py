@@ -138,3 +138,36 @@ def test_request_answer_joins_texts_and_reads_entities() -> None:
         [{"entities": [{"type": "PER", "start": 0, "end": 4, "score": 0.5, "text": "Anna"}]}], 1.0
     )
     assert ner.label == '[["PER", 0, 4]]' and ner.confidence == 0.5
+
+
+def test_a_shadow_call_waits_for_its_turn_takes_few_texts_and_times_only_itself() -> None:
+    sizes: list[int] = []
+
+    async def call(model, texts):
+        sizes.append(len(texts))
+        return [_pred("positive") for _ in texts]
+
+    async def run():
+        turn = asyncio.Event()
+        waits = {"n": 0}
+
+        async def wait_turn():  # the service's: the champion idle for a while
+            waits["n"] += 1
+            await turn.wait()
+
+        registry = CollectorRegistry()
+        trial = LiveTrial(_loaded("2"), 64, call, LiveMetrics(registry), wait_turn=wait_turn)
+        trial.start_shadow(max_batch_texts=3)
+        for i in range(10):
+            trial.mirror(f"r{i}", ["x"], [_pred("positive")], ms=1.0)
+        await asyncio.sleep(0.1)  # no turn yet: nothing called, everything still queued
+        called_before_turn = list(sizes)
+        turn.set()
+        await asyncio.sleep(0.05)
+        await trial.stop_shadow()
+        return trial.tally.report(), called_before_turn, waits["n"]
+
+    report, before, waits = asyncio.run(run())
+    assert before == [] and report.compared == 10 and report.dropped == 0
+    assert max(sizes) <= 3 and sum(sizes) == 10 and waits == len(sizes)
+    assert report.candidate_p99_ms is not None and report.candidate_p99_ms < 50  # the 100 ms wait is not in it

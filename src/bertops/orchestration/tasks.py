@@ -406,7 +406,7 @@ def live_trial(
             _await_review(cfg, name, version)
         if cfg.promotion.canary.enabled:
             if not cfg.promotion.shadow.enabled:
-                live.start_shadow(url, name, version, cfg.promotion.shadow.queue_size)
+                live.start_shadow(url, name, version, cfg.promotion.shadow)
                 live.stop_shadow(url, name)  # loaded and warmed up; no mirroring
             _canary_phase(cfg, name, version, url, poll_s, out)
     except (LiveTrialRefused, ServingClientError) as exc:
@@ -446,7 +446,7 @@ def _shadow_phase(cfg: BertopsConfig, name: str, version: str, url: str, poll_s:
 
     sh = cfg.promotion.shadow
     try:
-        live.start_shadow(url, name, version, sh.queue_size)
+        live.start_shadow(url, name, version, sh)
     except ServingClientError as exc:  # e.g. 422: it failed to load or to warm up, so it got no traffic
         why = f"not put on live traffic: {exc}"
         reg.set_tags(

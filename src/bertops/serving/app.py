@@ -41,7 +41,7 @@ from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve import Application
 
-from bertops.config import BertopsConfig, CanaryConfig, load_config, validate_config
+from bertops.config import BertopsConfig, CanaryConfig, ShadowConfig, load_config, validate_config
 from bertops.monitoring.feedback import BadFeedback, parse_feedback
 from bertops.monitoring.recorder import Recorder, settings_from_config
 from bertops.serving import mlflow_scoring, open_inference
@@ -68,7 +68,8 @@ logger = logging.getLogger("ray.serve.bertops")
 APP_NAME = "bertops"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 REQUEST_ID_HEADER = "x-request-id"
-SHADOW_YIELD_S = 0.002  # how often a mirrored batch looks whether the champion is idle
+SHADOW_YIELD_S = 0.002  # how often a waiting mirrored batch looks whether the champion is idle
+_SHADOW_DEFAULTS = ShadowConfig()  # the admin route's defaults: the config's
 RETRY_AFTER_S = 5  # what a 503 (no version loaded yet) asks the client to wait before trying again
 # Shared secret for POST /admin/reload from other hosts (from the environment / a Secret; never in params.yaml).
 ADMIN_TOKEN_ENV = "BERTOPS_SERVING_ADMIN_TOKEN"
@@ -543,11 +544,17 @@ class BertopsService:
         async with self._model_call:
             return await asyncio.to_thread(model.predict, texts)
 
-    async def _shadow_call(self, model: LoadedModel, texts: list[str]) -> list[dict[str, Any]]:
-        """A mirrored batch's model call, made only while the champion has no batch running or queued."""
-        while self.batcher.busy or self._model_call.locked():
-            await asyncio.sleep(SHADOW_YIELD_S)
-        return await self._call(model, texts)
+    async def _shadow_turn(self, quiet_s: float) -> None:
+        """Return once the champion has had no batch running or queued (and the model lock free) for ``quiet_s``."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if self.batcher.busy or self._model_call.locked():
+                await asyncio.sleep(SHADOW_YIELD_S)
+                continue
+            left = quiet_s - (loop.time() - self.batcher.idle_since)
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, SHADOW_YIELD_S))
 
     def _preloaded(self, name: str, version: str) -> LoadedModel | None:
         """The trial's candidate when the alias moved to it: the switch takes it as it is (no second load)."""
@@ -561,7 +568,13 @@ class BertopsService:
 
     @api.post("/admin/shadow", responses=_ERRORS)
     async def admin_shadow(
-        self, request: Request, version: str, model: str | None = None, queue_size: int = 256
+        self,
+        request: Request,
+        version: str,
+        model: str | None = None,
+        queue_size: int = _SHADOW_DEFAULTS.queue_size,
+        batch_texts: int = _SHADOW_DEFAULTS.batch_texts,
+        quiet_ms: float = _SHADOW_DEFAULTS.quiet_ms,
     ) -> Response:
         """Load and warm up ``version`` of ``model`` (default: the default model) as the candidate and mirror
         the champion's requests to it. A version that fails to load or to warm up gets no traffic: 422 says why."""
@@ -582,10 +595,12 @@ class BertopsService:
             if trial is not None:
                 await trial.stop_shadow()
                 trial.end(f"replaced by v{version}")
+            quiet_s = max(0.0, quiet_ms) / 1000
             trial = self.trials[name] = LiveTrial(
-                loaded, max(1, queue_size), self._call, self.live_metrics, shadow_call=self._shadow_call
-            )
-        trial.start_shadow(self.settings.max_batch_size)
+                loaded, max(1, queue_size), self._call, self.live_metrics,
+                wait_turn=functools.partial(self._shadow_turn, quiet_s),
+            )  # fmt: skip
+        trial.start_shadow(max(1, batch_texts))
         logger.info("shadow of %s v%s started", name, version)
         return JSONResponse({"model": name, **trial.status()})
 

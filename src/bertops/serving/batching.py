@@ -46,6 +46,7 @@ class AdaptiveBatcher(Generic[Item]):
         self._arrived = asyncio.Event()
         self._draining = False
         self._task: asyncio.Task[None] | None = None  # held so the running drain is not garbage-collected
+        self.idle_since = 0.0  # event-loop time the last batch ended (0: none ran yet)
 
     @property
     def busy(self) -> bool:
@@ -94,6 +95,7 @@ class AdaptiveBatcher(Generic[Item]):
         finally:
             # No await between the loop's last check and this line: a submit cannot slip in between.
             self._draining = False
+            self.idle_since = asyncio.get_running_loop().time()
 
     async def _gather_more(self) -> None:
         """Wait up to ``extra_wait_s`` for more items while the queued ones fill less than a batch."""

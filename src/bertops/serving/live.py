@@ -3,8 +3,9 @@
 One :class:`LiveTrial` per served model, held by the replica (``BertopsService.trials``):
 
 - **shadow**: every request the champion answered is offered to a bounded queue (:meth:`LiveTrial.mirror`,
-  ``put_nowait``: a full queue drops it and counts the drop; the request never waits). A background task takes
-  what is queued, calls the candidate once on all of it and adds each request's two answers to the
+  ``put_nowait``: a full queue drops it and counts the drop; the request never waits). A background task waits
+  for its turn, takes at most ``batch_texts`` queued texts, calls the candidate once on them and adds each
+  request's two answers to the
   :class:`~bertops.registry.live.ShadowTally`. Shadow answers never reach a client. Feedback that arrives for a
   mirrored request (``POST /feedback``, by its request id) adds to the tally's feedback accuracy.
 - **canary**: with a percent set, :func:`~bertops.registry.live.routes_to_candidate` of the caller key (header
@@ -16,9 +17,11 @@ One :class:`LiveTrial` per served model, held by the replica (``BertopsService.t
 The orchestration side drives the phases through the admin routes (:mod:`bertops.serving.live_client`). A
 candidate that fails to load or to warm up is never held, so it gets no traffic.
 
-Pure asyncio apart from the calls the service passes in: its model call, under its model lock, and for the
-shadow the same call made only while the champion has no batch running or queued (mirroring takes no turn from
-the champion; under saturation the queue fills and sheds, counted as ``dropped``).
+Pure asyncio apart from what the service passes in: its model call, under its model lock, and for the shadow a
+wait for its turn: the champion has had no batch running or queued for ``quiet_ms``. Mirroring takes no turn
+from the champion, and a champion request that arrives during a shadow call waits for at most one small call;
+under saturation the queue fills and sheds, counted as ``dropped``. The candidate's latency in the report is its
+call's own, from its turn.
 """
 
 from __future__ import annotations
@@ -108,7 +111,7 @@ class LiveTrial:
         queue_size: int,
         call: Call,
         metrics: LiveMetrics,
-        shadow_call: Call | None = None,
+        wait_turn: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.candidate: LoadedModel | None = model
         self.name, self.version = model.name, model.version
@@ -116,10 +119,8 @@ class LiveTrial:
         self.canary: CanaryStep | None = None
         self.ended: str | None = None  # why the candidate was dropped (rollback, promoted, replaced)
         self._queue: asyncio.Queue[_Mirrored] = asyncio.Queue(maxsize=queue_size)
-        self._call = call  # a canary request's answer
-        self._shadow_call = (
-            shadow_call or call
-        )  # a mirrored batch: the service's waits for the champion to idle
+        self._call = call  # a canary request's answer, and a mirrored batch's call once it has its turn
+        self._wait_turn = wait_turn  # the service's: returns once the champion has been idle a while
         self._metrics = metrics
         self._worker: asyncio.Task | None = None
         self._answers: OrderedDict[str, list[tuple[str, str]]] = OrderedDict()  # request id -> per text
@@ -139,6 +140,7 @@ class LiveTrial:
 
     # ----------------------------------------------------------------------------------------- shadow
     def start_shadow(self, max_batch_texts: int) -> None:
+        """Mirror from now on; each candidate call takes at most ``max_batch_texts`` queued texts."""
         if not self.shadowing:
             self._worker = asyncio.get_running_loop().create_task(self._shadow_loop(max_batch_texts))
         self._metrics.phase(self.name, self.version, self.phase)
@@ -170,14 +172,16 @@ class LiveTrial:
     async def _shadow_loop(self, max_batch_texts: int) -> None:
         while True:
             batch = [await self._queue.get()]
+            if self._wait_turn is not None:
+                await self._wait_turn()  # then no await until the call holds the model lock
             while not self._queue.empty() and sum(len(m.texts) for m in batch) < max_batch_texts:
                 batch.append(self._queue.get_nowait())
             model = self.candidate
             if model is None:
                 return
-            started = time.perf_counter()
+            started = time.perf_counter()  # the candidate's own latency: from its turn, not from the wait
             try:
-                answers = await self._shadow_call(model, [t for m in batch for t in m.texts])
+                answers = await self._call(model, [t for m in batch for t in m.texts])
             except Exception as exc:  # any failure of the candidate is a figure of the report, not a crash
                 logger.warning("shadow: %s v%s failed on %d mirrored requests: %s: %s",
                                model.name, model.version, len(batch), type(exc).__name__, exc)  # fmt: skip

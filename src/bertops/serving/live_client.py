@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from bertops.config import ShadowConfig
 from bertops.serving.client import ServingClientError, _check, _url
 
 
@@ -37,9 +38,13 @@ def _call(
     return _check(resp)
 
 
-def start_shadow(url: str, model: str, version: str, queue_size: int = 256) -> dict[str, Any]:
-    """Load, warm up and shadow ``version``. Raises ServingClientError 422 (with why) when it cannot be served."""
-    return _call("POST", url, "/admin/shadow", {"model": model, "version": version, "queue_size": queue_size})
+def start_shadow(url: str, model: str, version: str, shadow: ShadowConfig | None = None) -> dict[str, Any]:
+    """Load, warm up and shadow ``version`` with ``shadow``'s queue and call sizes (default: the config's
+    defaults). Raises ServingClientError 422 (with why) when it cannot be served."""
+    sh = shadow or ShadowConfig()
+    params = {"model": model, "version": version, "queue_size": sh.queue_size, "batch_texts": sh.batch_texts,
+              "quiet_ms": sh.quiet_ms}  # fmt: skip
+    return _call("POST", url, "/admin/shadow", params)
 
 
 def stop_shadow(url: str, model: str) -> dict[str, Any]:
