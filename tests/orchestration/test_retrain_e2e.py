@@ -14,13 +14,13 @@ promoted over the untrained champion the service starts with: the test checks th
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 from tests.orchestration.conftest import git, make_project, run_retrain_dag
 from tests.serving.conftest import Registry, start_service
+from tests.serving.request_stream import RequestStream
 
 from bertops.serving.client import predict
 
@@ -83,38 +83,16 @@ def service(ray_cluster, mlflow_server, tmp_path_factory: pytest.TempPathFactory
 def test_bert_retrain_does_what_was_asked_end_to_end(
     project: Path, airflow_home: Path, ray_cluster, mlflow_server, service
 ) -> None:
-    import threading
-
-    import httpx
-
     served_before = predict(service.url, ["a fine film"])["version"]
     # A steady stream of plain HTTP requests (no client retries) from 12 callers while the DAG runs: the shadow
     # mirrors them, the canary answers some callers with the candidate, then the alias moves; none may fail.
-    stop, failures, answered_by = threading.Event(), [], {}
-
-    def stream() -> None:
-        with httpx.Client(timeout=60) as http:
-            i = 0
-            while not stop.is_set():
-                caller = f"caller-{i % 12}"
-                r = http.post(f"{service.url}/predict", json={"texts": [f"a fine film {i}"]},
-                              headers={"X-Bertops-Caller": caller})  # fmt: skip
-                if r.status_code != 200:
-                    failures.append((r.status_code, r.text[:200]))
-                else:
-                    answered_by.setdefault(caller, set()).add(r.json()["version"])
-                i += 1
-                time.sleep(0.05)
-
-    streamer = threading.Thread(target=stream, daemon=True)
-    streamer.start()
-    try:
+    with RequestStream(
+        service.url, lambda i: f"a fine film {i}", callers=12, threads=1, pause_s=0.05
+    ) as stream:
         result, output = run_retrain_dag(
             project, airflow_home, ray_cluster, mlflow_server, CONF, serving_url=service.url
         )
-    finally:
-        stop.set()
-        streamer.join(timeout=120)
+    failures, answered_by = stream.failures, stream.versions_by_caller()
     assert not failures, failures[:5]
     assert all(state == "success" for state in result["tasks"].values()), result["tasks"]
     summary = result["xcoms"]["summary"]

@@ -12,7 +12,6 @@ test_http_api.py (see test_deployed_service.py for why).
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from bertops.serving import live_client as live
 from bertops.serving.client import ServingClientError, notify_reload
 
 from .conftest import Registry, Service, start_service
+from .request_stream import RequestStream
 
 pytestmark = [pytest.mark.slow]
 
@@ -51,45 +51,9 @@ def _cfg(service: Service, monkeypatch: pytest.MonkeyPatch, *overrides: str):
     )  # fmt: skip
 
 
-class Stream:
-    """Requests from 40 callers (``X-Bertops-Caller``) in a few threads; every failure and who answered whom.
-    ``fail_word_every``: once a candidate has answered, every n-th text carries the failing candidate's word."""
-
-    def __init__(self, url: str, threads: int = 3, fail_word_every: int | None = None) -> None:
-        self.url, self.failures, self.answers = url, [], []  # answers: (caller, version)
-        self._stop = threading.Event()
-        self._n = itertools.count()
-        self._fail_every = fail_word_every
-        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
-
-    def __enter__(self) -> Stream:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=120)
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=60) as client:
-            while not self._stop.is_set():
-                i = next(self._n)
-                caller, text = f"caller-{i % 40}", TEXTS[i % len(TEXTS)]
-                candidate_answered = any(v != "1" for _, v in self.answers[-50:])
-                if self._fail_every and i % self._fail_every == 0 and candidate_answered:
-                    text += " boom"
-                try:
-                    r = client.post(f"{self.url}/predict", json={"texts": [text]},
-                                    headers={"X-Bertops-Caller": caller})  # fmt: skip
-                except httpx.HTTPError as exc:
-                    self.failures.append(f"{type(exc).__name__}: {exc}")
-                    continue
-                if r.status_code != 200:
-                    self.failures.append(f"{r.status_code} {r.text[:200]}")
-                    continue
-                self.answers.append((caller, r.json()["version"]))
+def _stream(url: str, fail_word_every: int | None = None) -> RequestStream:
+    """40 callers in 3 threads, cycling through TEXTS."""
+    return RequestStream(url, lambda i: TEXTS[i % len(TEXTS)], fail_word_every=fail_word_every)
 
 
 def test_a_candidate_that_fails_to_load_or_warm_up_gets_no_traffic(
@@ -116,7 +80,7 @@ def test_a_candidate_that_fails_to_load_or_warm_up_gets_no_traffic(
     with pytest.raises(ServingClientError) as err:
         live.set_canary(service.url, name, 50)
     assert err.value.status == 409
-    with Stream(service.url) as stream:
+    with _stream(service.url) as stream:
         time.sleep(1)
     assert stream.failures == [] and {v for _, v in stream.answers} == {"1"}
 
@@ -128,7 +92,7 @@ def test_a_candidate_that_disagrees_often_is_refused_with_its_figures(
     version = service.registry.register_keyword(bias=-3.0)
     cfg = _cfg(service, monkeypatch, "promotion.shadow.enabled=true", "promotion.shadow.requests=15",
                "promotion.shadow.min_agreement=0.9")  # fmt: skip
-    with Stream(service.url) as stream:
+    with _stream(service.url) as stream:
         out = tasks.live_trial(cfg, service.registry.name, version, poll_s=0.5)
     assert stream.failures == []
     assert {v for _, v in stream.answers} == {"1"}  # shadow answers never reach a client
@@ -155,7 +119,7 @@ def test_a_canary_whose_candidate_errors_is_rolled_back_automatically(
     cfg = _cfg(service, monkeypatch, "promotion.canary.enabled=true", "promotion.canary.percent=50",
                "promotion.canary.steps=[]", "promotion.canary.step_requests=30",
                "promotion.canary.max_error_rate=0.05")  # fmt: skip
-    with Stream(service.url, fail_word_every=7) as stream:
+    with _stream(service.url, fail_word_every=7) as stream:
         out = tasks.live_trial(cfg, service.registry.name, version, poll_s=0.5)
         rolled_back_at = len(stream.answers)
         time.sleep(1)
@@ -187,7 +151,7 @@ def test_with_require_approval_the_reviewer_sees_the_shadow_report_before_any_ca
                "promotion.canary.percent=50", "promotion.canary.steps=[]", "promotion.canary.step_requests=5")  # fmt: skip
     out: dict = {}
     client = service.registry.client()
-    with Stream(service.url) as stream:
+    with _stream(service.url) as stream:
         trial = threading.Thread(
             target=lambda: out.update(tasks.live_trial(cfg, name, version, wait_for_review=True, poll_s=0.5))
         )
@@ -220,7 +184,7 @@ def test_a_good_candidate_goes_shadow_canary_champion_with_no_failed_request(
     cfg = _cfg(service, monkeypatch, "promotion.shadow.enabled=true", "promotion.shadow.requests=15",
                "promotion.canary.enabled=true", "promotion.canary.percent=25", "promotion.canary.steps=[60]",
                "promotion.canary.step_requests=5")  # fmt: skip
-    with Stream(service.url) as stream:
+    with _stream(service.url) as stream:
         out = tasks.live_trial(cfg, name, version, poll_s=0.5)
         assert out["passed"], out
         assert [s["percent"] for s in out["canary"]] == [25, 60]

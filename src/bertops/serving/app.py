@@ -602,7 +602,7 @@ class BertopsService:
             )  # fmt: skip
         trial.start_shadow(max(1, batch_texts))
         logger.info("shadow of %s v%s started", name, version)
-        return JSONResponse({"model": name, **trial.status()})
+        return self._trial_status(name, trial)
 
     @api.post("/admin/shadow/stop", responses=_ERRORS)
     async def admin_shadow_stop(self, request: Request, model: str | None = None) -> Response:
@@ -612,7 +612,7 @@ class BertopsService:
             return refused
         if trial is not None:
             await trial.stop_shadow()
-        return JSONResponse({"model": name, **(trial.status() if trial else {"phase": "none"})})
+        return self._trial_status(name, trial)
 
     @api.get("/admin/candidate", responses=_ERRORS)
     async def admin_candidate(self, request: Request, model: str | None = None) -> Response:
@@ -620,11 +620,7 @@ class BertopsService:
         name, trial, refused = self._trial(request, "/admin/candidate", model)
         if refused is not None:
             return refused
-        champion = self.managers[name].current
-        status = trial.status() if trial else {"phase": "none", "candidate_version": None}
-        return JSONResponse(
-            {"model": name, "champion_version": champion.version if champion else None, **status}
-        )
+        return self._trial_status(name, trial)
 
     @api.post("/admin/canary", responses=_ERRORS)
     async def admin_canary(self, request: Request, percent: float, model: str | None = None) -> Response:
@@ -649,7 +645,7 @@ class BertopsService:
             return self._error("/admin/canary", 400, f"canary limits: {exc}", None, time.perf_counter())
         trial.set_canary(percent, limits)
         logger.info("canary of %s v%s at %s%%", name, trial.version, percent)
-        return JSONResponse({"model": name, **trial.status()})
+        return self._trial_status(name, trial)
 
     @api.post("/admin/rollback", responses=_ERRORS)
     async def admin_rollback(self, request: Request, model: str | None = None) -> Response:
@@ -660,7 +656,15 @@ class BertopsService:
         if trial is not None:
             await trial.stop_shadow()
             trial.end("rolled back by an operator")
-        return JSONResponse({"model": name, **(trial.status() if trial else {"phase": "none"})})
+        return self._trial_status(name, trial)
+
+    def _trial_status(self, name: str, trial: LiveTrial | None) -> Response:
+        """What every live-trial admin route answers: the model, its champion, the trial's state (or none)."""
+        champion = self.managers[name].current
+        status = trial.status() if trial else {"phase": "none", "candidate_version": None}
+        return JSONResponse(
+            {"model": name, "champion_version": champion.version if champion else None, **status}
+        )
 
     def _id_header(self, request_id: str | None) -> dict[str, str] | None:
         # Behind Ray's proxy the header is added for us; a second copy would read "abc, abc" to the client.
