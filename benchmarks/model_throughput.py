@@ -82,10 +82,12 @@ def bench_bertops(
     import numpy as np
     import tensorflow as tf
 
+    from bertops.config import OptimizerConfig
     from bertops.model.backbone import BertBackbone
     from bertops.model.heads import BertClassifier
     from bertops.training.datasets import bucket_lengths, cut_to_bucket
     from bertops.training.flops import train_flops_per_token
+    from bertops.training.optimization import build_optimizer
 
     layers, hidden, heads = SIZES[size]
     keras.utils.set_random_seed(0)
@@ -93,7 +95,10 @@ def bench_bertops(
     backbone = BertBackbone(VOCAB, layers, heads, hidden, 4 * hidden, dropout=0.1, max_sequence_length=512)
     model = BertClassifier(backbone, num_classes=2)
     keras.config.set_dtype_policy("float32")
-    optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.01)
+    # bertops' optimizer (the loop's: fused AdamW, LayerNorm and biases not decayed), a constant rate
+    optimizer = build_optimizer(
+        OptimizerConfig(learning_rate=1e-4, weight_decay=0.01, warmup_fraction=0.0), 10**9, model
+    )
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     rng = np.random.default_rng(0)
     widths = bucket_lengths(buckets or [], seq)
@@ -110,14 +115,14 @@ def bench_bertops(
                 "padding_mask": tf.constant(mask)}  # fmt: skip
         batches.append(cut_to_bucket(full, widths))
     y = tf.constant(rng.integers(0, 2, batch), tf.int32)
-    optimizer.build(model.trainable_variables)
     num_params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
     @tf.function(jit_compile=jit, reduce_retracing=True)
     def train_step(x: dict, y: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             loss = loss_fn(y, model(x, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
+        # dense, as the loop's (its embedding gradients are all-reduced across workers)
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return loss
 

@@ -54,3 +54,58 @@ def test_lamb_and_loss_scaling_build() -> None:
     scaled = build_optimizer(OptimizerConfig(), total_steps=10, model=model, loss_scaling=True)
     assert isinstance(scaled, keras.optimizers.LossScaleOptimizer)
     assert float(scaled.scale_loss(1.0)) > 1.0
+
+
+def _graph_step(opt, w, b):
+    import tensorflow as tf
+
+    @tf.function
+    def step(gw, gb):
+        opt.apply_gradients([(gw, w), (gb, b)])
+
+    return step
+
+
+@pytest.mark.parametrize("strategy", ["default", "mirrored"])
+def test_the_fused_adamw_step_is_keras_adamw_step(strategy: str) -> None:
+    """Same variables, slots and decay after several steps of the same gradients, eager and in a tf.function,
+    outside a distribution strategy and under one (how the loop applies it: in the cross-replica context)."""
+    import keras
+    import tensorflow as tf
+
+    from bertops.training.optimization import FusedAdamW
+
+    w0 = np.random.default_rng(0).standard_normal((6, 5)).astype("float32")
+    scope = (
+        tf.distribute.MirroredStrategy(["/cpu:0"]) if strategy == "mirrored" else tf.distribute.get_strategy()
+    )
+    finals = []
+    for cls in (keras.optimizers.AdamW, FusedAdamW):
+        with scope.scope():
+            w = keras.Variable(w0, name="kernel")
+            b = keras.Variable(np.zeros(5, "float32"), name="bias")
+            opt = cls(learning_rate=3e-2, weight_decay=0.1, beta_1=0.8, beta_2=0.95, epsilon=1e-6)
+            opt.exclude_from_weight_decay(var_list=[b])
+            opt.build([w, b])
+
+        step = _graph_step(opt, w, b)
+
+        grads = np.random.default_rng(1).standard_normal((4, 6, 5)).astype("float32")
+        for i, g in enumerate(grads):
+            gw, gb = tf.constant(g), tf.constant(g[0] * 2)
+            if i % 2:
+                step(gw, gb)
+            else:
+                opt.apply_gradients([(gw, w), (gb, b)])
+        finals.append([np.array(v) for v in (w, b, opt._momentums[0], opt._velocities[1])])
+    for keras_value, fused_value in zip(*finals, strict=True):
+        np.testing.assert_allclose(fused_value, keras_value, rtol=1e-5, atol=1e-6)
+    assert np.abs(finals[0][0] - w0).max() > 0.05  # it moved
+
+
+def test_adamw_is_the_fused_one() -> None:
+    from bertops.training.optimization import FusedAdamW, build_optimizer
+
+    assert isinstance(
+        build_optimizer(OptimizerConfig(), total_steps=10, model=_tiny_classifier()), FusedAdamW
+    )

@@ -113,13 +113,15 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             kv = ops.transpose(
                 ops.reshape(kv, (batch, length, 2, self.num_heads, self.head_dim)), (2, 0, 3, 1, 4)
             )
-            k, v = kv[0], kv[1]  # (B, nh, T, hd)
+            k, v = ops.unstack(kv, 2, axis=0)  # (B, nh, T, hd) each
             q_length = 1
         else:
             qkv = self.qkv_dense(x)  # (B, T, 3H)
             qkv = ops.reshape(qkv, (batch, length, 3, self.num_heads, self.head_dim))
             qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # (3, B, nh, T, hd)
-            q, k, v = qkv[0], qkv[1], qkv[2]
+            # unstack, not qkv[0], qkv[1], qkv[2]: its gradient is one stack, where each index's gradient
+            # (StridedSliceGrad) writes a zero tensor of the whole qkv: 17% of the L2 step's op time, profiled.
+            q, k, v = ops.unstack(qkv, 3, axis=0)
             q_length = length
         # Scale q rather than the scores: B*T*H multiplies instead of B*nh*T*T.
         q = q * ops.cast(1.0 / self.head_dim**0.5, q.dtype)
