@@ -57,7 +57,7 @@ def main() -> None:
         "--quiet-ms", type=float, default=ShadowConfig().quiet_ms, help="promotion.shadow.quiet_ms"
     )
     args = ap.parse_args()
-    shadow = ShadowConfig(batch_texts=args.batch_texts, quiet_ms=args.quiet_ms)
+    shadow_cfg = ShadowConfig(batch_texts=args.batch_texts, quiet_ms=args.quiet_ms)
 
     name = "bert-shadow-bench"
     root = Path(tempfile.mkdtemp(prefix="bertops-shadow-bench-"))
@@ -74,7 +74,7 @@ def main() -> None:
         asyncio.run(load(f"{url}/predict", body, min(64, args.requests), args.concurrency))  # warm-up
         print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; champion v{versions[0]}, candidate "
               f"v{versions[1]} ({args.preset}); {args.requests} requests a cell at concurrency {args.concurrency}; "
-              f"shadow batch_texts {shadow.batch_texts}, quiet_ms {shadow.quiet_ms:g}")  # fmt: skip
+              f"shadow batch_texts {shadow_cfg.batch_texts}, quiet_ms {shadow_cfg.quiet_ms:g}")  # fmt: skip
         print(
             f"{'round':>5} | {'shadow':<6} | {'p50 ms':>8} | {'p99 ms':>8} | {'req/s':>8} | errors | compared | dropped"
         )
@@ -82,7 +82,7 @@ def main() -> None:
         for r in range(args.rounds):
             for shadow in (False, True):
                 if shadow:
-                    live.start_shadow(url, name, versions[1], shadow)
+                    live.start_shadow(url, name, versions[1], shadow_cfg)
                 cell = asyncio.run(load(f"{url}/predict", body, args.requests, args.concurrency))
                 report = {"compared": "-", "dropped": "-"}
                 if shadow:

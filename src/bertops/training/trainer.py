@@ -399,8 +399,7 @@ def run_training(cfg: BertopsConfig, kind: Kind, run_name: str | None = None) ->
             storage_path=str(storage),
             failure_config=FailureConfig(max_failures=section.scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=section.checkpoints_to_keep),
-            # No worker_runtime_env: a worker with the default runtime env can be one Ray started ahead
-            # (its pool of idle workers); the loop sets what TensorFlow and logging need itself.
+            worker_runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}},
         ),
     )
     try:
