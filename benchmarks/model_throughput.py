@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 SIZES = {"L2-H128": (2, 128, 2), "L6-H384": (6, 384, 12)}
 VOCAB = 30522
@@ -74,19 +75,16 @@ def group_lengths(lengths: list[int], widths: list[int], batch: int) -> list[int
 
 
 # ----------------------------------------------------------------------------------------------- bertops
-def bench_bertops(
-    size: str, seq: int, batch: int, steps: int, warmup: int, jit: bool, policy: str = "float32",
-    lengths: list[int] | None = None, buckets: list[int] | None = None,
-) -> dict[str, float]:  # fmt: skip
+def classifier_and_step(size: str, jit: bool, policy: str = "float32") -> tuple[Any, Any]:
+    """The benchmarked model (vocab 30,522, two classes, ``policy`` compute) and its train step ``(x, y) -> loss``:
+    forward, cross-entropy, dense gradients as the loop's (its embedding gradients are all-reduced across
+    workers), bertops' optimizer (the loop's fused AdamW, LayerNorm and biases not decayed) at a constant rate."""
     import keras
-    import numpy as np
     import tensorflow as tf
 
     from bertops.config import OptimizerConfig
     from bertops.model.backbone import BertBackbone
     from bertops.model.heads import BertClassifier
-    from bertops.training.datasets import bucket_lengths, cut_to_bucket
-    from bertops.training.flops import train_flops_per_token
     from bertops.training.optimization import build_optimizer
 
     layers, hidden, heads = SIZES[size]
@@ -95,11 +93,34 @@ def bench_bertops(
     backbone = BertBackbone(VOCAB, layers, heads, hidden, 4 * hidden, dropout=0.1, max_sequence_length=512)
     model = BertClassifier(backbone, num_classes=2)
     keras.config.set_dtype_policy("float32")
-    # bertops' optimizer (the loop's: fused AdamW, LayerNorm and biases not decayed), a constant rate
     optimizer = build_optimizer(
         OptimizerConfig(learning_rate=1e-4, weight_decay=0.01, warmup_fraction=0.0), 10**9, model
     )
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function(jit_compile=jit, reduce_retracing=True)
+    def train_step(x: dict, y: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss
+
+    return model, train_step
+
+
+def bench_bertops(
+    size: str, seq: int, batch: int, steps: int, warmup: int, jit: bool, policy: str = "float32",
+    lengths: list[int] | None = None, buckets: list[int] | None = None,
+) -> dict[str, float]:  # fmt: skip
+    import numpy as np
+    import tensorflow as tf
+
+    from bertops.training.datasets import bucket_lengths, cut_to_bucket
+    from bertops.training.flops import train_flops_per_token
+
+    layers, hidden, _ = SIZES[size]
+    model, train_step = classifier_and_step(size, jit, policy)
     rng = np.random.default_rng(0)
     widths = bucket_lengths(buckets or [], seq)
     lengths = lengths or [seq] * (batch * steps)
@@ -116,15 +137,6 @@ def bench_bertops(
         batches.append(cut_to_bucket(full, widths))
     y = tf.constant(rng.integers(0, 2, batch), tf.int32)
     num_params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
-
-    @tf.function(jit_compile=jit, reduce_retracing=True)
-    def train_step(x: dict, y: tf.Tensor) -> tf.Tensor:
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        # dense, as the loop's (its embedding gradients are all-reduced across workers)
-        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        return loss
 
     seen: dict[int, dict] = {}
     for x in batches:  # one trace / XLA program per width before timing, then ``warmup`` more steps

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from model_throughput import SIZES, VOCAB  # noqa: E402
+from model_throughput import SIZES, VOCAB, classifier_and_step  # noqa: E402
 
 # Trace events that hold the op events rather than being ops themselves (the step, the executor, the call).
 _CONTAINERS = {"Process", "Run", "FunctionRun", "ParallelFor", "EagerExecute", "EagerKernelExecute",
@@ -78,38 +78,15 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.2f}; {args.size} seq {args.seq} batch {args.batch}, XLA {args.jit}"
     )
 
-    import keras
     import numpy as np
     import tensorflow as tf
 
-    from bertops.config import OptimizerConfig
-    from bertops.model.backbone import BertBackbone
-    from bertops.model.heads import BertClassifier
-    from bertops.training.optimization import build_optimizer
-
-    layers, hidden, heads = SIZES[args.size]
-    keras.utils.set_random_seed(0)
-    backbone = BertBackbone(VOCAB, layers, heads, hidden, 4 * hidden, dropout=0.1, max_sequence_length=512)
-    model = BertClassifier(backbone, num_classes=2)
-    # bertops' optimizer (the loop's: fused AdamW, LayerNorm and biases not decayed), a constant rate
-    optimizer = build_optimizer(
-        OptimizerConfig(learning_rate=1e-4, weight_decay=0.01, warmup_fraction=0.0), 10**9, model
-    )
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    _, train_step = classifier_and_step(args.size, args.jit)
     rng = np.random.default_rng(0)
     b, s = args.batch, args.seq
     x = {"token_ids": tf.constant(rng.integers(1000, VOCAB, (b, s)), tf.int32),
          "segment_ids": tf.zeros((b, s), tf.int32), "padding_mask": tf.ones((b, s), tf.int32)}  # fmt: skip
     y = tf.constant(rng.integers(0, 2, b), tf.int32)
-
-    @tf.function(jit_compile=args.jit)
-    def train_step(x: dict, y: tf.Tensor) -> tf.Tensor:
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        # dense, as the loop's (its embedding gradients are all-reduced across workers)
-        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        return loss
 
     for _ in range(args.warmup):
         train_step(x, y).numpy()
