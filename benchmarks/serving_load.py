@@ -184,8 +184,15 @@ def configurations(default_ingress: str, only: str | None, extra: list[str]) -> 
     return rows
 
 
-async def load(url: str, body: Callable[[int], dict], n: int, concurrency: int) -> dict[str, float]:
+async def load(
+    url: str, body: Callable[[int], dict], n: int, concurrency: int, rate: float | None = None
+) -> dict:
     """Send ``n`` requests with at most ``concurrency`` in flight; latency percentiles and throughput.
+
+    Closed loop by default (a new request as soon as one returns: the server runs saturated). With ``rate``
+    (requests per second) arrivals are open loop instead, evenly spaced, as live traffic below capacity
+    arrives; a request still waits for one of the ``concurrency`` connections, and that wait is counted in
+    its latency. ``latencies_ms`` holds every request's latency, so rounds can be pooled.
 
     aiohttp rather than httpx: the client shares the 2 cores with both servers, and aiohttp spends several
     times less CPU per request, so it caps neither measurement.
@@ -195,26 +202,36 @@ async def load(url: str, body: Callable[[int], dict], n: int, concurrency: int) 
     sem = asyncio.Semaphore(concurrency)
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as client:
+        started = time.perf_counter()
 
         async def one(i: int) -> None:
             nonlocal errors
+            if rate:  # open loop: latency from the request's arrival, its wait for a connection included
+                await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
+            t0 = time.perf_counter()
             async with sem:
-                t0 = time.perf_counter()
+                if not rate:  # closed loop: from the moment it is sent
+                    t0 = time.perf_counter()
                 async with client.post(url, json=body(i)) as r:
                     await r.read()
                     errors += r.status != 200
-                latencies.append(time.perf_counter() - t0)
+            latencies.append(time.perf_counter() - t0)
 
-        started = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(n)))
         wall = time.perf_counter() - started
     latencies.sort()
     return {
         "p50_ms": 1000 * statistics.median(latencies),
-        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "p99_ms": 1000 * percentile(latencies, 0.99),
         "rps": n / wall,
         "errors": errors,
+        "latencies_ms": [1000 * x for x in latencies],
     }
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The ``q`` quantile of already sorted values (nearest rank, the convention of every table here)."""
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 def main() -> None:
