@@ -39,6 +39,13 @@ from bertops.config import ShadowConfig
 from bertops.serving import live_client as live
 
 
+def ratio_line(what: str, off: float, on: float) -> str:
+    """The champion's p99 without and with shadow, their ratio and the verdict against issue 20's 1.2."""
+    verdict = "within" if on <= 1.2 * off else "NOT within"
+    return (f"champion p99 {what}: {off:.1f} ms without shadow, {on:.1f} ms with: ratio {on / off:.2f} "
+            f"({verdict} the 1.2 target)")  # fmt: skip
+
+
 def main() -> None:
     from mlflow import MlflowClient
 
@@ -105,17 +112,13 @@ def main() -> None:
                 pooled[shadow].extend(cell["latencies_ms"])
                 print(f"{r:>5} | {'on' if shadow else 'off':<6} | {cell['p50_ms']:>8.1f} | {cell['p99_ms']:>8.1f} | "
                       f"{cell['rps']:>8.1f} | {int(cell['errors']):>6} | {report['compared']:>8} | {report['dropped']:>7}")  # fmt: skip
-        off, on = statistics.median(p99[False]), statistics.median(p99[True])
-        verdict = "within" if on <= 1.2 * off else "NOT within"
-        print(f"champion p99 median over {args.rounds} round(s): {off:.1f} ms without shadow, {on:.1f} ms with: "
-              f"ratio {on / off:.2f} ({verdict} the 1.2 target)")  # fmt: skip
-        off, on = (percentile(sorted(pooled[s]), 0.99) for s in (False, True))
-        verdict = "within" if on <= 1.2 * off else "NOT within"
-        print(f"champion p99 of all {len(pooled[False])} requests of each setting: {off:.1f} ms without, "
-              f"{on:.1f} ms with: ratio {on / off:.2f} ({verdict} the 1.2 target)")  # fmt: skip
-        mirrored = tally["compared"] + tally["dropped"]
-        print(f"shadow compared {tally['compared']} of {mirrored} mirrored requests, {tally['compared'] / shadow_s:.1f}/s "
-              f"(what is still queued when a cell stops counts as dropped: {mirrored - tally['compared']})")  # fmt: skip
+        print(ratio_line(f"median over {args.rounds} round(s)", statistics.median(p99[False]),
+                         statistics.median(p99[True])))  # fmt: skip
+        print(ratio_line(f"of all {len(pooled[False])} requests of each setting",
+                         *(percentile(sorted(pooled[s]), 0.99) for s in (False, True))))  # fmt: skip
+        print(f"shadow compared {tally['compared']} of {tally['compared'] + tally['dropped']} mirrored requests, "
+              f"{tally['compared'] / shadow_s:.1f}/s (what is still queued when a cell stops counts as dropped: "
+              f"{tally['dropped']})")  # fmt: skip
     finally:
         stop_bertops(ray_env)
         if proc is not None:
