@@ -126,6 +126,16 @@ def _gpu_peak(plan: RunPlan) -> float | None:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point (``make_trainer(train_loop_per_worker, train_loop_config=plan.to_dict(), ...)``)."""
     started = time.perf_counter()
+    config = {**config, "extra": {**config.get("extra", {}), "loop_started_at": time.time()}}
+    loggers: list[Any] = []  # the rank-0 MetricLogger, closed (its queue sent) however the loop ends
+    try:
+        _train(config, started, loggers)
+    finally:
+        for logger in loggers:
+            logger.close()
+
+
+def _train(config: dict[str, Any], started: float, loggers: list[Any]) -> None:
     import keras
     import numpy as np
     import ray.train
@@ -304,6 +314,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     peak = _gpu_peak(plan)
     devices = max(1, len(tf.config.list_physical_devices("GPU"))) * world
     logger = MetricLogger(plan.tracking_uri, plan.run_id, plan.total_steps) if rank == 0 else None
+    loggers.extend([logger] if logger else [])
 
     def report(metrics: dict[str, Any], with_checkpoint: bool, bundle: bool = False) -> None:
         """All workers call this (it is a barrier); rank 0 attaches the checkpoint."""
@@ -342,8 +353,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # The first step includes tracing (and XLA compilation): logged apart, left out of throughput.
             if logger:
                 first = {"time_to_first_step_s": time.perf_counter() - started, "first_step_s": dt}
-                if "driver_started_at" in plan.extra:  # the whole start-up: plan, Ray, workers, imports
-                    first["driver_to_first_step_s"] = time.time() - plan.extra["driver_started_at"]
+                extra = plan.extra
+                if "driver_started_at" in extra:  # the whole start-up: plan, Ray, workers, imports
+                    first["driver_to_first_step_s"] = time.time() - extra["driver_started_at"]
+                if "driver_submitted_at" in extra:  # its parts before this loop started
+                    first["driver_setup_s"] = extra["driver_submitted_at"] - extra["driver_started_at"]
+                    first["ray_start_s"] = extra["loop_started_at"] - extra["driver_submitted_at"]
                 logger.set_tags({"bertops.dtype_policy": policy})
                 if resumed_from is not None:
                     first["resumed_from_step"] = resumed_from
@@ -442,6 +457,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     if logger:
         logger.log(final, state.step)
+        logger.close()  # every metric in the run before the driver closes it
     report(final, with_checkpoint=True, bundle=True)
 
 

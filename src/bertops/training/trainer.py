@@ -390,6 +390,7 @@ def run_training(cfg: BertopsConfig, kind: Kind, run_name: str | None = None) ->
     from bertops.training.loop import RESULT_FILE, train_loop_per_worker
 
     plan.extra["driver_started_at"] = started_at  # wall clock: the worker logs driver_to_first_step_s
+    plan.extra["driver_submitted_at"] = time.time()  # and from it driver_setup_s, ray_start_s
     trainer = make_trainer(
         train_loop_per_worker,
         train_loop_config=plan.to_dict(),
