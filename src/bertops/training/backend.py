@@ -7,14 +7,21 @@ config, in the controller too. :func:`make_trainer` builds the same ``DataParall
 :class:`TensorflowBackendConfig`, which lives here, so only the workers ever import TensorFlow. It leaves out
 the ``TF_USE_LEGACY_KERAS=1`` Ray also sets: the loop uses Keras 3 (``import keras``), never ``tf.keras``.
 
+The backend's first act on each worker is to start importing Keras and TensorFlow on a background thread
+(seconds on a small machine), so that the import overlaps the rest of Ray Train's set-up (the worker
+addresses, ``TF_CONFIG``, the launch of the loop); the loop waits for it (:func:`wait_for_tensorflow`)
+before its own imports, so the two threads never import at the same time.
+
     trainer = make_trainer(train_loop_per_worker, train_loop_config=plan.to_dict(), scaling_config=...,
                            run_config=...)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +29,27 @@ from typing import Any
 from ray.train.backend import Backend, BackendConfig
 
 TF_CONFIG = "TF_CONFIG"
+_tensorflow_import: threading.Thread | None = None  # on a worker: the background import, once started
+
+
+def _import_keras() -> None:
+    # A failure is left to the loop's own import, which raises it again where it is reported.
+    with contextlib.suppress(BaseException):
+        import keras  # noqa: F401  (Keras 3 imports its TensorFlow backend)
+
+
+def start_tensorflow_import() -> None:
+    """On a worker: import Keras and TensorFlow on a background thread, once (returns at once)."""
+    global _tensorflow_import
+    if _tensorflow_import is None:
+        _tensorflow_import = threading.Thread(target=_import_keras, name="bertops-import-tf", daemon=True)
+        _tensorflow_import.start()
+
+
+def wait_for_tensorflow() -> None:
+    """Block until :func:`start_tensorflow_import`'s import is over (no-op where it never started)."""
+    if _tensorflow_import is not None:
+        _tensorflow_import.join()
 
 
 def _set_tf_config(worker_addresses: list[str], index: int) -> None:
@@ -40,6 +68,7 @@ class _TensorflowBackend(Backend):
         def address() -> str:
             return build_address(*get_address_and_port())
 
+        worker_group.execute(start_tensorflow_import)
         urls = worker_group.execute(address)
         ray.get(
             [
