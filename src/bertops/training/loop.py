@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bertops.training.backend import wait_for_tensorflow
 from bertops.training.plan import RunPlan
 
 log = logging.getLogger(__name__)
@@ -136,8 +137,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _train(config: dict[str, Any], started: float, loggers: list[Any]) -> None:
-    from bertops.training.backend import wait_for_tensorflow
-
     wait_for_tensorflow()  # the import the backend started while Ray Train set up (no concurrent imports)
     import keras
     import numpy as np
