@@ -56,6 +56,8 @@ def main() -> None:
     state = Path(tempfile.mkdtemp(prefix="bertops-startup-"))
     env = {**os.environ, "PYTHONPATH": str(repo / "src"), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
+    # A throw-away cluster on 127.0.0.1: without this the CLI would need the token ``ray start`` generates.
+    env["RAY_AUTH_MODE"] = "disabled"
     port = free_port()
     ray_tmp = Path(tempfile.mkdtemp(prefix="bso-", dir="/tmp"))  # short: Ray's socket paths live under it
     subprocess.run(
