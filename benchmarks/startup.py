@@ -41,6 +41,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def settle(limit_s: float = 90.0, busy_pct: float = 10.0) -> float:
+    """Wait until the machine's CPUs are quiet (under ``busy_pct`` % over one second, at most ``limit_s``): a
+    fresh ``ray start`` keeps both cores busy for seconds (its idle worker pool importing Ray), and so does the
+    previous run's exit. Returns the last one-second CPU use (printed with each run)."""
+    import psutil
+
+    deadline = time.monotonic() + limit_s
+    while True:
+        busy = psutil.cpu_percent(interval=1.0)
+        if busy < busy_pct or time.monotonic() > deadline:
+            return busy
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
@@ -82,6 +95,7 @@ def main() -> None:
                 "--set", f"{args.kind}.output_dir={state / f'bundle-{i}'}",
                 *(x for o in args.overrides for x in ("--set", o)),
             ]  # fmt: skip
+            busy = settle()
             load = os.getloadavg()[0]
             launched = time.time()
             subprocess.run(
@@ -106,11 +120,15 @@ def main() -> None:
             }
             row["cli"] = row["total"] - row["driver_to_first_step"]
             rows.append(row)
+            ray_parts = {
+                k: m[f"ray_{k}_s"] for k in ("worker_process", "worker_init", "backend") if f"ray_{k}_s" in m
+            }
             print(
-                f"run {i} (load {load:.2f} before): command -> first step {row['total']:.1f} s = CLI start "
+                f"run {i} (load {load:.2f}, CPU {busy:.0f}% before): command -> first step {row['total']:.1f} s = CLI start "
                 f"{row['cli']:.1f} + driver setup {row['driver_setup']:.1f} + Ray Train start {row['ray_start']:.1f} "
                 f"+ loop to first step {row['loop_to_first_step']:.1f} (of which the first step "
-                f"{row['first_step']:.1f}); rest {row['total'] - row['cli'] - row['driver_setup'] - row['ray_start'] - row['loop_to_first_step']:.1f}",
+                f"{row['first_step']:.1f}); rest {row['total'] - row['cli'] - row['driver_setup'] - row['ray_start'] - row['loop_to_first_step']:.1f}"
+                + (f"\n    Ray Train start = {' + '.join(f'{k} {v:.1f}' for k, v in ray_parts.items())}" if ray_parts else ""),
                 flush=True,
             )  # fmt: skip
     finally:

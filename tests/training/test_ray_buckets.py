@@ -87,6 +87,10 @@ def test_bucketed_mixed_precision_finetune_stays_in_step(
     parts = startup["driver_setup_s"] + startup["ray_start_s"] + startup["time_to_first_step_s"]
     # parts of the whole (one host, one clock)
     assert parts <= startup["driver_to_first_step_s"] + 0.5, startup
+    ray_parts = [
+        _history(uri, result.run_id, f"ray_{k}_s")[0][1] for k in ("worker_process", "worker_init", "backend")
+    ]
+    assert all(v >= 0 for v in ray_parts) and abs(sum(ray_parts) - startup["ray_start_s"]) < 0.01, ray_parts
     assert MlflowClient(uri).get_run(result.run_id).data.tags["bertops.dtype_policy"] == policy
 
     bundle = load_bundle(result.bundle_dir)

@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from ray.train.backend import Backend, BackendConfig
 
 TF_CONFIG = "TF_CONFIG"
 _tensorflow_import: threading.Thread | None = None  # on a worker: the background import, once started
+backend_started_at: float | None = None  # on a worker: when the backend reached it (start-up parts)
 
 
 def _import_keras() -> None:
@@ -40,8 +42,9 @@ def _import_keras() -> None:
 
 def start_tensorflow_import() -> None:
     """On a worker: import Keras and TensorFlow on a background thread, once (returns at once)."""
-    global _tensorflow_import
+    global _tensorflow_import, backend_started_at
     if _tensorflow_import is None:
+        backend_started_at = time.time()
         _tensorflow_import = threading.Thread(target=_import_keras, name="bertops-import-tf", daemon=True)
         _tensorflow_import.start()
 

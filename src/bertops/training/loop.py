@@ -124,6 +124,25 @@ def _gpu_peak(plan: RunPlan) -> float | None:
     return peak_flops(name, plan.model.get("dtype_policy", "float32"))
 
 
+def _ray_start_parts(extra: dict[str, Any]) -> dict[str, float]:
+    """``ray_start_s`` split at the worker process's creation and the backend's first call on it: the
+    controller and the worker's process (``ray_worker_process_s``), the actor's start until Ray Train's backend
+    reached it (``ray_worker_init_s``), and the backend's set-up until this loop began (``ray_backend_s``)."""
+    import psutil
+
+    from bertops.training import backend
+
+    # A worker taken from Ray's idle pool predates the submission: its process part is then zero.
+    spawned = max(psutil.Process().create_time(), extra["driver_submitted_at"])
+    parts = {
+        "ray_worker_process_s": spawned - extra["driver_submitted_at"],
+        "ray_worker_init_s": (backend.backend_started_at or extra["loop_started_at"]) - spawned,
+    }
+    if backend.backend_started_at is not None:
+        parts["ray_backend_s"] = extra["loop_started_at"] - backend.backend_started_at
+    return parts
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point (``make_trainer(train_loop_per_worker, train_loop_config=plan.to_dict(), ...)``)."""
     started = time.perf_counter()
@@ -361,6 +380,7 @@ def _train(config: dict[str, Any], started: float, loggers: list[Any]) -> None:
                 if "driver_submitted_at" in extra:  # its parts before this loop started
                     first["driver_setup_s"] = extra["driver_submitted_at"] - extra["driver_started_at"]
                     first["ray_start_s"] = extra["loop_started_at"] - extra["driver_submitted_at"]
+                    first.update(_ray_start_parts(extra))
                 logger.set_tags({"bertops.dtype_policy": policy})
                 if resumed_from is not None:
                     first["resumed_from_step"] = resumed_from
