@@ -23,10 +23,7 @@ from tests.conftest import copy_dvc_project
 from bertops.cli.data import dvc_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-COLLEAGUE_STAGES = ("vocab", "pretrain_data", "finetune_data")
-FULL = all((REPO_ROOT / "pipelines" / f"{s}.py").exists() for s in COLLEAGUE_STAGES)
-# Until the vocab/pretrain_data/finetune_data scripts exist, the tests reproduce up to `split`.
-TARGETS = [] if FULL else ["split"]
+TARGETS: list[str] = []  # every stage
 SMALL = {
     "ingest.corpus.max_records": 40,
     "ingest.classification.max_records": 300,
@@ -162,10 +159,8 @@ def test_noop_repro_changes_nothing(repo: DvcRepo) -> None:
 
 
 def test_changed_param_reruns_only_dependent_stages(repo: DvcRepo) -> None:
-    # The last stage's own param: only that stage runs (split's seed when finetune_data is not there yet).
-    key, value, stage = (
-        ("finetune_data.max_seq_length", 48, "finetune_data") if FULL else ("split.seed", 99, "split")
-    )
+    # The last stage's own param: only that stage runs.
+    key, value, stage = ("finetune_data.max_seq_length", 48, "finetune_data")
     before = repo.snapshot()
     repo.write_params({key: value})
     out = repo.repro().stdout
@@ -290,7 +285,6 @@ BAD = {
         {"pretrain_data.max_seq_length": 1024, "model.max_sequence_length": 512},
         ("pretrain_data.max_seq_length=1024", "max_sequence_length=512"),
         "ingest",
-        extra=() if FULL else ("--force", "--single-item", "split"),
     ),
     # A config error stops whichever stage runs first (each validates the whole config): nothing changes.
     "unknown-key": Bad({}, ("split.sed", "unknown key"), "ingest"),
@@ -327,7 +321,6 @@ def test_bad_input_fails_naming_where_and_keeps_outputs(repo: DvcRepo, case: str
             (repo.root / "data" / "raw" / name).unlink()
 
 
-@pytest.mark.skipif(not FULL, reason="needs the vocab stage (pipelines/vocab.py)")
 def test_vocab_size_too_small_for_special_tokens(repo: DvcRepo) -> None:
     before = repo.snapshot(["vocab", "pretrain_data", "finetune_data"])
     try:

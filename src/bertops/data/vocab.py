@@ -1,8 +1,9 @@
 """The ``vocab`` stage: train a WordPiece vocabulary on the corpus, or adopt a given ``vocab.txt``.
 
-Training uses HF ``tokenizers``' ``WordPieceTrainer`` over the corpus' training sentences, streamed, with the
-same normaliser and pre-tokeniser as :func:`bertops.data.tokenizer.load_tokenizer`, so the pieces it learns are
-the ones tokenisation will look for. The special tokens come first: ``[PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4``.
+Training runs bertops' deterministic WordPiece learner (:mod:`bertops.data.wordpiece`; HF ``tokenizers``'
+trainer breaks ties in hash-map order) over the corpus' training sentences, streamed, with the same normaliser and
+pre-tokeniser as :func:`bertops.data.tokenizer.load_tokenizer`, so the pieces it learns are the ones tokenisation
+will look for. The special tokens come first: ``[PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4``.
 Adopting (``vocab.vocab_file``: a path, or ``builtin:bert-base-uncased`` for the packaged checkpoint's vocabulary)
 checks the file and copies it, keeping its ids.
 
@@ -20,7 +21,8 @@ from typing import Any
 from bertops.config import BertopsConfig, ConfigError, VocabConfig
 from bertops.data.errors import DataError
 from bertops.data.io import atomic_dir, read_jsonl
-from bertops.data.tokenizer import SPECIAL_TOKENS, UNK, VocabError, build_tokenizer, read_vocab
+from bertops.data.tokenizer import SPECIAL_TOKENS, VocabError, build_tokenizer, read_vocab
+from bertops.data.wordpiece import count_words, learn_wordpiece
 from bertops.paths import DataLayout
 
 log = logging.getLogger(__name__)
@@ -54,29 +56,20 @@ def check_vocab_size(vocab_size: int) -> None:
 
 
 def train_wordpiece(sentences: Iterable[str], cfg: VocabConfig) -> list[str]:
-    """Train a WordPiece vocabulary on ``sentences``; returns the tokens in id order (specials first)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    """Train a WordPiece vocabulary on ``sentences``; returns the tokens in id order (specials first).
 
+    Deterministic (:mod:`bertops.data.wordpiece`): the same sentences and config give the same list.
+    """
     check_vocab_size(cfg.vocab_size)
-    tok = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=cfg.max_input_chars_per_word))
-    tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=cfg.strip_accents, lowercase=cfg.lowercase
-    )
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
+    counts = count_words(sentences, lowercase=cfg.lowercase, strip_accents=cfg.strip_accents)
+    tokens = learn_wordpiece(
+        counts,
         vocab_size=cfg.vocab_size,
         min_frequency=cfg.min_frequency,
-        special_tokens=list(SPECIAL_TOKENS),
         limit_alphabet=cfg.limit_alphabet,
-        continuing_subword_prefix="##",
-        show_progress=False,
+        special_tokens=SPECIAL_TOKENS,
+        max_input_chars_per_word=cfg.max_input_chars_per_word,
     )
-    tok.train_from_iterator(sentences, trainer=trainer)
-    vocab = tok.get_vocab(with_added_tokens=True)
-    # WordPiece matching depends only on which tokens exist, not on their ids: sort them, so that the ids do not
-    # follow the trainer's hash-map order. (The trainer also breaks ties between equally frequent merges in
-    # hash-map order, so two trainings on one corpus can differ in a few rare tokens; DVC keeps the output.)
-    tokens = list(SPECIAL_TOKENS) + sorted(t for t in vocab if t not in SPECIAL_TOKENS)
     if len(tokens) <= len(SPECIAL_TOKENS):
         raise DataError("the corpus yielded no tokens to build a vocabulary from")
     if len(tokens) > cfg.vocab_size:
