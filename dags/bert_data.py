@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, dag, task
 
-from bertops.orchestration.dag_defaults import START_DATE, TAGS, dag_config, default_args
+from bertops.orchestration.dag_defaults import TAGS, dag_config, default_args, future_ticks_only
 from bertops.orchestration.retrain import DATA_ASSET, DATA_DAG_ID
 
 CFG = dag_config()
@@ -22,8 +22,7 @@ CFG = dag_config()
 
 @dag(
     dag_id=DATA_DAG_ID,
-    schedule=CFG.orchestration.data_schedule,
-    start_date=START_DATE,
+    schedule=future_ticks_only(CFG.orchestration.data_schedule),
     catchup=False,
     max_active_runs=1,
     default_args=default_args(CFG),

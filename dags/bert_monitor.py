@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, dag, get_current_context, task
 
-from bertops.orchestration.dag_defaults import START_DATE, TAGS, dag_config, default_args
+from bertops.orchestration.dag_defaults import TAGS, dag_config, default_args, future_ticks_only
 from bertops.orchestration.retrain import DRIFT_ASSET, MONITOR_DAG_ID
 
 CFG = dag_config()
@@ -25,8 +25,7 @@ CFG = dag_config()
 
 @dag(
     dag_id=MONITOR_DAG_ID,
-    schedule=CFG.monitoring.schedule,
-    start_date=START_DATE,
+    schedule=future_ticks_only(CFG.monitoring.schedule),
     catchup=False,
     max_active_runs=1,
     default_args=default_args(CFG),

@@ -24,12 +24,16 @@ re-attaches to its job; a killed or timed-out task stops it. XCom carries ids on
 
 from __future__ import annotations
 
-import datetime as dt
-
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
+from airflow.sdk import Asset, AssetOrTimeSchedule, dag, get_current_context, task
 
 from bertops.orchestration import retrain as steps
-from bertops.orchestration.dag_defaults import TAGS, dag_config, default_args, ray_task_timeout
+from bertops.orchestration.dag_defaults import (
+    TAGS,
+    dag_config,
+    default_args,
+    future_ticks_only,
+    ray_task_timeout,
+)
 from bertops.orchestration.operators import RayJobOperator
 from bertops.orchestration.retrain_params import airflow_params
 
@@ -39,12 +43,8 @@ CFG = dag_config()
 @dag(
     dag_id=steps.DAG_ID,
     schedule=AssetOrTimeSchedule(
-        # No start_date and run_immediately=timedelta(0): unpausing never starts the run of a past tick. (Airflow
-        # 3.3 treats run_immediately=False like None: a past tick less than a tenth of the period ago, 16.8 h for
-        # @weekly, runs at once. tests/orchestration/test_schedule.py pins this down with a fixed clock.)
-        timetable=CronTriggerTimetable(
-            CFG.orchestration.retrain_schedule, timezone="UTC", run_immediately=dt.timedelta(0)
-        ),
+        # Unpausing never starts the run of a past tick (dag_defaults.future_ticks_only).
+        timetable=future_ticks_only(CFG.orchestration.retrain_schedule),
         # A new data version or drift seen by bert_monitor; `|` is any of them (a list would wait for all).
         assets=Asset(steps.DATA_ASSET) | Asset(steps.DRIFT_ASSET),
     ),

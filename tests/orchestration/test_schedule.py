@@ -1,10 +1,12 @@
-"""``bert_retrain``'s schedule with a fixed clock: unpausing never starts the run of a past tick.
+"""Every DAG's schedule with a fixed clock: unpausing (or starting the stack) never starts the run of a past tick.
 
 The timetable is the one the scheduler uses (the DAG serialised and read back, as the dag-processor stores it),
 asked for its next run with no scheduled run yet, as after ``bertops stack up``, at times just after a weekly
 tick and mid-week. Cause of the surprise run it guards against: Airflow 3.3's ``CronTriggerTimetable`` treats
 ``run_immediately=False`` like ``None``, so a tick less than a tenth of the period ago (16.8 h for ``@weekly``)
-counted as due and started at once; the DAG now passes ``timedelta(0)``.
+counted as due and started at once; and ``bert_data``/``bert_monitor``'s plain ``@daily``/``@hourly`` schedule with
+``catchup=False`` ran the interval that had just closed: a data run seconds after ``make demo``, whose asset event
+then started a retrain nobody asked for. All three now use ``dag_defaults.future_ticks_only``.
 """
 
 from __future__ import annotations
@@ -33,12 +35,17 @@ def _next_run_after(dag, now: pendulum.DateTime, monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.fixture(scope="module")
-def retrain_dag():
+def dagbag():
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
     assert not bag.import_errors, bag.import_errors
-    return bag.dags["bert_retrain"]
+    return bag
+
+
+@pytest.fixture(scope="module")
+def retrain_dag(dagbag):
+    return dagbag.dags["bert_retrain"]
 
 
 @pytest.mark.parametrize("after", [pendulum.duration(seconds=1), pendulum.duration(minutes=30),
@@ -46,6 +53,18 @@ def retrain_dag():
 def test_unpausing_after_a_tick_waits_for_the_next_one(retrain_dag, after, monkeypatch) -> None:
     now = TICK + after
     assert _next_run_after(retrain_dag, now, monkeypatch) == NEXT_TICK
+
+
+# params.yaml's schedules: bert_data @daily, bert_monitor @hourly. Each is asked just after a tick and mid-period.
+@pytest.mark.parametrize(
+    ("dag_id", "period", "after"),
+    [("bert_data", pendulum.duration(days=1), pendulum.duration(seconds=1)),
+     ("bert_data", pendulum.duration(days=1), pendulum.duration(hours=2)),
+     ("bert_monitor", pendulum.duration(hours=1), pendulum.duration(seconds=1)),
+     ("bert_monitor", pendulum.duration(hours=1), pendulum.duration(minutes=5))],
+)  # fmt: skip
+def test_data_and_monitor_dags_wait_for_their_next_tick(dagbag, dag_id, period, after, monkeypatch) -> None:
+    assert _next_run_after(dagbag.dags[dag_id], TICK + after, monkeypatch) == TICK + period
 
 
 def test_run_immediately_false_alone_would_have_started_a_run(retrain_dag, monkeypatch) -> None:

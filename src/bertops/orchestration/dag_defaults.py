@@ -1,4 +1,4 @@
-"""What every bertops DAG shares: the config it is scheduled by, default task arguments, tags, start date.
+"""What every bertops DAG shares: the config it is scheduled by, its timetable, default task arguments, tags.
 
 Read at DAG-parse time, so it only reads ``params.yaml`` (YAML + pydantic): no Airflow operators, Ray,
 MLflow or TensorFlow here.
@@ -14,12 +14,23 @@ from bertops.orchestration.tasks import PARAMS_FILE, project_root
 
 OWNER = "bertops"
 TAGS = ["bertops", "bert"]
-START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def dag_config() -> BertopsConfig:
     """``params.yaml`` of the checkout the DAGs run in (schedules, retries, pool, timeouts)."""
     return load_config(project_root() / PARAMS_FILE)
+
+
+def future_ticks_only(cron: str):
+    """A cron timetable that never runs a tick that passed before the DAG was unpaused (or the stack started).
+
+    ``schedule="@daily"`` with ``catchup=False`` still runs the interval that has just closed as soon as the DAG is
+    unpaused, and ``CronTriggerTimetable(run_immediately=False)`` in Airflow 3.3 runs a tick less than a tenth of the
+    period ago; ``run_immediately=timedelta(0)`` runs neither (tests/orchestration/test_schedule.py).
+    """
+    from airflow.sdk import CronTriggerTimetable
+
+    return CronTriggerTimetable(cron, timezone="UTC", run_immediately=dt.timedelta(0))
 
 
 def default_args(cfg: BertopsConfig) -> dict[str, Any]:
