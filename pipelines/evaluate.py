@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument(
-        "--model", default=None, help="bundle or MLflow model URI (default finetune.output_dir)"
+        "--model", default=None, help="bundle or MLflow model URI (default: the fine-tuned task bundle)"
     )
     parser.add_argument("--no-log", action="store_true", help="do not log an MLflow evaluation run")
     parser.add_argument("--max-batches", type=int, default=None, help="pretraining: only the first N batches")
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     def run(cfg: BertopsConfig) -> EvaluationResult:
         from bertops.evaluation.evaluate import default_output_dir, evaluate, model_task
 
-        model = args.model or cfg.finetune.output_dir
+        model = args.model or cfg.finetune.bundle_dir()
         task = model_task(model)
         return evaluate(
             model,

@@ -16,6 +16,7 @@ import ipaddress
 import itertools
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -115,9 +116,10 @@ class IngestConfig(_Section):
     )
     feedback_dir: str | None = Field(
         default="data/raw/feedback",
-        description="Feedback-labelled served texts (classification.jsonl, ner.jsonl; written by bert_retrain "
-        "from the monitoring store): added to the train split only, texts already in the data dropped. A "
-        "missing file: no feedback yet. null: not read.",
+        description="Feedback-labelled served texts, one folder per registered model "
+        "(<dir>/<registry.model_name>/classification.jsonl or ner.jsonl; written by bert_retrain from the "
+        "monitoring store): the model's own feedback is added to its train split only, texts already in the data "
+        "dropped. A missing file: no feedback yet. null: not read.",
     )
 
 
@@ -410,9 +412,11 @@ class FinetuneConfig(_Section):
     scaling: ScalingSettings = Field(
         default=ScalingSettings(), description="Ray Train placement of fine-tuning."
     )
-    output_dir: str = Field(
-        default="artifacts/finetune",
-        description="Where the task bundle (model.keras, vocab.txt, label_map.json, bertops.json) is written.",
+    output_dir: str | None = Field(
+        default=None,
+        description="The task bundle's stable path (model.keras, vocab.txt, label_map.json, bertops.json): a link "
+        "to the newest run's own bundle (<parent>/runs/<run name>). None: artifacts/finetune for classification, "
+        "artifacts/finetune-ner for NER, so one task's run never replaces another's bundle.",
     )
     run_name: str | None = Field(
         default=None,
@@ -428,6 +432,12 @@ class FinetuneConfig(_Section):
         raise ValueError(
             f"finetune.init must be 'scratch', 'pretrained', 'hf:<dir>', 'google:<dir>' or 'bertops:<dir>', got {v!r}"
         )
+
+    def bundle_dir(self) -> str:
+        """The stable path of this task's bundle: ``output_dir``, or the task's default."""
+        if self.output_dir:
+            return self.output_dir
+        return "artifacts/finetune" if self.task == "classification" else f"artifacts/finetune-{self.task}"
 
 
 # ---------------------------------------------------------------------------- tracking and registry
@@ -720,18 +730,27 @@ class OrchestrationConfig(_Section):
     @field_validator("stack_ray_node_ip")
     @classmethod
     def _an_ip_address(cls, value: str) -> str:
-        ipaddress.ip_address(value)  # its ValueError ("does not appear to be an IPv4 or IPv6 address") is the message
+        ipaddress.ip_address(
+            value
+        )  # its ValueError ("does not appear to be an IPv4 or IPv6 address") is the message
         return value
 
 
 # ---------------------------------------------------------------------------------------- monitoring
 class MonitoringConfig(_Section):
-    enabled: bool = Field(default=True, description="Whether the service records what it serves (bertops.monitoring).")
+    enabled: bool = Field(
+        default=True, description="Whether the service records what it serves (bertops.monitoring)."
+    )
     sample_rate: float = Field(
-        default=1.0, ge=0, le=1, description="Share of served texts recorded (1 = all, up to max_records_per_hour)."
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Share of served texts recorded (1 = all, up to max_records_per_hour).",
     )
     max_records_per_hour: int = Field(
-        default=100_000, ge=0, description="Cap on recorded texts per replica and clock hour; the rest are not sampled."
+        default=100_000,
+        ge=0,
+        description="Cap on recorded texts per replica and clock hour; the rest are not sampled.",
     )
     store_text: bool = Field(
         default=True,
@@ -749,13 +768,17 @@ class MonitoringConfig(_Section):
         description="Requests (their sampled texts) waiting for the writer; when full, new ones are dropped and "
         "counted.",
     )
-    segment_records: int = Field(default=1_000, ge=1, description="Records per Parquet segment before it rotates.")
+    segment_records: int = Field(
+        default=1_000, ge=1, description="Records per Parquet segment before it rotates."
+    )
     flush_interval_s: float = Field(
         default=60, gt=0, description="A segment is written at least this often while records arrive."
     )
     window_hours: float = Field(default=24, gt=0, description="The recent window the drift check compares.")
     min_samples: int = Field(
-        default=100, ge=1, description="Fewest recorded texts in the window before drift may trigger a retrain."
+        default=100,
+        ge=1,
+        description="Fewest recorded texts in the window before drift may trigger a retrain.",
     )
     reference_samples: int = Field(
         default=500, ge=10, description="Texts drawn from the champion's training data as the reference."
@@ -766,7 +789,10 @@ class MonitoringConfig(_Section):
         "champion's confidence on it is what it is on new in-domain text) or train (over-confident there).",
     )
     significance: float = Field(
-        default=0.01, gt=0, lt=1, description="A check drifts when its two-sample test's p-value is below this."
+        default=0.01,
+        gt=0,
+        lt=1,
+        description="A check drifts when its two-sample test's p-value is below this.",
     )
     drift_threshold: float = Field(
         default=0.4,
@@ -777,7 +803,9 @@ class MonitoringConfig(_Section):
     )
     permutations: int = Field(default=200, ge=10, description="Permutations of the embedding MMD test.")
     schedule: str = Field(default="@hourly", description="Airflow schedule of the bert_monitor DAG.")
-    experiment: str = Field(default="bertops-monitoring", description="MLflow experiment of the drift reports.")
+    experiment: str = Field(
+        default="bertops-monitoring", description="MLflow experiment of the drift reports."
+    )
 
 
 class ProjectConfig(_Section):
@@ -858,6 +886,20 @@ class BertopsConfig(_Section):
     @property
     def state_dir(self) -> Path:
         return Path(self.project.state_dir)
+
+    def model_name_for(self, task: str) -> str:
+        """The registered model of ``task``: ``registry.ner_model_name`` for NER, else ``registry.model_name``."""
+        return self.registry.ner_model_name if task == "ner" else self.registry.model_name
+
+    def feedback_file(self, task: str) -> Path | None:
+        """Where the feedback of ``task``'s registered model is exported and ingested from (None: off).
+
+        One folder per model, so that labels given to one model (and its label set) never reach another's data.
+        """
+        if self.ingest.feedback_dir is None:
+            return None
+        folder = re.sub(r"[^A-Za-z0-9._-]+", "_", self.model_name_for(task))
+        return Path(self.ingest.feedback_dir) / folder / f"{task}.jsonl"
 
     def tracking_uri(self) -> str:
         """Resolved MLflow tracking URI: config, then ``MLFLOW_TRACKING_URI``, then the embedded SQLite store."""

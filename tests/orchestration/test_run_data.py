@@ -107,6 +107,23 @@ def test_data_override_is_a_dvc_experiment_and_the_workspace_comes_back(
     assert git(project, "status", "--porcelain") == ""
 
 
+def test_a_dict_override_replaces_the_mapping_in_what_the_stages_read(project: Path) -> None:
+    """``label_mapping={}`` empties the mapping (``dvc exp run --set-param`` merged it: the labels stayed mapped)."""
+    overrides = ["ingest.classification.label_mapping={}", "validate.labels=null"]
+    run = tasks.prepare_run_data({"overrides": overrides}, "manual__raw_labels", project)
+    rows = (
+        (Path(run["data_dir"]) / "split/classification/train.jsonl").read_text(encoding="utf-8").splitlines()
+    )
+    assert {json.loads(r)["label"] for r in rows if r.strip()} == {"fresh", "rotten"}
+    shown = json.loads(dvc_ops.run_dvc(project, "exp", "show", "--json").stdout)
+    exp = next(
+        e for rev in shown for e in (rev.get("experiments") or []) if e.get("name") == run["dvc_experiment"]
+    )
+    ingest = exp["revs"][0]["data"]["params"]["params.yaml"]["data"]["ingest"]
+    assert ingest["classification"]["label_mapping"] == {}
+    assert git(project, "status", "--porcelain") == ""
+
+
 def test_a_failing_experiment_leaves_the_workspace_as_it_was(project: Path) -> None:
     params_before = (project / "params.yaml").read_bytes()
     lock_before = (project / "dvc.lock").read_bytes()

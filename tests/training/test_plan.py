@@ -83,9 +83,13 @@ def test_resource_check_refuses_more_than_the_cluster_has() -> None:
         check_resources(ScalingSettings(num_workers=3, cpus_per_worker=2), cluster)
 
 
-def test_data_version_reads_the_dvc_lock_hashes(tmp_path: Path) -> None:
+def test_data_version_is_the_locks_version_in_one_format(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bertops.data.version import data_version as lock_version
     from bertops.training.tracking import UNVERSIONED, data_version
 
+    monkeypatch.delenv("BERTOPS_DATA_VERSION", raising=False)
     assert data_version(["data/pretrain"], tmp_path / "dvc.lock") == UNVERSIONED
     lock = tmp_path / "dvc.lock"
     lock.write_text(
@@ -93,8 +97,13 @@ def test_data_version_reads_the_dvc_lock_hashes(tmp_path: Path) -> None:
         "  pretrain_data:\n    cmd: x\n    outs:\n    - path: data/pretrain\n      hash: md5\n      md5: abc.dir\n"
         "  vocab:\n    cmd: y\n    outs:\n    - path: data/vocab\n      hash: md5\n      md5: def.dir\n"
     )
-    got = data_version(["data/pretrain", "data/vocab/vocab.txt", "data/other"], lock)
-    assert got == "data/other@untracked;data/pretrain@abc.dir;data/vocab@def.dir"
+    got = data_version(["data/pretrain", "data/vocab/vocab.txt"], lock)
+    assert got == lock_version(lock) and len(got) == 16 and int(got, 16) >= 0
+    # an input the lock does not describe: no version, rather than a version that is not the data's
+    assert data_version(["data/pretrain", "data/other"], lock) == UNVERSIONED
+    # a retrain's prepared data says its own version (the one `bertops reproduce` compares)
+    monkeypatch.setenv("BERTOPS_DATA_VERSION", "0123456789abcdef")
+    assert data_version(["anything"], lock) == "0123456789abcdef"
 
 
 def test_balanced_class_weights() -> None:
@@ -129,3 +138,40 @@ def test_pretraining_continues_from_an_existing_model_with_its_vocabulary(
     assert plan.init == f"hf:{ckpt.resolve()}" and plan.sequence_buckets == [8, 16, 64]
     with pytest.raises(ConfigError, match=r"pretrain\.init"):
         training_config(repo_root, synthetic_data, tmp_path, ["pretrain.init=pretrained"])
+
+
+def test_each_run_keeps_its_own_bundle_and_the_task_path_follows_the_newest(tmp_path: Path) -> None:
+    """Two runs never write into one bundle: the stable path is a link to the newest run's own directory."""
+    from bertops.training.trainer import point_latest, prune_run_bundles
+
+    latest = tmp_path / "artifacts" / "finetune"
+    latest.mkdir(parents=True)
+    (latest / "bertops.json").write_text("old real directory")  # what an older bertops left
+    runs = tmp_path / "artifacts" / "runs"
+    first, second = runs / "finetune-1", runs / "finetune-2"
+    for run in (first, second):
+        run.mkdir(parents=True)
+        (run / "bertops.json").write_text(run.name)
+    point_latest(latest, first)
+    assert latest.is_symlink() and (latest / "bertops.json").read_text() == "finetune-1"
+    point_latest(latest, second)
+    assert (latest / "bertops.json").read_text() == "finetune-2" and (first / "bertops.json").exists()
+    assert not [p for p in latest.parent.iterdir() if p.name.startswith(".")]  # no temporary left behind
+    # pruning keeps the newest and whatever a stable path points at
+    ner_latest = tmp_path / "artifacts" / "finetune-ner"
+    point_latest(ner_latest, first)
+    third = runs / "finetune-3"
+    third.mkdir()
+    assert prune_run_bundles(runs, keep=0) == [third]  # not the two the stable paths point at
+    assert first.exists() and second.exists() and not third.exists()
+
+
+def test_the_bundle_path_depends_on_the_task() -> None:
+    from bertops.config import BertopsConfig
+
+    cfg = BertopsConfig()
+    assert cfg.finetune.bundle_dir() == "artifacts/finetune"
+    cfg.finetune.task = "ner"
+    assert cfg.finetune.bundle_dir() == "artifacts/finetune-ner"
+    cfg.finetune.output_dir = "elsewhere"
+    assert cfg.finetune.bundle_dir() == "elsewhere"

@@ -372,13 +372,14 @@ def _write_records(fh: Any, records: Iterator[dict], name: str, stats: IngestSta
 def _write_feedback(
     fh: Any, cfg: BertopsConfig, task: str, records: list[dict[str, Any]], stats: IngestStats
 ) -> None:
-    """Append the feedback of ``task`` (``ingest.feedback_dir``) after the data's own ``records``."""
-    if cfg.ingest.feedback_dir is None:
+    """Append the feedback of ``task``'s registered model (``ingest.feedback_dir/<model>/``) after the data's own
+    ``records``."""
+    path = cfg.feedback_file(task)
+    if path is None:
         return
     labels = cfg.validate_data.labels if task == "classification" else None
     known = set(labels or ()) or {c for rec in records for c in record_classes(task, rec)}
     seen = {record_key(task, rec) for rec in records}
-    path = Path(cfg.ingest.feedback_dir) / f"{task}.jsonl"
     for rec in iter_feedback(path, task, seen, known, stats):
         fh.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
     if stats.feedback_files:

@@ -35,7 +35,9 @@ def resolve_vocab_file(spec: str) -> Path:
     if spec.startswith("builtin:"):
         name = spec.removeprefix("builtin:")
         if name not in BUILTIN_VOCABS:
-            raise ConfigError(f"vocab.vocab_file: unknown builtin vocabulary {name!r}; known: {sorted(BUILTIN_VOCABS)}")
+            raise ConfigError(
+                f"vocab.vocab_file: unknown builtin vocabulary {name!r}; known: {sorted(BUILTIN_VOCABS)}"
+            )
         import importlib.util
 
         package, rel = BUILTIN_VOCABS[name]
@@ -75,11 +77,17 @@ def train_wordpiece(sentences: Iterable[str], cfg: VocabConfig) -> list[str]:
     if len(tokens) > cfg.vocab_size:
         log.warning(
             "vocabulary has %d tokens, more than vocab.vocab_size=%d: the characters of the corpus (up to "
-            "vocab.limit_alphabet=%d, each also as a ## piece) are always kept", len(tokens), cfg.vocab_size,
+            "vocab.limit_alphabet=%d, each also as a ## piece) are always kept",
+            len(tokens),
+            cfg.vocab_size,
             cfg.limit_alphabet,
         )
     elif len(tokens) < cfg.vocab_size:
-        log.warning("vocabulary has %d tokens, fewer than vocab.vocab_size=%d (small corpus)", len(tokens), cfg.vocab_size)
+        log.warning(
+            "vocabulary has %d tokens, fewer than vocab.vocab_size=%d (small corpus)",
+            len(tokens),
+            cfg.vocab_size,
+        )
     return tokens
 
 

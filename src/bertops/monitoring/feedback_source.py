@@ -1,6 +1,6 @@
 """Feedback-labelled requests as training data: the served texts that got a true label, as JSONL sources.
 
-    export_feedback(Store(store_uri(cfg)), Path("data/raw/feedback"))   # bert_retrain does this first
+    export_for_retrain(cfg, root)   # bert_retrain does this first: the retrained model's feedback only
 
 Joins the feedback rows with the records on ``(request_id, index)`` (only records that kept their text:
 ``monitoring.store_text: true``), keeps the latest label of each text (by normalised text: the same text served
@@ -102,14 +102,21 @@ def labelled_texts(
     return out
 
 
-def export_feedback(store: Store, out_dir: Path) -> dict[str, int]:
-    """Write ``out_dir/{classification,ner}.jsonl`` from the store (see the module docstring); returns the
-    number of texts per task. Raises :class:`FeedbackSourceError` before writing anything on bad feedback."""
+def export_feedback(
+    store: Store, files: dict[str, Path], models: dict[str, str] | None = None
+) -> dict[str, int]:
+    """Write each task's feedback-labelled texts to ``files[task]`` (see the module docstring); returns the number
+    of texts per task. ``models[task]``: only the texts that registered model served (feedback belongs to the
+    model it was given to). Raises :class:`FeedbackSourceError` before writing anything on bad feedback."""
     records = [] if (t := store.read(RECORDS)) is None else t.to_pylist()
+    if models is not None:
+        records = [r for r in records if models.get(r["task"]) == r["model"]]
     feedback = [] if (t := store.read(FEEDBACK)) is None else t.to_pylist()
     rows = labelled_texts(records, feedback)
     for task, task_rows in rows.items():
-        path = out_dir / f"{task}.jsonl"
+        if task not in files:
+            continue
+        path = files[task]
         if not task_rows:
             if path.exists():
                 log.warning(
@@ -128,13 +135,19 @@ def export_feedback(store: Store, out_dir: Path) -> dict[str, int]:
 
 
 def export_for_retrain(cfg: BertopsConfig, root: Path) -> dict[str, int]:
-    """bert_retrain's first data step: the feedback of ``cfg``'s monitoring store into ``ingest.feedback_dir``
-    (relative: under ``root``), before its ``dvc repro``. Nothing to do when either is off or the store is empty."""
-    if cfg.ingest.feedback_dir is None:
+    """bert_retrain's first data step, before its ``dvc repro``: the feedback given to ``cfg``'s registered models
+    (``registry.model_name`` for classification, ``registry.ner_model_name`` for NER) from the monitoring store into
+    their folders of ``ingest.feedback_dir`` (relative: under ``root``). Another model's feedback stays out.
+    Nothing to do when feedback is off or the store is empty."""
+    files: dict[str, Path] = {}
+    for task in TASKS:
+        path = cfg.feedback_file(task)
+        if path is not None:
+            files[task] = path if path.is_absolute() else root / path
+    if not files:
         return {}
-    out_dir = Path(cfg.ingest.feedback_dir)
     counts = export_feedback(
-        Store(store_uri(cfg, root)), out_dir if out_dir.is_absolute() else root / out_dir
+        Store(store_uri(cfg, root)), files, {task: cfg.model_name_for(task) for task in TASKS}
     )
     log.info("feedback exported for the retrain: %s", counts)
     return counts

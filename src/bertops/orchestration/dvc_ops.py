@@ -14,7 +14,6 @@ what pretraining reads (the ``pretrain_data`` and ``vocab`` stages), which decid
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,9 +28,12 @@ from typing import Any
 
 import yaml
 
+from bertops.config import ConfigError, load_raw, parse_override
+from bertops.data import version
+from bertops.data.version import CORPUS_STAGES
+
 log = logging.getLogger(__name__)
 
-CORPUS_STAGES = ("vocab", "pretrain_data")
 # params that can change what pretraining reads (an override of one of these may start a pretraining)
 CORPUS_PARAMS = ("ingest.corpus", "ingest.drop_empty", "ingest.min_sentence_chars", "split", "vocab",
                  "pretrain_data", "project.data_dir")  # fmt: skip
@@ -42,31 +44,12 @@ class DvcError(RuntimeError):
     """A dvc command that failed; the message has the command and its output tail."""
 
 
-def _stage_outs(lock: dict[str, Any], stages: Iterable[str] | None) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    for name, stage in sorted((lock.get("stages") or {}).items()):
-        if stages is not None and name not in stages:
-            continue
-        for entry in stage.get("outs") or []:
-            digest = entry.get("md5") or entry.get("hash") or entry.get("etag") or ""
-            out.append((f"{name}:{entry.get('path')}", str(digest)))
-    return out
-
-
 def data_version(root: Path, stages: Iterable[str] | None = None) -> str | None:
     """A 16-hex-digit version of the pipeline outputs in ``root/dvc.lock`` (None when there is no lock yet)."""
-    path = root / "dvc.lock"
-    if not path.exists():
-        return None
     try:
-        lock = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise DvcError(f"{path} is not valid YAML: {exc}") from exc
-    outs = _stage_outs(lock, None if stages is None else tuple(stages))
-    if not outs:
-        return None
-    text = "\n".join(f"{p}={h}" for p, h in outs)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return version.data_version(root / "dvc.lock", stages)
+    except version.LockError as exc:
+        raise DvcError(str(exc)) from exc
 
 
 def corpus_version(root: Path) -> str | None:
@@ -211,16 +194,75 @@ def workspace_restored(root: Path) -> Iterator[None]:
         _restore(root, backup)
 
 
-def exp_run(root: Path, name: str, overrides: Iterable[str]) -> str:
-    """``dvc exp run -n <name> -S key=value ...`` in the workspace; returns the experiment's commit.
+class OverrideNotApplied(DvcError):
+    """params.yaml does not hold an override's value as asked: the run would train on other data than recorded."""
 
-    An experiment of the same name (a retried task) is replaced.
+
+def write_overrides(params_file: Path, overrides: Iterable[str]) -> None:
+    """Write ``key=value`` overrides into ``params_file``; a value replaces what was there, dicts and lists whole.
+
+    ``dvc exp run --set-param key={}`` merges a mapping into the existing one (the stage still read the old
+    ``label_mapping``), so bertops writes the params itself, keeping the file's comments and layout (ruamel).
     """
-    run_dvc(root, "exp", "remove", name, check=False)
-    args = ["exp", "run", "--name", name]
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap
+
+    yaml_rt = YAML()
+    yaml_rt.preserve_quotes = True
+    yaml_rt.width = 4096
+    data = yaml_rt.load(params_file.read_text(encoding="utf-8")) or CommentedMap()
     for text in overrides:
-        args += ["--set-param", text]
-    run_dvc(root, *args)
+        parts, value = parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            if node.get(part) is None:
+                node[part] = CommentedMap()
+            node = node[part]
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a section of {params_file.name}")
+        node[parts[-1]] = value
+    with params_file.open("w", encoding="utf-8") as fh:
+        yaml_rt.dump(data, fh)
+
+
+def check_overrides_applied(params_file: Path, overrides: Iterable[str]) -> None:
+    """Read ``params_file`` back as the stages read it; raise :class:`OverrideNotApplied` naming every key whose
+    value is not exactly the override's (what was asked must be what runs, and what is recorded)."""
+    data = load_raw(params_file)
+    wrong: list[str] = []
+    for text in overrides:
+        parts, value = parse_override(text)
+        node: Any = data
+        for part in parts:
+            node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+        if json.dumps(node, sort_keys=True, default=str) != json.dumps(value, sort_keys=True, default=str):
+            shown = "<missing>" if node is _MISSING else json.dumps(node, default=str)
+            wrong.append(
+                f"{'.'.join(parts)}: asked {json.dumps(value, default=str)}, {params_file.name} has {shown}"
+            )
+    if wrong:
+        raise OverrideNotApplied(
+            f"overrides not applied as asked in {params_file} (nothing ran): " + "; ".join(wrong)
+        )
+
+
+_MISSING = object()
+
+
+def exp_run(root: Path, name: str, overrides: Iterable[str]) -> str:
+    """A DVC experiment of ``overrides`` in the workspace (``dvc exp run -n <name>``); returns its commit.
+
+    The overrides are written into params.yaml by :func:`write_overrides` (replace, not merge) and read back by
+    :func:`check_overrides_applied` before any stage runs, and again after the run (what the stages read). An
+    experiment of the same name (a retried task) is replaced.
+    """
+    overrides = list(overrides)
+    params_file = root / "params.yaml"
+    write_overrides(params_file, overrides)
+    check_overrides_applied(params_file, overrides)
+    run_dvc(root, "exp", "remove", name, check=False)
+    run_dvc(root, "exp", "run", "--name", name)
+    check_overrides_applied(params_file, overrides)
     ref = subprocess.run(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"],
                          cwd=root, capture_output=True, text=True, check=True).stdout  # fmt: skip
     for line in ref.splitlines():

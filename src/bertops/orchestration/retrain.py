@@ -246,9 +246,7 @@ def register(
 
 
 def model_name(cfg: Any) -> str:
-    return str(
-        cfg.registry.model_name if cfg.finetune.task == "classification" else cfg.registry.ner_model_name
-    )
+    return str(cfg.model_name_for(cfg.finetune.task))
 
 
 def promotion_gate(params: dict[str, Any], registered: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from typing import Any
 
 from bertops.config import BertopsConfig, load_config
 from bertops.model.bundle import META_FILE
-from bertops.model.presets import resolve_architecture
+from bertops.model.lineage import describe, planned_architecture
+from bertops.model.presets import Architecture, resolve_architecture
 from bertops.orchestration import dvc_ops
 from bertops.orchestration.ray_jobs import JobSpec, python_entrypoint
 from bertops.orchestration.retrain_params import conf_to_overrides, validate_conf
@@ -135,11 +136,13 @@ def plan_lines(cfg: BertopsConfig, mode: str, overrides: list[str], root: Path) 
     else:
         needed, why = pretrain_decision(cfg, mode, dvc_ops.corpus_version(root), root)
     seconds = 0.0
+    arch, arch_text = _planned_model(cfg, root)
     if needed:
         pre = cfg.pretrain
         pre_s = _train_seconds(
-            cfg, pre.max_steps, pre.batch_size, cfg.pretrain_data.max_seq_length, pre.scaling
-        )
+            resolve_architecture(cfg.model, cfg.vocab.vocab_size), pre.max_steps, pre.batch_size,
+            cfg.pretrain_data.max_seq_length, pre.scaling,
+        )  # fmt: skip
         seconds += pre_s
         lines.append(f"pretraining: yes, {pre.max_steps} steps, ~{_minutes(pre_s)} ({why})")
     else:
@@ -149,20 +152,42 @@ def plan_lines(cfg: BertopsConfig, mode: str, overrides: list[str], root: Path) 
     steps = ft.max_steps or (ft.epochs * -(-n_train // ft.batch_size) if n_train else None)
     what = f"at most {ft.max_steps} steps" if ft.max_steps else f"{ft.epochs} epochs"
     if steps:
-        ft_s = _train_seconds(cfg, steps, ft.batch_size, cfg.finetune_data.max_seq_length, ft.scaling)
+        ft_s = _train_seconds(arch, steps, ft.batch_size, cfg.finetune_data.max_seq_length, ft.scaling)
         seconds += ft_s
         what += f" (~{steps} steps, ~{_minutes(ft_s)})"
-    lines.append(
-        f"fine-tuning: {ft.task}, model {cfg.model.preset}, init {ft.init}, {what}, batch {ft.batch_size}"
-    )
+    lines.append(f"fine-tuning: {ft.task}, init {ft.init}, {what}, batch {ft.batch_size}")
+    lines.append(f"model: {arch_text}")
     lines.append(f"then: evaluate, register, promotion gate (mode {cfg.promotion.mode}), update serving")
     lines.append(f"estimate: ~{_minutes(seconds)} of training (rough: CPU throughput, job start-up)")
     return lines
 
 
-def _train_seconds(cfg: BertopsConfig, steps: int, batch: int, seq: int, scaling: Any) -> float:
+def _planned_model(cfg: BertopsConfig, root: Path) -> tuple[Architecture, str]:
+    """The fine-tune's architecture (the init checkpoint's own, or the ``model`` section's) and a line saying it."""
+    init = cfg.finetune.init
+    kind, sep, rest = init.partition(":")
+    if sep and kind in ("hf", "google", "bundle", "bertops") and not Path(rest).is_absolute():
+        init = f"{kind}:{root / rest}"
+    try:
+        arch = planned_architecture(cfg.model, _vocab_size(cfg, root), init)
+    except (OSError, ValueError) as exc:  # a missing or bad checkpoint: training refuses it with the details
+        arch = resolve_architecture(cfg.model, cfg.vocab.vocab_size)
+        return arch, f"unknown until the checkpoint is read ({exc})"
+    source = "the model section" if init in ("scratch", "pretrained") else f"the checkpoint's config ({init})"
+    return arch, f"{describe(arch)}, from {source}"
+
+
+def _vocab_size(cfg: BertopsConfig, root: Path) -> int:
+    """Tokens of the vocabulary the records use: the built one when it exists, else ``vocab.vocab_size``."""
+    data_dir = Path(cfg.project.data_dir)
+    vocab = (data_dir if data_dir.is_absolute() else root / data_dir) / "vocab" / "vocab.txt"
+    if vocab.is_file():
+        return sum(1 for line in vocab.read_text(encoding="utf-8").splitlines() if line)
+    return cfg.vocab.vocab_size
+
+
+def _train_seconds(arch: Architecture, steps: int, batch: int, seq: int, scaling: Any) -> float:
     """A rough wall time: 6 FLOPs per parameter and token (forward + backward) at :data:`CPU_FLOPS` a worker."""
-    arch = resolve_architecture(cfg.model, vocab_size=cfg.vocab.vocab_size)
     per_token = 6 * (arch.num_parameters() - arch.vocabulary_size * arch.hidden_dim)  # lookups cost ~nothing
     rate = CPU_FLOPS * max(1, scaling.num_workers) * (20 if scaling.use_gpu else 1)
     return JOB_STARTUP_S + steps * batch * seq * per_token / rate

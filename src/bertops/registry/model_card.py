@@ -62,6 +62,9 @@ class ModelCardInfo:
     evaluation_run_id: str | None = None
     overrides: str | None = None  # JSON list, as tagged
     dvc_experiment: str | None = None
+    trained: Mapping[str, Any] | None = (
+        None  # the training run's bertops.trained record (bertops.model.lineage)
+    )
 
 
 def _fmt(value: float | None) -> str:
@@ -104,6 +107,20 @@ def render_model_card(info: ModelCardInfo) -> str:
         lines.append(f"- DVC experiment: `{info.dvc_experiment}`")
     if info.overrides:
         lines.append(f"- Overrides: `{info.overrides}`")
+    lines += ["", "## What was trained", ""]
+    if info.trained:
+        t = info.trained
+        tok = t.get("tokenizer") or {}
+        lines += [
+            f"- Architecture: {t.get('architecture')} (read back from the trained bundle)",
+            f"- Initialised from: `{t.get('init')}`"
+            + (f", content sha256 `{t['init_sha256']}`" if t.get("init_sha256") else ""),
+            "- Tokenizer: "
+            + ", ".join(f"{k} `{tok[k]}`" for k in ("lowercase", "strip_accents", "max_seq_length",
+                                                    "max_input_chars_per_word", "vocab_sha256") if k in tok),
+        ]  # fmt: skip
+    else:
+        lines.append("Not recorded (a training run before bertops recorded it, or none linked).")
     if info.training_config:
         lines += ["", "## Training configuration", "", "| key | value |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in sorted(info.training_config.items())]

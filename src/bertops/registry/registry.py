@@ -12,6 +12,7 @@ names live here and nowhere else.
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from bertops.registry.errors import RegistryError
 from bertops.registry.model_card import ModelCardInfo, render_model_card
+from bertops.training.tracking import TAG_TRAINED
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -99,19 +101,35 @@ def set_tags(client: MlflowClient, name: str, version: str, tags: Mapping[str, A
             client.set_model_version_tag(name, version, key, str(value)[:TAG_MAX_CHARS])
 
 
-def training_config(client: MlflowClient, run_id: str | None) -> dict[str, str]:
-    """The model and fine-tuning parameters of the training run, for the model card (empty when unknown)."""
-    if not run_id:
-        return {}
+def _training_run(client: MlflowClient, run_id: str) -> Any:
     from mlflow.exceptions import MlflowException
 
     try:
-        params = client.get_run(run_id).data.params
+        return client.get_run(run_id)
     except MlflowException as exc:
         raise RegistryError(
             f"training run {run_id!r} not found on the tracking server: {exc.message}"
         ) from None
-    return {k: v for k, v in params.items() if k.startswith(("model.", "finetune.", "finetune_data."))}
+
+
+def training_config(client: MlflowClient, run_id: str | None) -> dict[str, str]:
+    """The fine-tuning parameters of the training run, for the model card (empty when unknown).
+
+    Not the ``model.*`` keys: a run initialised from a checkpoint builds the checkpoint's architecture whatever
+    ``model.preset`` says; the card's "What was trained" section states it from the bundle (:func:`trained`).
+    """
+    if not run_id:
+        return {}
+    params = _training_run(client, run_id).data.params
+    return {k: v for k, v in params.items() if k.startswith(("finetune.", "finetune_data.", "run.init"))}
+
+
+def trained(client: MlflowClient, run_id: str | None) -> dict[str, Any] | None:
+    """The training run's ``bertops.trained`` record (architecture, init and its hash, tokenizer), if any."""
+    if not run_id:
+        return None
+    raw = _training_run(client, run_id).data.tags.get(TAG_TRAINED)
+    return json.loads(raw) if raw else None
 
 
 def card_info(client: MlflowClient, name: str, version: str) -> ModelCardInfo:
@@ -127,6 +145,7 @@ def card_info(client: MlflowClient, name: str, version: str) -> ModelCardInfo:
         ray_job_id=tags.get(TAG_RAY_JOB),
         airflow_run_id=tags.get(TAG_AIRFLOW_RUN),
         training_config=training_config(client, tags.get(TAG_TRAINING_RUN)),
+        trained=trained(client, tags.get(TAG_TRAINING_RUN)),
         evaluation_run_id=tags.get(TAG_EVAL_RUN),
         overrides=tags.get(TAG_OVERRIDES),
         dvc_experiment=tags.get(TAG_DVC_EXPERIMENT),

@@ -491,6 +491,16 @@ class BertopsService:
             return refused
         return JSONResponse(dataclasses.asdict(await self.reload(model=model)))
 
+    @api.post("/admin/flush", responses=_ERRORS)
+    async def admin_flush(self, request: Request) -> Response:
+        """Write the served texts and feedback this replica still holds (its writer does so every
+        ``monitoring.flush_interval_s``), so that a drift check run now sees them. Loopback callers only."""
+        refused = self._admin_refusal(request, "/admin/flush", None)
+        if refused is not None:
+            return refused
+        written = await asyncio.to_thread(self.recorder.flush)
+        return JSONResponse({"written": written})
+
     def _admin_refusal(self, request: Request, route: str, model: str | None) -> Response | None:
         """The 403 (not loopback, no token) or 404 (``model`` not served) of an admin route; None when allowed."""
         host = request.client.host if request.client else None

@@ -101,6 +101,18 @@ def notify_reload(url: str, timeout: float = 300.0, model: str | None = None) ->
     return _check(resp)
 
 
+def flush_records(url: str, timeout: float = 60.0) -> int:
+    """``POST /admin/flush``: the replica that answers writes the texts it still holds to the monitoring store now;
+    returns how many. (With several replicas only the one that answers flushes.)"""
+    try:
+        token = os.environ.get("BERTOPS_SERVING_ADMIN_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        resp = httpx.post(_url(url, "/admin/flush"), timeout=timeout, headers=headers)
+    except httpx.HTTPError as exc:
+        raise ServingClientError(_url(url, "/admin/flush"), None, f"{type(exc).__name__}: {exc}") from None
+    return int(_check(resp)["written"])
+
+
 def wait_ready(url: str, timeout: float = 300.0, interval: float = 1.0) -> dict[str, Any]:
     """Poll ``GET /readyz`` until a model is loaded; return its body. Raises ServingClientError on timeout."""
     deadline, last = time.monotonic() + timeout, "no answer"

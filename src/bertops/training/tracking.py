@@ -5,8 +5,8 @@ config as params and the lineage tags, and after training logs the artifacts and
 worker logs per-step metrics into the same run by id (:class:`MetricLogger`): Ray Train V2 refuses Tune's
 MLflow callback, and logging from inside the loop needs no callback at all.
 
-Tags (``docs/architecture.md``): ``bertops.git_commit``, ``bertops.data_version`` (the dvc.lock hashes of the
-run's inputs), ``bertops.ray_job_id``, ``bertops.airflow_run_id``, ``bertops.pretrain_run_id``.
+Tags (``docs/architecture.md``): ``bertops.git_commit``, ``bertops.data_version`` (:mod:`bertops.data.version`
+of the run's inputs), ``bertops.ray_job_id``, ``bertops.airflow_run_id``, ``bertops.pretrain_run_id``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
+from bertops.data import version
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ TAG_RAY_JOB_ID = "bertops.ray_job_id"
 TAG_AIRFLOW_RUN_ID = "bertops.airflow_run_id"
 TAG_PRETRAIN_RUN_ID = "bertops.pretrain_run_id"
 TAG_KIND = "bertops.kind"  # pretrain | finetune
+TAG_TRAINED = "bertops.trained"  # JSON: what was trained, read back from the bundle (bertops.model.lineage)
 AIRFLOW_RUN_ENV = "BERTOPS_AIRFLOW_RUN_ID"
 # Set by the retrain DAG (bertops.orchestration.tasks.LINEAGE_ENV): what the run asked for and the data it got.
 RUN_LINEAGE_ENV = {
@@ -59,34 +60,21 @@ def git_commit(cwd: str | Path = ".") -> str:
 
 
 def data_version(inputs: Iterable[str | Path], lock_file: str | Path = "dvc.lock") -> str:
-    """The dvc.lock hashes of the outputs that hold ``inputs``: ``"path@md5;path@md5"`` (sorted).
+    """The data version of a run's ``inputs``, in the one format bertops records (:mod:`bertops.data.version`).
 
-    An input is matched by the DVC output that contains it (or equals it). Returns ``unversioned`` without a
-    dvc.lock, and ``path@untracked`` for an input no output covers.
+    A retrain prepares its data and says which version it is (``BERTOPS_DATA_VERSION``, set by the DAG for the
+    run's own snapshot). Otherwise the inputs are the workspace's: the version of ``lock_file`` when every input
+    lies under one of its outputs, else ``unversioned`` (data the lock does not describe has no version).
     """
+    prepared = os.environ.get("BERTOPS_DATA_VERSION")
+    if prepared:
+        return prepared
     lock = Path(lock_file)
-    if not lock.is_file():
+    loose = version.covered_by_lock(inputs, lock)
+    if loose:
+        log.warning("data not versioned by %s: %s", lock, ", ".join(loose))
         return UNVERSIONED
-    data = yaml.safe_load(lock.read_text(encoding="utf-8")) or {}
-    outs: dict[str, str] = {}
-    for stage in (data.get("stages") or {}).values():
-        for out in stage.get("outs") or []:
-            digest = out.get("md5") or out.get("etag") or out.get("checksum") or out.get("hash")
-            if out.get("path") and digest:
-                outs[Path(out["path"]).as_posix()] = str(digest)
-    parts = []
-    for item in inputs:
-        p = Path(item).as_posix()
-        match = next(
-            (
-                f"{o}@{h}"
-                for o, h in sorted(outs.items(), key=lambda kv: -len(kv[0]))
-                if p == o or p.startswith(o + "/")
-            ),
-            f"{p}@untracked",
-        )
-        parts.append(match)
-    return ";".join(sorted(set(parts)))
+    return version.data_version(lock) or UNVERSIONED
 
 
 def ray_job_id() -> str | None:

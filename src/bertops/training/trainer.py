@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -30,8 +31,10 @@ from typing import Any
 import yaml
 
 from bertops.config import BertopsConfig, FinetuneConfig, PretrainConfig, ScalingSettings
+from bertops.model.lineage import trained_record
 from bertops.paths import LABEL_MAP, MANIFEST, DataLayout
 from bertops.training.plan import Kind, RunPlan
+from bertops.training.tracking import TAG_TRAINED
 
 log = logging.getLogger(__name__)
 
@@ -344,6 +347,38 @@ def _install_bundle(checkpoint_dir: Path, target: Path) -> Path:
     return target
 
 
+RUN_BUNDLES = "runs"  # <stable path's parent>/runs/<run name>: each run's own bundle
+KEEP_RUN_BUNDLES = 5  # newest run bundles kept beside the ones a stable path points at
+
+
+def point_latest(link: Path, target: Path) -> None:
+    """Make ``link`` (a task's stable bundle path) a relative symlink to ``target``, atomically.
+
+    A real directory left there by an older bertops is moved aside first and removed afterwards.
+    """
+    tmp = link.parent / f".{link.name}.link-{time.time_ns()}"
+    tmp.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
+    if link.is_dir() and not link.is_symlink():
+        old = link.parent / f".{link.name}.old-{time.time_ns()}"
+        link.rename(old)
+        os.replace(tmp, link)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, link)
+
+
+def prune_run_bundles(runs: Path, keep: int = KEEP_RUN_BUNDLES) -> list[Path]:
+    """Remove all but the ``keep`` newest run bundles in ``runs``, never one that a stable path beside it points at."""
+    if not runs.is_dir():
+        return []
+    linked = {p.resolve() for p in runs.parent.iterdir() if p.is_symlink()}
+    bundles = sorted((p for p in runs.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    removed = [p for p in bundles[keep:] if p.resolve() not in linked]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
 def run_training(cfg: BertopsConfig, kind: Kind, run_name: str | None = None) -> TrainResult:
     """Pretrain or fine-tune as configured; see the module docstring. Returns a :class:`TrainResult`."""
     from bertops.training import tracking
@@ -412,10 +447,13 @@ def run_training(cfg: BertopsConfig, kind: Kind, run_name: str | None = None) ->
         raise
     if result.checkpoint is None:
         raise RuntimeError(f"{kind} run {run_name} finished without a checkpoint")
-    target = Path(section.output_dir)
+    # The run's own bundle, which nothing else writes; the task's stable path then points at it.
+    latest = Path(section.output_dir if isinstance(section, PretrainConfig) else section.bundle_dir())
     with result.checkpoint.as_directory() as d:
-        bundle_dir = _install_bundle(Path(d), target)
+        bundle_dir = _install_bundle(Path(d), latest.parent / RUN_BUNDLES / run_name)
         metrics = json.loads((Path(d) / RESULT_FILE).read_text())
+    point_latest(latest, bundle_dir)
+    prune_run_bundles(bundle_dir.parent)
     with tempfile.TemporaryDirectory(prefix="bertops-artifacts-") as tmp:
         config_file = Path(tmp) / "config.yaml"
         config_file.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -427,7 +465,11 @@ def run_training(cfg: BertopsConfig, kind: Kind, run_name: str | None = None) ->
             plan.run_id,
             metrics={k: v for k, v in metrics.items() if isinstance(v, int | float)},
             artifacts=artifacts,
-            tags={"bertops.bundle_dir": str(bundle_dir.resolve())},
+            tags={
+                "bertops.bundle_dir": str(bundle_dir.resolve()),
+                # what was trained, read back from the bundle (not the config): the card shows it
+                TAG_TRAINED: json.dumps(trained_record(bundle_dir, plan.init), sort_keys=True),
+            },
         )
     return TrainResult(
         kind=kind,
