@@ -811,6 +811,11 @@ class MonitoringConfig(_Section):
 class ProjectConfig(_Section):
     name: str = Field(default="bertops", description="Project name.")
     seed: int = Field(default=42, description="Seed of model initialisation and training.")
+    deterministic: bool = Field(
+        default=False,
+        description="Bit-identical training runs on the same machine and thread counts: TensorFlow op "
+        "determinism (seeds and data order are always fixed); its cost is in docs/training.md.",
+    )
     state_dir: str = Field(
         default=".bertops",
         description="Local state of the embedded stack (MLflow DB, Ray/Airflow homes, credentials); git-ignored.",

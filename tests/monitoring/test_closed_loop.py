@@ -30,6 +30,7 @@ from tests.serving.conftest import Registry, Service, start_service
 
 from bertops.monitoring.check import DRIFT_RUN_TAG, run_check
 from bertops.monitoring.store import FEEDBACK, RECORDS, Store
+from bertops.net import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -138,6 +139,22 @@ def test_out_of_domain_traffic_is_detected_and_logged(
     STATE["ood_since"] = t1
 
 
+def test_monitor_check_has_the_service_write_what_it_holds(
+    service: Service, corpora: Corpora, project: Path, champion: Champion, store: Path, monkeypatch
+) -> None:
+    """``POST /admin/flush`` (what ``bertops monitor --check`` calls first): every text served is in the store when
+    the call returns, so the check never reports fewer texts than were served."""
+    from bertops.cli.monitor import flush_service
+
+    t = datetime.now(UTC)
+    post_texts(service.url, [r["text"] for r in corpora.reviews[200:220]])
+    monkeypatch.setenv("BERTOPS_SERVING_URL", service.url)
+    note = flush_service(monitoring_config(project, champion, store, window_hours(t)), project)
+    assert note.startswith(f"the service at {service.url} wrote the ") and "texts it still held" in note, note
+    table = Store(str(store)).read(RECORDS, t)
+    assert table is not None and table.num_rows == 20
+
+
 def test_monitor_check_runs_the_comparison_now(project: Path, champion: Champion, store: Path) -> None:
     from typer.testing import CliRunner
 
@@ -155,10 +172,16 @@ def test_monitor_check_runs_the_comparison_now(project: Path, champion: Champion
     args = ["monitor", "--check", "--params", str(project / "params.yaml")] + [
         x for s in sets for x in ("--set", s)
     ]
-    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    # No service and no Airflow here (closed ports): the command says so instead of announcing what did not happen.
+    nothing = f"http://127.0.0.1:{free_port()}"
+    env = {"COLUMNS": "200", "BERTOPS_AIRFLOW_URL": nothing, "BERTOPS_SERVING_URL": nothing}
+    result = CliRunner().invoke(app, args, env=env)
     assert result.exit_code == 0, result.output
-    assert f"{champion.name} v{champion.version}" in result.output and "retrain triggered" in result.output
-    assert "drift.html" in result.output
+    out = " ".join(result.output.split())
+    assert f"{champion.name} v{champion.version}: drift: a retrain is due" in out, out
+    assert "retrain triggered" not in out and "no retrain started:" in out and "bertops retrain" in out, out
+    assert f"the service at {nothing} did not flush its recorded texts" in out, out
+    assert "drift.html" in out
 
 
 def test_bert_monitor_dag_emits_the_drift_asset(

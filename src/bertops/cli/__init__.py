@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from bertops.cli import data, model, monitor, orchestrate, registry, serve, train
+from bertops.cli import data, model, monitor, orchestrate, registry, reproduce, serve, train
 from bertops.cli.common import config_command
 
 app = typer.Typer(
@@ -26,5 +26,5 @@ def main() -> None:
 
 
 app.command("config")(config_command)
-for module in (data, model, train, registry, serve, orchestrate, monitor):
+for module in (data, model, train, registry, serve, orchestrate, monitor, reproduce):
     module.register(app)

@@ -29,8 +29,10 @@ CONFIG_DOC_HEADER = """# Configuration reference
 `params.yaml` is the single source of configuration: one section per stage. Every key below is validated once by
 `bertops.config.load_config`; an unknown key or a wrong type fails with a message naming the key and what is allowed.
 Override any key for one run with `--set section.key=value` (the value is read as YAML), e.g.
-`bertops finetune --set finetune.epochs=3 --set model.preset=mini`. `bertops config` prints the resolved
-configuration. Endpoints resolve config -> environment -> embedded default: `tracking.uri` -> `MLFLOW_TRACKING_URI`
+`bertops finetune --set finetune.epochs=3 --set model.preset=mini`. A value replaces the key's value whole: a
+mapping or a list is not merged into the default (`--set ingest.classification.label_mapping={}` empties the
+mapping), everywhere, including a retrain's DVC experiment, whose `params.yaml` bertops writes and reads back
+before any stage runs. `bertops config` prints the resolved configuration. Endpoints resolve config -> environment -> embedded default: `tracking.uri` -> `MLFLOW_TRACKING_URI`
 -> SQLite under `project.state_dir`; `*.scaling.address` -> `RAY_ADDRESS` -> a local Ray started on demand.
 
 This page is generated: `bertops config --reference > docs/configuration.md` (a test checks it is current).

@@ -52,6 +52,12 @@ def data_version(root: Path, stages: Iterable[str] | None = None) -> str | None:
         raise DvcError(str(exc)) from exc
 
 
+def output_hashes(root: Path) -> dict[str, str]:
+    """``{"stage:path": content hash}`` of every output in ``root/dvc.lock`` (what the data version hashes)."""
+    lock = root / "dvc.lock"
+    return dict(version.stage_outputs(version.read_lock(lock))) if lock.is_file() else {}
+
+
 def corpus_version(root: Path) -> str | None:
     """The version of what pretraining reads (vocabulary and pretraining instances)."""
     return data_version(root, CORPUS_STAGES)

@@ -265,6 +265,7 @@ def prepare_run_data(params: Mapping[str, Any], run_id: str, root: Path | None =
         with dvc_ops.workspace_restored(root):
             rev = dvc_ops.exp_run(root, experiment, data)
             version, corpus = dvc_ops.data_version(root), dvc_ops.corpus_version(root)
+            outputs = dvc_ops.output_hashes(root)
             files = dvc_ops.snapshot_outputs(root, dest, cfg.project.data_dir)
             dvc_ops.push(root)
         log.info("DVC experiment %s (%s): data version %s, workspace restored", experiment, rev[:10], version)
@@ -272,6 +273,7 @@ def prepare_run_data(params: Mapping[str, Any], run_id: str, root: Path | None =
         cycle = data_cycle(root)
         rev = _git_head(root)
         version, corpus = cycle["data_version"], cycle["corpus_version"]
+        outputs = dvc_ops.output_hashes(root)
         files = dvc_ops.snapshot_outputs(root, dest, cfg.project.data_dir)
         log.info("dvc repro of params.yaml: data version %s", version)
     _prune_run_data(dest.parent.parent)
@@ -283,6 +285,7 @@ def prepare_run_data(params: Mapping[str, Any], run_id: str, root: Path | None =
         "dvc_experiment": experiment,
         "dvc_rev": rev,
         "data_overrides": data,
+        "data_outputs": outputs,
     }
 
 
@@ -294,6 +297,12 @@ def registry_lineage(prepared: Mapping[str, Any], overrides: list[str]) -> dict[
         tags["bertops.dvc_experiment"] = str(prepared["dvc_experiment"])
     if prepared.get("dvc_rev"):
         tags["bertops.dvc_rev"] = str(prepared["dvc_rev"])
+    if prepared.get(
+        "data_outputs"
+    ):  # each stage output's hash: `bertops reproduce` names the first that differs
+        tags["bertops.data_outputs"] = json.dumps(
+            prepared["data_outputs"], sort_keys=True, separators=(",", ":")
+        )
     for key in ("drift_report", "drift_run_id"):  # a retrain triggered by bert_monitor's bertops_drift Asset
         if prepared.get(key):
             tags[f"bertops.{key}"] = str(prepared[key])

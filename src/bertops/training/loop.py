@@ -197,6 +197,8 @@ def _train(config: dict[str, Any], started: float, loggers: list[Any]) -> None:
         level=logging.INFO, format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s"
     )
     keras.utils.set_random_seed(plan.seed)
+    if plan.deterministic:  # every op's deterministic kernel (or an error naming an op that has none)
+        tf.config.experimental.enable_op_determinism()
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
     policy = resolve_dtype_policy(plan.model.get("dtype_policy", "float32"), on_gpu=on_gpu)
     plan.model["dtype_policy"] = policy  # what the model is built, imported and its FLOPs peak looked up with

@@ -53,6 +53,7 @@ class RunPlan:
     extra: dict[str, Any] = field(default_factory=dict)
     # The records' encoding settings (bertops.data.tokenizer.EncodingSettings), stored in the bundle.
     tokenizer: dict[str, Any] = field(default_factory=dict)
+    deterministic: bool = False  # project.deterministic: TensorFlow op determinism on every worker
 
     @property
     def global_batch_size(self) -> int:

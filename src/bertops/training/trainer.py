@@ -224,6 +224,7 @@ def make_plan(cfg: BertopsConfig, kind: Kind, run_id: str = "", data_version: st
         data_version=data_version,
         pretrain_run_id=pretrain_run,
         tokenizer=settings.to_dict(),
+        deterministic=cfg.project.deterministic,
     )
 
 
@@ -273,12 +274,16 @@ def _connect_ray(cfg: BertopsConfig, scaling: ScalingSettings) -> None:
     if ray.is_initialized():
         return
     address = cfg.ray_address(scaling)
+    # `bertops reproduce --train` runs a version's own commit from a scratch worktree: its Ray workers import
+    # bertops from there too, not from the installed checkout.
+    src = os.environ.get(REPRODUCE_SRC_ENV)
+    runtime_env = {"env_vars": {"PYTHONPATH": src}} if src else None
     if address:
         log.info("connecting to Ray at %s", address)
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
     else:
         log.info("starting a local Ray instance")
-        ray.init(include_dashboard=False, log_to_driver=True)
+        ray.init(include_dashboard=False, log_to_driver=True, runtime_env=runtime_env)
 
 
 def check_resources(scaling: ScalingSettings, total: dict[str, float] | None = None) -> None:
@@ -347,6 +352,7 @@ def _install_bundle(checkpoint_dir: Path, target: Path) -> Path:
     return target
 
 
+REPRODUCE_SRC_ENV = "BERTOPS_REPRODUCE_SRC"  # a worktree's src/ that Ray workers import bertops from
 RUN_BUNDLES = "runs"  # <stable path's parent>/runs/<run name>: each run's own bundle
 KEEP_RUN_BUNDLES = 5  # newest run bundles kept beside the ones a stable path points at
 
