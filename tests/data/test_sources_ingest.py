@@ -143,6 +143,19 @@ def test_missing_mapped_column_names_it_and_the_available_ones(tmp_path: Path) -
         classification(cls_cfg(j))
 
 
+def test_a_repeated_column_name_is_refused_naming_file_and_column(tmp_path: Path) -> None:
+    """``text,category,category``: a reader would keep the last column silently and labels could flip."""
+    f = tmp_path / "dup.csv"
+    f.write_text("text,category,category\na fine film,fresh,rotten\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"dup\.csv, field 'category': the header repeats column 'category' "
+                       r"\(columns 2 and 3\)"):  # fmt: skip
+        classification(cls_cfg(f, label_column="category"))
+    j = tmp_path / "dup.jsonl"
+    j.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "x", "label": "y"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"dup\.jsonl, row 2, field 'label': the object repeats key 'label'"):
+        classification(cls_cfg(j))
+
+
 def test_invalid_utf8_names_line_and_byte(tmp_path: Path) -> None:
     f = tmp_path / "bad.csv"
     f.write_bytes(b"text,label\nfine,pos\ncaf\xe9 au lait,neg\n")

@@ -106,11 +106,25 @@ def test_more_texts_than_a_batch(client: TestClient) -> None:
         (json.dumps({"texts": ["x" * 101]}).encode(), 413, "texts[0] is 101 UTF-8 bytes"),
         (json.dumps({"texts": ["a"], "pad": "x" * 3000}).encode(), 413, "limit is 2000"),
         (b"[" * 900 + b"]" * 900, 400, "nested more than 32 levels deep"),
+        (b'{"texts": ["\\ud800"]}', 400, "body.texts[0] holds a lone surrogate"),
     ],
 )
 def test_bad_input(client: TestClient, body: bytes, status: int, message: str) -> None:
     r = client.post("/predict", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == status and message in r.json()["error"], r.text
+
+
+LONE_SURROGATE = b'{"texts": ["\\ud800"], "inputs": ["\\udfff"], "request_id": "\\ud800", "label": "x"}'
+HUGE_NUMBER = b'{"texts": ["a"], "request_id": "r", "index": ' + b"9" * 5000 + b"}"
+
+
+@pytest.mark.parametrize("body", [LONE_SURROGATE, HUGE_NUMBER], ids=["lone-surrogate", "5000-digit-number"])
+@pytest.mark.parametrize(
+    "route", ["/predict", "/models/m/predict", "/v2/models/m/infer", "/invocations", "/feedback"]
+)
+def test_no_body_gets_a_5xx(client: TestClient, route: str, body: bytes) -> None:
+    r = client.post(route, content=body, headers={"Content-Type": "application/json"})
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "text/csv"])

@@ -52,3 +52,20 @@ def test_content_length_is_checked_before_reading() -> None:
     assert err.value.status == 413
     with pytest.raises(BadRequest, match="not an integer"):
         check_content_length("lots", LIMITS)
+
+
+def test_a_number_python_cannot_read_is_a_400_not_a_500() -> None:
+    """Over 4,300 digits Python refuses to convert an integer (CVE-2020-10735): a ValueError, not a decode error."""
+    big = RequestLimits(max_texts=3, max_text_bytes=10, max_body_bytes=100_000)
+    with pytest.raises(BadRequest) as err:
+        parse_predict_body(b'{"texts": ["a"], "n": ' + b"7" * 5000 + b"}", big)
+    assert err.value.status == 400 and "a value in the body cannot be read" in err.value.message
+
+
+def test_a_lone_surrogate_anywhere_is_a_400() -> None:
+    with pytest.raises(BadRequest) as err:
+        parse_predict_body(b'{"texts": ["ok", "a\\udfffb"]}', LIMITS)
+    assert err.value.status == 400 and "body.texts[1] holds a lone surrogate" in err.value.message
+    assert "at character 1" in err.value.message
+    # a proper surrogate pair is one astral character: fine
+    assert parse_predict_body(b'{"texts": ["\\ud83d\\ude42"]}', LIMITS) == ["\U0001f642"]

@@ -190,6 +190,36 @@ def _check_columns(sf: SourceFile, available: list[str], columns: list[str]) -> 
         )
 
 
+def _check_unique_columns(sf: SourceFile, header: list[str]) -> None:
+    """A header that names a column twice is refused: which of the two holds the labels would be a guess (a
+    reader keeps the last one silently, so labels could flip with no word)."""
+    first: dict[str, int] = {}
+    for position, name in enumerate(header, start=1):
+        if name in first:
+            raise DataError(
+                f"the header repeats column {name!r} (columns {first[name]} and {position})",
+                file=sf.name,
+                field=name,
+                hint="rename or remove one of the two columns",
+            )
+        first[name] = position
+
+
+def _unique_keys(sf: SourceFile, lineno: int) -> Any:
+    """A ``json.loads`` ``object_pairs_hook`` refusing an object that repeats a key (JSON would keep the last)."""
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen:
+                raise DataError(f"the object repeats key {key!r}", file=sf.name, row=lineno, field=key,
+                                hint="keep one value per key")  # fmt: skip
+            seen[key] = value
+        return seen
+
+    return hook
+
+
 def iter_rows(sf: SourceFile, encoding: str, columns: list[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(row, fields)`` from a CSV, JSONL or Parquet file that must have ``columns``."""
     if sf.format == "csv":
@@ -217,6 +247,7 @@ def _iter_csv(sf: SourceFile, encoding: str, columns: list[str]) -> Iterator[tup
         header = next(reader)
     except csv.Error as exc:
         raise DataError(f"malformed CSV header: {exc}", file=sf.name) from None
+    _check_unique_columns(sf, header)
     _check_columns(sf, header, columns)
     n, last_line = 0, reader.line_num
     while True:
@@ -269,7 +300,7 @@ def _iter_jsonl(sf: SourceFile, encoding: str, columns: list[str]) -> Iterator[t
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=_unique_keys(sf, lineno))
         except json.JSONDecodeError as exc:
             raise DataError(f"not valid JSON: {exc.msg}", file=sf.name, row=lineno) from None
         if not isinstance(obj, dict):

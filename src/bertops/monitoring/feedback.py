@@ -45,6 +45,12 @@ def parse_feedback(body: bytes, labels: list[str] | None) -> FeedbackRequest:
         data: Any = json.loads(body or b"null")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadFeedback(f"body is not JSON: {exc}") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise BadFeedback(f"a value in the body cannot be read: {exc}") from None
+    try:  # a lone surrogate (JSON's "\ud800") is no text: the store could not write it
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadFeedback("the body holds a lone surrogate (e.g. \\ud800): send text as UTF-8") from None
     if not isinstance(data, dict):
         raise BadFeedback('body must be an object {"request_id": ..., "label": ...}')
     try:

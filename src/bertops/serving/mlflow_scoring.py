@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from bertops.serving.schemas import NESTING_MESSAGE, BadRequest, check_json_depth
+from bertops.serving.schemas import NESTING_MESSAGE, BadRequest, check_json_depth, check_unicode_json
 
 SUPPORTED = ["text/csv", "application/json", "application/vnd.apache.parquet"]
 
@@ -42,6 +42,8 @@ def invoke(pyfunc: Any, body: bytes, content_type: str | None) -> ScoringAnswer:
         return ScoringAnswer(415, message.encode(), "text/plain")
     try:
         check_json_depth(body)
+        if "json" in content_type:
+            check_unicode_json(body)
     except BadRequest as exc:
         return ScoringAnswer(400, json.dumps({"error_code": "BAD_REQUEST", "message": exc.message}).encode(),
                              "application/json")  # fmt: skip

@@ -183,13 +183,48 @@ def load_json(body: bytes, limits: RequestLimits) -> Any:
         raise BadRequest(400, 'empty request body; send JSON like {"texts": ["some text"]}')
     check_json_depth(body)
     try:
-        return json.loads(body)
+        payload = json.loads(body)
     except UnicodeDecodeError as exc:
         raise BadRequest(400, f"request body is not UTF-8: {exc}") from None
     except json.JSONDecodeError as exc:
         raise BadRequest(400, f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except RecursionError:  # json's decoder gives up on very deep nesting (thousands of levels)
         raise BadRequest(400, NESTING_MESSAGE) from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits (Python's int conversion limit)
+        raise BadRequest(400, f"a value in the body cannot be read: {exc}") from None
+    _check_unicode(payload, "body")
+    return payload
+
+
+def check_unicode_json(body: bytes) -> None:
+    """400 for a JSON body whose strings are not all real text (a lone surrogate); anything unparseable is left to
+    the caller's own parser and its message."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        return
+    _check_unicode(payload, "body")
+
+
+def _check_unicode(value: Any, where: str) -> None:
+    """Every string (and key) is real Unicode text: JSON's ``\\ud800`` escapes decode to lone surrogates,
+    which no text encoding can hold (the tokenizer and the monitoring store would fail on them)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BadRequest(
+                400,
+                f"{where} holds a lone surrogate ({value[exc.start]!r} at character {exc.start}): send text "
+                "as UTF-8, with each astral character as a surrogate pair or itself",
+            ) from None
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_unicode(item, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key, f"{where} key")
+            _check_unicode(item, f"{where}.{key}" if isinstance(key, str) and key.isidentifier() else where)
 
 
 def parse_predict_body(body: bytes, limits: RequestLimits) -> list[str]:
