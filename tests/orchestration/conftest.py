@@ -53,6 +53,15 @@ def git(root: Path, *args: str) -> str:
                           capture_output=True, text=True).stdout  # fmt: skip
 
 
+# A small real data set (~1 minute of `dvc repro`): what the DVC tests' projects run on.
+SMALL_DATA: dict[str, Any] = {
+    "ingest": {"corpus": {"max_records": 30}, "classification": {"max_records": 400}, "ner": {"max_records": 60}},
+    "vocab": {"vocab_size": 300, "min_frequency": 1},
+    "pretrain_data": {"dupe_factor": 1, "max_seq_length": 64, "num_workers": 1},
+    "finetune_data": {"max_seq_length": 64},
+}  # fmt: skip
+
+
 def make_project(root: Path, params: dict[str, Any]) -> Path:
     """A small copy of the checkout in ``root``: a git repo with DVC, the pipelines, ray_jobs, dags, the
     .gitignore, and params.yaml = the checkout's with ``params`` merged in (state_dir inside ``root``)."""

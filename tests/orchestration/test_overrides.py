@@ -70,6 +70,7 @@ def test_a_merged_mapping_is_refused_naming_the_key(params: Path) -> None:
 
 def test_a_missing_key_is_refused(params: Path) -> None:
     with pytest.raises(
-        dvc_ops.OverrideNotApplied, match=re.escape("ingest.classification.nope: asked 3, params.yaml has <missing>")
+        dvc_ops.OverrideNotApplied,
+        match=re.escape("ingest.classification.nope: asked 3, params.yaml has <missing>"),
     ):
         dvc_ops.check_overrides_applied(params, ["ingest.classification.nope=3"])

@@ -14,24 +14,18 @@ from pathlib import Path
 
 import pytest
 from tests.conftest import FOLDER_OVERRIDES, write_topic_folders
-from tests.orchestration.conftest import git, make_project
+from tests.orchestration.conftest import SMALL_DATA, git, make_project
 
 from bertops.orchestration import reproduce, tasks
 
 pytestmark = pytest.mark.slow
 
-SMALL = {
-    "ingest": {"corpus": {"max_records": 30}, "classification": {"max_records": 400}, "ner": {"max_records": 60}},
-    "vocab": {"vocab_size": 300, "min_frequency": 1},
-    "pretrain_data": {"dupe_factor": 1, "max_seq_length": 64, "num_workers": 1},
-    "finetune_data": {"max_seq_length": 64},
-}  # fmt: skip
 NAME = "reproduce-me"
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_project(tmp_path_factory.mktemp("reproduce"), SMALL)
+    root = make_project(tmp_path_factory.mktemp("reproduce"), SMALL_DATA)
     tasks.prepare_run_data({}, "manual__baseline", root)
     git(root, "add", "dvc.lock", "data/reports/data_report.json")
     git(root, "commit", "-qm", "data: baseline")

@@ -15,22 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 from tests.conftest import FOLDER_OVERRIDES, write_topic_folders
-from tests.orchestration.conftest import git, make_project
+from tests.orchestration.conftest import SMALL_DATA, git, make_project
 
 from bertops.orchestration import dvc_ops, tasks
 
 pytestmark = pytest.mark.slow
 
-SMALL = {
-    "ingest": {
-        "corpus": {"max_records": 30},
-        "classification": {"max_records": 400},
-        "ner": {"max_records": 60},
-    },
-    "vocab": {"vocab_size": 300, "min_frequency": 1},
-    "pretrain_data": {"dupe_factor": 1, "max_seq_length": 64, "num_workers": 1},
-    "finetune_data": {"max_seq_length": 64},
-}
+SMALL = SMALL_DATA
 OVERRIDE = "ingest.classification.max_records=200"
 
 
