@@ -118,13 +118,29 @@ def test_a_dict_override_replaces_the_mapping_in_what_the_stages_read(project: P
 def test_a_failing_experiment_leaves_the_workspace_as_it_was(project: Path) -> None:
     params_before = (project / "params.yaml").read_bytes()
     lock_before = (project / "dvc.lock").read_bytes()
-    with pytest.raises(dvc_ops.DvcError, match="exp run"):
+    with pytest.raises(dvc_ops.StageInputError, match="exp run") as err:
         # rotten tomatoes is 42% negative: validate refuses the data
         tasks.prepare_run_data({"overrides": ["validate.min_class_fraction=0.49"]}, "manual__bad", project)
+    assert err.value.stage == "validate" and "min_class_fraction" in err.value.first_error, err.value
     assert (project / "params.yaml").read_bytes() == params_before
     assert (project / "dvc.lock").read_bytes() == lock_before
     assert git(project, "status", "--porcelain") == ""
     assert dvc_ops.run_dvc(project, "status").stdout.strip().endswith("up to date.")
+
+
+def test_a_data_error_fails_the_task_once(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DAG's prepare_data task body: a stage that refuses its data fails the task without retries
+    (AirflowFailException), its message first; the same data would fail the same way on every try."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from bertops.orchestration import retrain
+
+    monkeypatch.setenv("BERTOPS_PROJECT_DIR", str(project))
+    with pytest.raises(
+        AirflowFailException, match=r"^stage validate refused its input: .*min_class_fraction"
+    ):
+        retrain.prepare_data({"overrides": ["validate.min_class_fraction=0.49"]}, "manual__bad_once")
+    assert git(project, "status", "--porcelain") == ""
 
 
 def test_data_overrides_are_the_keys_dvc_stages_read() -> None:

@@ -44,6 +44,20 @@ class DvcError(RuntimeError):
     """A dvc command that failed; the message has the command and its output tail."""
 
 
+class StageInputError(DvcError):
+    """A stage refused its data or config (``bertops.stage.run_stage``'s "<stage> failed: ..." line): the same
+    inputs fail the same way, so a retry cannot help. :attr:`first_error` is that line's message."""
+
+    def __init__(self, message: str, stage: str, first_error: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.first_error = first_error
+
+
+# bertops.stage.run_stage logs "ERROR pipelines.<stage>: <stage> failed: <message naming file, row, field>"
+_STAGE_FAILED = re.compile(r"ERROR pipelines\.(\w+): \1 failed: (.+)")
+
+
 def data_version(root: Path, stages: Iterable[str] | None = None) -> str | None:
     """A 16-hex-digit version of the pipeline outputs in ``root/dvc.lock`` (None when there is no lock yet)."""
     try:
@@ -80,7 +94,12 @@ def run_dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedP
         log.info("[dvc] %s", line)
     if check and proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
-        raise DvcError(f"`dvc {' '.join(args)}` failed in {root} (exit {proc.returncode}):\n{tail}")
+        message = f"`dvc {' '.join(args)}` failed in {root} (exit {proc.returncode}):\n{tail}"
+        refused = _STAGE_FAILED.search(proc.stdout + proc.stderr)
+        if refused:
+            stage, error = refused.group(1), refused.group(2).strip()
+            raise StageInputError(f"stage {stage} refused its input: {error}\n{message}", stage, error)
+        raise DvcError(message)
     return proc
 
 

@@ -13,8 +13,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from bertops.config import ConfigError
 from bertops.monitoring.feedback_source import FeedbackSourceError, export_for_retrain
-from bertops.orchestration import tasks
+from bertops.orchestration import dvc_ops, tasks
 from bertops.orchestration.ray_jobs import JobOutcome, JobSpec, RayJobError, submission_id_for
 from bertops.orchestration.retrain_params import RetrainParamsError
 
@@ -41,8 +42,6 @@ def _skip(message: str) -> None:
 
 def check_params(params: dict[str, Any]) -> dict[str, Any]:
     """Refuse bad params without retrying: a schema error or a bad config key fails the run at once."""
-    from bertops.config import ConfigError
-
     try:
         return tasks.check_params(params)
     except (RetrainParamsError, ConfigError, tasks.RetrainRefused) as exc:
@@ -56,10 +55,11 @@ def prepare_data(params: dict[str, Any], run_id: str) -> dict[str, Any]:
     the served texts with feedback labels, exported from the monitoring store as a source of ``ingest``."""
     try:
         feedback = export_for_retrain(tasks.run_config(params), tasks.project_root())
-    except FeedbackSourceError as exc:
+        return {**tasks.prepare_run_data(params, run_id), "feedback_texts": feedback}
+    except (FeedbackSourceError, dvc_ops.StageInputError, dvc_ops.OverrideNotApplied, ConfigError) as exc:
+        # The same data or config fails the same way: fail once, with the reason first, instead of three tries.
         _fail(str(exc))
         raise  # unreachable: _fail raises
-    return {**tasks.prepare_run_data(params, run_id), "feedback_texts": feedback}
 
 
 def drift_trigger(context: Any) -> dict[str, str]:
