@@ -13,7 +13,9 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from tests.conftest import FOLDER_OVERRIDES, write_topic_folders
 from tests.orchestration.conftest import git, make_project
 
 pytestmark = pytest.mark.slow
+MODULE_STARTED = time.time()  # before the stack exists: a DAG run for a tick before this was nobody's ask
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", "docs/operations.md", "docs/training.md", "docs/model.md", "docs/serving.md"]
@@ -65,7 +68,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict
     # The session's test settings are not the stack's. MLFLOW_EXPERIMENT_ID is set in this process by any
     # earlier in-process test's mlflow.set_experiment (an experiment of another server): a new shell has none.
     # MLflow's set_tracking_uri / set_registry_uri write MLFLOW_* variables too: a new shell has none of them.
-    for name in [k for k in env if k.startswith("MLFLOW_")] + ["RAY_ADDRESS", "RAY_AUTH_MODE", "BERTOPS_AIRFLOW_URL"]:
+    for name in [k for k in env if k.startswith("MLFLOW_")] + [
+        "RAY_ADDRESS",
+        "RAY_AUTH_MODE",
+        "BERTOPS_AIRFLOW_URL",
+    ]:
         env.pop(name, None)
     subprocess.run(
         ["bertops", "data", "repro"], cwd=root, env=env, check=True, capture_output=True, timeout=900
@@ -104,8 +111,6 @@ def test_runnable_doc_blocks_work_against_a_live_stack(stack: tuple[Path, dict[s
 
 
 def test_stack_up_leaves_the_dags_unpaused_by_default(stack: tuple[Path, dict[str, str]]) -> None:
-    import time
-
     from bertops.config import load_config
     from bertops.orchestration.airflow_api import AirflowApiError
     from bertops.orchestration.stack import airflow_client
@@ -254,3 +259,38 @@ def test_a_driver_with_the_stacks_settings_runs_a_task(stack: tuple[Path, dict[s
     out = subprocess.run(["bash", "-c", f'eval "$(bertops stack env)"; python -c "{code}"'], cwd=root, env=env,
                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert "ANSWER 42" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+
+
+def test_the_stack_ran_no_dag_nobody_asked_for_and_takes_a_drift_event(
+    stack: tuple[Path, dict[str, str]],
+) -> None:
+    """Last in this module: the stack has been up, DAGs unpaused, for the whole module (well over two minutes)
+    and ran only what the tests asked for (manual runs) or a tick after it started (none, unless the module spans
+    one): nothing for a tick that passed before the stack existed, and no asset-triggered run.
+    Then the drift Asset event that ``bertops monitor --check`` sends through the API is recorded with its report
+    (bert_retrain is paused first, so the event queues a run instead of training here)."""
+    from bertops.config import load_config
+    from bertops.orchestration.retrain import DAG_ID, DATA_DAG_ID, DRIFT_ASSET, MONITOR_DAG_ID
+    from bertops.orchestration.stack import airflow_client
+
+    root, _ = stack
+    client = airflow_client(load_config(root / "params.yaml"), root)
+    runs = [
+        r
+        for d in (DATA_DAG_ID, MONITOR_DAG_ID, DAG_ID)
+        for r in client.request("GET", f"/dags/{d}/dagRuns")["dag_runs"]
+    ]
+
+    def asked(run: dict) -> bool:  # by a test, or by a tick that came after this module started the stack
+        after = datetime.fromisoformat(run["run_after"]).timestamp() >= MODULE_STARTED
+        return run["run_type"] == "manual" or (run["run_type"] == "scheduled" and after)
+
+    unasked = [(r["dag_id"], r["dag_run_id"], r["run_type"], r["run_after"]) for r in runs if not asked(r)]
+    assert not unasked, unasked
+
+    client.set_paused(DAG_ID, True)
+    event = client.emit_asset_event(DRIFT_ASSET, {"json_path": "/tmp/drift.json", "source": "test"})
+    events = client.request("GET", "/assets/events", params={"asset_id": event["asset_id"]})["asset_events"]
+    assert any(e["id"] == event["id"] and e["extra"]["json_path"] == "/tmp/drift.json" for e in events), (
+        events
+    )
