@@ -129,6 +129,23 @@ def test_stack_up_leaves_the_dags_unpaused_by_default(stack: tuple[Path, dict[st
     assert dag["is_paused"] is False  # orchestration.dags_paused: false
 
 
+def test_a_failed_retrain_says_why_where_the_user_looks(stack: tuple[Path, dict[str, str]]) -> None:
+    """``bertops retrain --wait`` on data that ``validate`` refuses: the failing task, its try (one: a data error
+    is not retried), the stage's own message and the path of the full log, printed by the command itself."""
+    root, env = stack
+    sets = "--set validate.min_class_fraction=0.49 --set finetune.max_steps=3"
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", 'eval "$(bertops stack env)"\n'
+                           f"bertops retrain --pretraining skip {sets} --wait --timeout 1200"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=1500)  # fmt: skip
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 1, out[-4000:]
+    assert "prepare_data failed (try 1 of 3, not retried: the same input fails again)" in out, out[-4000:]
+    assert "stage validate refused its input" in out and "min_class_fraction" in out, out[-4000:]
+    log = Path(re.search(r"full log: (\S+)", out).group(1))
+    assert log.is_file() and "min_class_fraction" in log.read_text(errors="replace"), log
+    assert git(root, "status", "--porcelain") == ""
+
+
 def test_bertops_serve_refuses_the_port_the_stack_serves_on(stack: tuple[Path, dict[str, str]]) -> None:
     root, env = stack
     url = subprocess.run(["bash", "-c", 'eval "$(bertops stack env)"; echo "$BERTOPS_SERVING_URL"'], cwd=root,

@@ -101,8 +101,38 @@ def retrain_command(
     console.print(f"run {run_id}: [bold]{final['state']}[/bold]")
     if final["state"] == "success":
         console.print_json(data=client.xcom(DAG_ID, run_id, "summary"))
-    else:
-        raise typer.Exit(1)
+        return
+    for failed in client.failures(DAG_ID, run_id):
+        retried = (
+            ""
+            if failed["try_number"] > 1 or failed["tries"] == 1
+            else ", not retried: the same input fails again"
+        )
+        err_console.print(
+            f"[red]{failed['task_id']} failed[/red] (try {failed['try_number']} of {failed['tries']}{retried}): "
+            f"{failed['first_error']}",
+            soft_wrap=True,
+        )
+        err_console.print(
+            f"  full log: {_task_log_path(cfg, run_id, failed['task_id'], failed['try_number'])}"
+        )
+    raise typer.Exit(1)
+
+
+def _task_log_path(cfg: BertopsConfig, run_id: str, task_id: str, try_number: int) -> str:
+    """Where the local stack's Airflow keeps a task's log (the default log file name template)."""
+    from bertops.orchestration.retrain import DAG_ID
+    from bertops.orchestration.stack import StackPaths
+
+    home = StackPaths.of(cfg, Path.cwd()).airflow_home
+    return str(
+        home
+        / "logs"
+        / f"dag_id={DAG_ID}"
+        / f"run_id={run_id}"
+        / f"task_id={task_id}"
+        / f"attempt={try_number}.log"
+    )
 
 
 _STATE_COLOURS = {"success": "green", "failed": "red", "running": "yellow", "skipped": "dim",

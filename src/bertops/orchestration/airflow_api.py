@@ -64,6 +64,19 @@ def read_credentials(airflow_home: Path, username: str = USERNAME) -> tuple[str,
     return username, passwords[username]
 
 
+def first_error(lines: list[dict[str, Any]]) -> str:
+    """The first line of the exception in a task's structured log (``error_detail``), else its first error line."""
+    for line in lines:
+        for detail in line.get("error_detail") or []:
+            value = str(detail.get("exc_value") or "").strip()
+            if value:
+                return f"{detail.get('exc_type', 'Error')}: {value.splitlines()[0]}"
+    for line in lines:
+        if str(line.get("level", "")).lower() in ("error", "critical") and line.get("event"):
+            return str(line["event"]).splitlines()[0]
+    return "(no error line in the task's log)"
+
+
 class AirflowClient:
     """Airflow REST API v2 with a bearer token fetched on first use (and again when it expires)."""
 
@@ -173,6 +186,32 @@ class AirflowClient:
                 f"Airflow knows no Asset {name!r} yet (its DAGs are not parsed): nothing emitted"
             )
         return dict(self.request("POST", "/assets/events", {"asset_id": match[0]["id"], "extra": extra}))
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> list[dict[str, Any]]:
+        """The structured log lines of one try of a task (``GET .../logs/{try}``, JSON)."""
+        path = (
+            f"/dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}/taskInstances/"
+            f"{quote(task_id, safe='')}/logs/{try_number}"
+        )
+        body = self.request("GET", path, params={"full_content": "true"})
+        content = body.get("content") if isinstance(body, dict) else None
+        return [c for c in content or [] if isinstance(c, dict)]
+
+    def failures(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """Each failed task of a run: ``{"task_id", "try_number", "tries", "first_error"}``, where ``first_error``
+        is the first line of the exception that failed its last try (what the user has to fix)."""
+        out = []
+        for ti in self.task_instances(dag_id, run_id):
+            if ti.get("state") != "failed":
+                continue
+            tries = int(ti.get("try_number") or 1)
+            try:
+                first = first_error(self.task_log(dag_id, run_id, ti["task_id"], tries))
+            except AirflowApiError as exc:
+                first = f"(its log could not be read: {exc})"
+            out.append({"task_id": ti["task_id"], "try_number": tries, "tries": int(ti.get("max_tries") or 0) + 1,
+                        "first_error": first})  # fmt: skip
+        return out
 
     def active_runs(self, dag_id: str) -> list[dict[str, Any]]:
         """The DAG's runs that are running now."""
