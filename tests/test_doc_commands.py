@@ -85,7 +85,36 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         yield root, env
     finally:
-        subprocess.run(["bertops", "stack", "down"], cwd=root, env=env, capture_output=True, timeout=300)
+        state = json.loads((root / ".bertops" / "stack.json").read_text()) if up.returncode == 0 else {}
+        down = subprocess.run(["bertops", "stack", "down"], cwd=root, env=env, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+    _nothing_left_after_down(root, state, down.stdout + down.stderr)
+
+
+def _nothing_left_after_down(root: Path, state: dict, output: str) -> None:
+    """``bertops stack down`` leaves no process the stack started (Ray's HAProxy and idle workers included) and
+    nothing listening on any address the stack had."""
+    import socket
+
+    from bertops.config import load_config
+    from bertops.orchestration.stack import StackPaths, stack_processes
+
+    left = stack_processes(StackPaths.of(load_config(root / "params.yaml"), root))
+    assert not left, (
+        f"still running after `bertops stack down`: {[(p.pid, p.cmdline()) for p in left]}",
+        output,
+    )
+    for name, svc in state.get("services", {}).items():
+        for key in ("url", "address"):
+            if not svc.get(key):
+                continue
+            host, _, port = svc[key].split("://")[-1].split("/")[0].rpartition(":")
+            with socket.socket() as sock:
+                sock.settimeout(2)
+                listening = sock.connect_ex((host, int(port))) == 0
+            assert not listening, (
+                f"{name} still listens on {host}:{port} after `bertops stack down`: {output}"
+            )
 
 
 def test_runnable_doc_blocks_work_against_a_live_stack(stack: tuple[Path, dict[str, str]]) -> None:

@@ -202,15 +202,59 @@ def alive(pid: int | None) -> bool:
     return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
 
 
+# Every process the stack starts, and every process those start (Ray's workers, its HAProxy, MLflow's uvicorn
+# worker, Airflow's task runners), carries these in its environment: `down` finds what outlived its group by them.
+STACK_MARK_ENV = "BERTOPS_STACK_STATE"
+SERVICE_MARK_ENV = "BERTOPS_STACK_SERVICE"
+
+
 def spawn(name: str, cmd: list[str], env: dict[str, str], paths: StackPaths) -> subprocess.Popen:
     """Start ``cmd`` in its own session (process group), output to ``<state>/logs/<name>.log``."""
     paths.logs.mkdir(parents=True, exist_ok=True)
     log_file = paths.logs / f"{name}.log"
+    env = {**env, STACK_MARK_ENV: str(paths.state), SERVICE_MARK_ENV: name}
     with open(log_file, "ab") as fh:
         return subprocess.Popen(
             cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, env=env, cwd=paths.root,
         )  # fmt: skip
+
+
+def stack_processes(paths: StackPaths, service: str | None = None) -> list[Any]:
+    """The running processes this stack (``paths``) started, directly or not (of ``service`` only, when given),
+    found by the marks :func:`spawn` puts in their environment; never this process or its ancestors."""
+    import psutil
+
+    me = psutil.Process()
+    skip = {me.pid, *(p.pid for p in me.parents())}
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid in skip:
+            continue
+        try:
+            env = proc.environ()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+        if env.get(STACK_MARK_ENV) == str(paths.state) and service in (None, env.get(SERVICE_MARK_ENV)):
+            found.append(proc)
+    return found
+
+
+def stop_processes(procs: list[Any], timeout: float = 15) -> list[str]:
+    """SIGTERM ``procs``, SIGKILL what is left after ``timeout``; returns ``"name (pid)"`` of each."""
+    import psutil
+
+    names = []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            names.append(f"{proc.name()} ({proc.pid})")
+            proc.terminate()
+    _, alive_left = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive_left:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive_left, timeout=5)
+    return names
 
 
 def wait_until(
@@ -332,6 +376,12 @@ def up(
     secret = ensure_secrets(paths)
     timeout = float(cfg.orchestration.stack_start_timeout_s)
     base_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+
+    for name in ("mlflow", "ray", "airflow"):
+        if name not in services:  # its leader is gone: what it started must not serve on beside the new one
+            orphans = stop_processes(stack_processes(paths, name))
+            if orphans:
+                note(f"stopped what the dead {name} left running: {', '.join(orphans)}")
 
     if "mlflow" not in services:
         port = port_or_free(MLFLOW_PORT)
@@ -505,6 +555,11 @@ def down(cfg: BertopsConfig, root: Path, on_step: Callable[[str], None] | None =
             note(f"stopping {name} (process group {pid})")
             stop_group(int(pid), timeout=60 if name == "ray" else 30)
             stopped.append(name)
+    # What outlived its group: Ray's HAProxy (its own session), idle Ray workers, an orphaned uvicorn worker.
+    leftovers = stop_processes(stack_processes(paths))
+    if leftovers:
+        note(f"stopped what the stack's processes had left running: {', '.join(leftovers)}")
+        stopped.append("leftovers")
     if paths.stack_file.exists():
         paths.stack_file.unlink()
     return stopped
