@@ -91,3 +91,30 @@ def test_configuration_reference_is_current():
     expected = CONFIG_DOC_HEADER + describe_config()
     actual = (REPO / "docs" / "configuration.md").read_text()
     assert actual == expected, "regenerate: bertops config --reference > docs/configuration.md"
+
+
+def test_the_cli_finds_a_running_stacks_mlflow_and_falls_back_when_it_is_gone(tmp_path, monkeypatch) -> None:
+    """While a stack runs (its stack.json names a live MLflow process) commands use its server without
+    `stack env`; once that process is gone, the embedded store, which the server never writes to."""
+    import json
+    import subprocess
+    import sys
+
+    from bertops.config import BertopsConfig
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = BertopsConfig()
+    cfg.project.state_dir = str(tmp_path)
+    embedded = f"sqlite:///{(tmp_path / 'mlflow' / 'mlflow.db').resolve()}"
+    assert cfg.tracking_uri() == embedded
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        state = {"services": {"mlflow": {"pid": proc.pid, "url": "http://127.0.0.1:5999"}}}
+        (tmp_path / "stack.json").write_text(json.dumps(state))
+        assert cfg.tracking_uri() == "http://127.0.0.1:5999"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert cfg.tracking_uri() == embedded
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://elsewhere:5000")  # the environment still wins
+    assert cfg.tracking_uri() == "http://elsewhere:5000"

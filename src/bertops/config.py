@@ -444,7 +444,7 @@ class FinetuneConfig(_Section):
 class TrackingConfig(_Section):
     uri: str | None = Field(
         default=None,
-        description="MLflow tracking URI; None: MLFLOW_TRACKING_URI from the environment, else the embedded default under state_dir.",
+        description="MLflow tracking URI; None: MLFLOW_TRACKING_URI from the environment, else the running local stack's server, else the embedded default under state_dir.",
     )
     pretrain_experiment: str = Field(
         default="bertops-pretrain", description="MLflow experiment of pretraining runs."
@@ -907,12 +907,16 @@ class BertopsConfig(_Section):
         return Path(self.ingest.feedback_dir) / folder / f"{task}.jsonl"
 
     def tracking_uri(self) -> str:
-        """Resolved MLflow tracking URI: config, then ``MLFLOW_TRACKING_URI``, then the embedded SQLite store."""
+        """Resolved MLflow tracking URI: config, then ``MLFLOW_TRACKING_URI``, then the local stack's server while
+        it runs (as ``docker`` finds its context), then the embedded SQLite store."""
         if self.tracking.uri:
             return self.tracking.uri
         env = os.environ.get("MLFLOW_TRACKING_URI")
         if env:
             return env
+        running = running_stack_url(self.state_dir, "mlflow")
+        if running:
+            return running
         return f"sqlite:///{(self.state_dir / 'mlflow' / 'mlflow.db').resolve()}"
 
     def ray_address(self, scaling: ScalingSettings | None = None) -> str | None:
@@ -962,6 +966,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
             node = nxt
         node[parts[-1]] = value
     return data
+
+
+def running_stack_url(state_dir: Path, service: str) -> str | None:
+    """The URL of ``service`` of the local stack whose state is ``state_dir`` (``stack.json``), when its process
+    is alive; None without a running stack."""
+    try:
+        svc = json.loads((state_dir / "stack.json").read_text(encoding="utf-8"))["services"][service]
+        os.kill(int(svc["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    url = svc.get("url")
+    return str(url) if url else None
 
 
 def load_raw(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:

@@ -33,7 +33,7 @@ Override any key for one run with `--set section.key=value` (the value is read a
 mapping or a list is not merged into the default (`--set ingest.classification.label_mapping={}` empties the
 mapping), everywhere, including a retrain's DVC experiment, whose `params.yaml` bertops writes and reads back
 before any stage runs. `bertops config` prints the resolved configuration. Endpoints resolve config -> environment -> embedded default: `tracking.uri` -> `MLFLOW_TRACKING_URI`
--> SQLite under `project.state_dir`; `*.scaling.address` -> `RAY_ADDRESS` -> a local Ray started on demand.
+-> the running local stack's MLflow server -> SQLite under `project.state_dir`; `*.scaling.address` -> `RAY_ADDRESS` -> a local Ray started on demand.
 
 This page is generated: `bertops config --reference > docs/configuration.md` (a test checks it is current).
 """

@@ -2,7 +2,8 @@
 
 Starts, bound to 127.0.0.1, each in its own process group (so ``down`` stops exactly what ``up`` started):
 
-- an MLflow tracking server: SQLite ``<state>/mlflow/mlflow.db`` + artifacts ``<state>/mlflow/artifacts``;
+- an MLflow tracking server: SQLite ``<state>/mlflow-server/mlflow.db`` + artifacts ``<state>/mlflow-server/artifacts``
+  (its own store: the embedded default without a stack is ``<state>/mlflow/mlflow.db``);
 - a Ray head with the dashboard (Jobs API), temp dir ``/tmp/bertops_ray_<hash>`` (Ray needs a short path);
 - Airflow (what ``airflow standalone`` runs: scheduler, dag-processor, API server, triggerer; LocalExecutor;
   SQLite; the scheduler's and triggerer's log servers off, see :func:`airflow_command`) with
@@ -80,7 +81,9 @@ class StackPaths:
 
     @property
     def mlflow_dir(self) -> Path:
-        return self.state / "mlflow"
+        # Not the embedded default's <state>/mlflow: the server's experiments get mlflow-artifacts: locations,
+        # which a client without the server cannot use. One store per mode (docs/operations.md).
+        return self.state / "mlflow-server"
 
     @property
     def logs(self) -> Path:
