@@ -183,6 +183,19 @@ def test_bertops_serve_refuses_the_port_the_stack_serves_on(stack: tuple[Path, d
     proc = subprocess.run(["bertops", "serve", "--port", port], cwd=root, env=env, capture_output=True, text=True,
                           timeout=120)  # fmt: skip
     assert proc.returncode == 1 and "already in use" in proc.stderr, proc.stdout + proc.stderr
+    # With the stack's settings and another port: refused too, instead of taking over the stack's application
+    # (Serve keeps one HTTP address per cluster: the new port would be ignored and the stack's models replaced).
+    import httpx
+
+    from bertops.net import free_port
+
+    before = httpx.get(f"{url}/readyz", timeout=30).json()
+    other = free_port()
+    proc = subprocess.run(["bash", "-c", f'eval "$(bertops stack env)"; bertops serve --port {other} --detach'],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 1 and "already serves application 'bertops'" in out, out[-3000:]
+    assert httpx.get(f"{url}/readyz", timeout=30).json() == before
 
 
 def test_finetune_shows_progress_and_keeps_the_noise_in_a_log(stack: tuple[Path, dict[str, str]]) -> None:

@@ -55,7 +55,7 @@ def serve_command(
 ) -> None:
     """Serve models:/<name>@<serving.model_alias> over HTTP with Ray Serve, for registry.model_name (POST
     /predict) and every serving.models name (POST /models/<name>/predict)."""
-    from bertops.serving.app import APP_NAME, start
+    from bertops.serving.app import APP_NAME, ServeConflict, start
     from bertops.serving.client import ServingClientError, wait_ready
 
     setup_logging(verbose)
@@ -68,7 +68,8 @@ def serve_command(
             "`bertops stack status` shows it). Use it as it is, pick another --port, or stop it (`make down`)."
         )
         raise typer.Exit(1)
-    url = start(cfg, host=host, port=port, address=address)
+    with exit_on(ServeConflict):
+        url = start(cfg, host=host, port=port, address=address)
     try:
         ready = wait_ready(url, timeout=60)
         console.print(

@@ -751,6 +751,31 @@ def build_app(args: dict[str, Any]) -> Application:
     return app_from_config(config_from_args(args))
 
 
+class ServeConflict(RuntimeError):
+    """Deploying would replace a service that already runs on this Ray cluster at another address."""
+
+
+def refuse_to_replace(host: str, port: int) -> None:
+    """Raise :class:`ServeConflict` when the connected cluster already serves bertops' application at another
+    HTTP address: Serve has one HTTP address per cluster ("new HTTP config is ignored"), so deploying would switch
+    that service (the local stack's) to this one's models and never listen where asked."""
+    from ray.serve.context import _get_global_client  # Serve's own handle on a running controller
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return
+    details = client.get_serve_details()
+    http = details.get("http_options") or {}
+    running = (http.get("host"), http.get("port"))
+    if APP_NAME in (details.get("applications") or {}) and running != (host, port):
+        raise ServeConflict(
+            f"this Ray cluster already serves application {APP_NAME!r} at {running[0]}:{running[1]} (the local "
+            f"stack's, or another `bertops serve`); deploying here would replace it and never listen on "
+            f"{host}:{port}. Use that service, stop it first (`bertops stack down`), or serve on another Ray "
+            "(without the stack's RAY_ADDRESS, or with --address)"
+        )
+
+
 def start(
     cfg: BertopsConfig, host: str | None = None, port: int | None = None, address: str | None = None
 ) -> str:
@@ -777,6 +802,7 @@ def start(
                 " ".join(f"{k}={v}" for k, v in HAPROXY_SWITCHES.items()),
             )
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    refuse_to_replace(host, port)
     serve.start(http_options={"host": host, "port": port})
     serve.run(app_from_config(cfg), name=APP_NAME, route_prefix=s.route_prefix)
     url = f"http://{host}:{port}{s.route_prefix.rstrip('/')}"
