@@ -106,7 +106,7 @@ class IngestConfig(_Section):
         description="The token-tagging (NER) data set.",
     )
     drop_empty: bool = Field(
-        default=False,
+        default=True,
         description="Empty / whitespace-only texts are always reported; drop them (true) instead of failing (false).",
     )
     min_sentence_chars: int = Field(
