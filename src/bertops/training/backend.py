@@ -56,7 +56,15 @@ def wait_for_tensorflow() -> None:
 
 
 def _set_tf_config(worker_addresses: list[str], index: int) -> None:
-    """On a worker: the cluster spec ``MultiWorkerMirroredStrategy`` reads."""
+    """On a worker: the cluster spec ``MultiWorkerMirroredStrategy`` reads.
+
+    One worker gets none (and loses one a reused process may still hold): without ``TF_CONFIG`` the strategy
+    runs locally and TensorFlow starts no gRPC server, which would listen on every interface and run any graph
+    it is sent. Several workers need it; their server lives as long as the worker process.
+    """
+    if len(worker_addresses) == 1:
+        os.environ.pop(TF_CONFIG, None)
+        return
     os.environ[TF_CONFIG] = json.dumps(
         {"cluster": {"worker": worker_addresses}, "task": {"type": "worker", "index": index}}
     )
