@@ -4,6 +4,7 @@ dvc.lock, the pretraining decision, the stack's credentials."""
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -158,4 +159,25 @@ def test_plan_says_what_a_retrain_will_do() -> None:
     assert "(the data overrides change the pretraining corpus)" in text
     assert "at most 20 steps (~20 steps, ~" in text and "estimate: ~" in text
     skip = "\n".join(tasks.plan_lines(cfg, "skip", [], REPO_ROOT))
-    assert "`dvc repro` of params.yaml" in skip and "pretraining: no (skipped by the run's parameters)" in skip
+    assert (
+        "`dvc repro` of params.yaml" in skip and "pretraining: no (skipped by the run's parameters)" in skip
+    )
+
+
+def test_a_stack_service_keeps_its_port_and_a_taken_one_is_a_clear_error(tmp_path: Path) -> None:
+    """The port a service got on its first start is its address from then on (ports.json survives `down`); when
+    someone else holds it, `up` stops with who holds it instead of moving the service to another port."""
+    import socket
+
+    from bertops.orchestration.stack import PortTaken, StackPaths, stack_port
+
+    paths = StackPaths(root=tmp_path, state=tmp_path / ".bertops")
+    first = stack_port(paths, "mlflow", None)
+    assert stack_port(paths, "mlflow", None) == first  # remembered, while free
+    with socket.socket() as other:  # someone else's server on it
+        other.bind(("127.0.0.1", first))
+        other.listen()
+        with pytest.raises(PortTaken, match=rf"mlflow's port {first} .* is taken by pid {os.getpid()} "):
+            stack_port(paths, "mlflow", None)
+    assert stack_port(paths, "mlflow", None) == first  # free again: the same address
+    assert json.loads(paths.ports_file.read_text()) == {"mlflow": first}

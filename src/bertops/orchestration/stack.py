@@ -94,6 +94,11 @@ class StackPaths:
         return self.state / "stack.json"
 
     @property
+    def ports_file(self) -> Path:
+        """Each service's port since its first start: kept across `down` and `up`, so clients keep reaching it."""
+        return self.state / "ports.json"
+
+    @property
     def secrets_file(self) -> Path:
         return self.state / "secrets.json"
 
@@ -203,6 +208,67 @@ def alive(pid: int | None) -> bool:
         return True
     stat = Path(f"/proc/{pid}/stat")
     return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+class PortTaken(StackError):
+    """A port the stack's service had is held by another process: a clear error, never a silent move."""
+
+
+def _listener(port: int) -> Any:
+    """The process listening on ``port`` (psutil), or None when none can be seen."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                return psutil.Process(conn.pid)
+    return None
+
+
+def _is_ours(proc: Any, paths: StackPaths) -> bool:
+    import psutil
+
+    try:
+        return proc is not None and proc.environ().get(STACK_MARK_ENV) == str(paths.state)
+    except psutil.Error:
+        return False
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Nothing listens on ``host:port`` (SO_REUSEADDR, as servers bind: a port in TIME_WAIT after a stop is free)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def stack_port(paths: StackPaths, name: str, preferred: int | None = None) -> int:
+    """The port of service ``name``: the one it had before (``ports.json``), else ``preferred`` when free, else a
+    free one, remembered from then on. A remembered port held by someone else raises :class:`PortTaken`."""
+    ports = json.loads(paths.ports_file.read_text(encoding="utf-8")) if paths.ports_file.exists() else {}
+    if name in ports:
+        port = int(ports[name])
+        holder = None if port_is_free(port) else _listener(port)
+        if not port_is_free(port) and not _is_ours(
+            holder, paths
+        ):  # (the stack's own Serve proxy may hold it)
+            who = f"pid {holder.pid} ({' '.join(holder.cmdline())[:120]})" if holder else "another process"
+            raise PortTaken(
+                f"{name}'s port {port} (its address since its first start, in {paths.ports_file}) is taken by "
+                f"{who}. Stop that process, or delete the {name!r} entry of {paths.ports_file} to give it a new "
+                "port (clients that knew the old address must then be told)"
+            )
+        return port
+    port = port_or_free(preferred) if preferred else free_port()
+    ports[name] = port
+    paths.ports_file.parent.mkdir(parents=True, exist_ok=True)
+    paths.ports_file.write_text(json.dumps(ports, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return port
 
 
 # Every process the stack starts, and every process those start (Ray's workers, its HAProxy, MLflow's uvicorn
@@ -387,7 +453,7 @@ def up(
                 note(f"stopped what the dead {name} left running: {', '.join(orphans)}")
 
     if "mlflow" not in services:
-        port = port_or_free(MLFLOW_PORT)
+        port = stack_port(paths, "mlflow", MLFLOW_PORT)
         paths.mlflow_dir.mkdir(parents=True, exist_ok=True)
         note(f"starting MLflow on 127.0.0.1:{port}")
         cmd = [
@@ -406,8 +472,8 @@ def up(
     if "ray" not in services:
         # Always a free port: 8265 is Ray's default, which any other Ray on the machine may take at any moment,
         # and a job submitted to someone else's cluster would be a silent disaster. The URL is in stack.json.
-        dash = free_port()
-        gcs = free_port()
+        dash = stack_port(paths, "ray_dashboard")
+        gcs = stack_port(paths, "ray_gcs")
         node_args, node_env = node_address(cfg.orchestration.stack_ray_node_ip)
         note(f"starting a Ray head (dashboard 127.0.0.1:{dash})")
         cmd = [
@@ -466,7 +532,7 @@ def up(
                 note(f"the Ray head exited during start-up; starting it again (attempt {attempt + 1})")
 
     if serving and not (services.get("serving") and http_ok(f"{services['serving']['url']}/healthz")):
-        port = port_or_free(cfg.serving.port)
+        port = stack_port(paths, "serving", cfg.serving.port)
         url = f"http://127.0.0.1:{port}{cfg.serving.route_prefix.rstrip('/')}"
         services["serving"] = {"pid": None, "url": url}
         note(f"deploying the serving application on Ray (127.0.0.1:{port})")
@@ -484,7 +550,7 @@ def up(
         _save_state(paths, state)
 
     if "airflow" not in services:
-        port = port_or_free(urlparse(cfg.orchestration.airflow_url).port or 8080)
+        port = stack_port(paths, "airflow", urlparse(cfg.orchestration.airflow_url).port or 8080)
         note(f"starting Airflow on 127.0.0.1:{port}")
         env = {
             **base_env,
