@@ -320,6 +320,37 @@ def test_a_driver_with_the_stacks_settings_runs_a_task(stack: tuple[Path, dict[s
     assert "ANSWER 42" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
 
 
+def test_a_killed_mlflow_comes_back_on_its_address_by_itself(stack: tuple[Path, dict[str, str]]) -> None:
+    """SIGKILL of MLflow's whole process group: the stack's supervisor starts it again on the same port, so every
+    client that knew the address (the Ray head's MLFLOW_TRACKING_URI, jobs, replicas) reaches it again."""
+    import signal
+
+    import httpx
+
+    root, _ = stack
+    before = json.loads((root / ".bertops" / "stack.json").read_text())["services"]
+    url, pid = before["mlflow"]["url"], before["mlflow"]["pid"]
+    assert before["supervisor"]["pid"], before
+    os.killpg(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    back = None
+    while time.monotonic() - killed < 300:
+        services = json.loads((root / ".bertops" / "stack.json").read_text())["services"]
+        if services.get("mlflow", {}).get("pid") not in (None, pid):
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    back = time.monotonic() - killed
+                    break
+            except httpx.HTTPError:
+                pass
+        time.sleep(1)
+    log = (root / ".bertops" / "logs" / "supervisor.log").read_text(errors="replace")
+    assert back is not None, f"MLflow did not come back at {url} within 300 s; supervisor log:\n{log[-3000:]}"
+    assert services["mlflow"]["url"] == url  # the same address
+    assert "mlflow not running: starting it again" in log and "mlflow running again after" in log, log[-3000:]
+    print(f"MLflow back at {url} {back:.1f} s after SIGKILL")
+
+
 def test_the_stack_ran_no_dag_nobody_asked_for_and_takes_a_drift_event(
     stack: tuple[Path, dict[str, str]],
 ) -> None:

@@ -218,7 +218,7 @@ def stack_up(
     setup_logging(verbose)
     cfg = load_or_exit(params, set_)
     with exit_on(StackError), console.status("starting the local stack...") as status:
-        state = up(cfg, Path.cwd(), serving=serving, on_step=lambda m: status.update(m))
+        state = up(cfg, Path.cwd(), serving=serving, on_step=lambda m: status.update(m), params=params)
     _print_services(cfg)
     console.print(f"{len(state.get('services', {}))} services up; stop them with `make down`")
 

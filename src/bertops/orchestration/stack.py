@@ -31,7 +31,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -428,15 +428,53 @@ def client_env(state: dict[str, Any], paths: StackPaths) -> dict[str, str]:
     return {k: env[k] for k in CLIENT_ENV if k in env}
 
 
+@contextlib.contextmanager
+def stack_lock(paths: StackPaths) -> Iterator[None]:
+    """One ``up`` or ``down`` at a time per stack (the CLI's, and the supervisor's restarts)."""
+    import fcntl
+
+    paths.state.mkdir(parents=True, exist_ok=True)
+    with open(paths.state / "stack.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+SUPERVISED = ("mlflow", "ray", "airflow")
+
+
 def up(
     cfg: BertopsConfig,
     root: Path,
     serving: bool = True,
     on_step: Callable[[str], None] | None = None,
+    params: Path | None = None,
+    supervise: bool = True,
 ) -> dict[str, Any]:
-    """Start whatever of the stack is not running yet; return the state (service URLs and process ids)."""
-    note = on_step or (lambda msg: log.info("%s", msg))
+    """Start whatever of the stack is not running yet; return the state (service URLs and process ids).
+
+    With ``supervise`` (the CLI's ``up``) a supervisor process then watches the services and restarts a crashed
+    one on its own port (``bertops.orchestration.supervisor``), as ``docker compose``'s ``restart:
+    unless-stopped`` does; ``down`` stops it first. ``params``: the params.yaml the supervisor reloads."""
     paths = StackPaths.of(cfg, root)
+    with stack_lock(paths):
+        state = _up(cfg, paths, serving, on_step or (lambda msg: log.info("%s", msg)))
+        if supervise and not alive(state["services"].get("supervisor", {}).get("pid")):
+            cmd = [sys.executable, "-m", "bertops.orchestration.supervisor", "--root", str(paths.root),
+                   "--params", str((params or paths.root / "params.yaml").resolve()),
+                   *([] if serving else ["--no-serving"])]  # fmt: skip
+            base_env = {
+                k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")
+            }
+            proc = spawn("supervisor", cmd, base_env, paths)
+            state["services"]["supervisor"] = {"pid": proc.pid, "url": None}
+            _save_state(paths, state)
+    return state
+
+
+def _up(cfg: BertopsConfig, paths: StackPaths, serving: bool, note: Callable[[str], None]) -> dict[str, Any]:
     state = read_state(paths)
     services: dict[str, Any] = {
         k: v for k, v in state.get("services", {}).items() if k == "serving" or alive(v.get("pid"))
@@ -613,9 +651,20 @@ def _ensure_pool(cfg: BertopsConfig, paths: StackPaths, url: str) -> None:
 
 
 def down(cfg: BertopsConfig, root: Path, on_step: Callable[[str], None] | None = None) -> list[str]:
-    """Stop every process ``up`` started (their process groups only); return the names stopped."""
+    """Stop every process ``up`` started (the supervisor first, so that it restarts nothing); return the names."""
     note = on_step or (lambda msg: log.info("%s", msg))
     paths = StackPaths.of(cfg, root)
+    supervisor = read_state(paths).get("services", {}).get("supervisor", {}).get("pid")
+    stopped = []
+    if supervisor and alive(supervisor):  # outside the lock: it may hold it while restarting a service
+        note(f"stopping the supervisor (process group {supervisor})")
+        stop_group(int(supervisor), timeout=30)
+        stopped.append("supervisor")
+    with stack_lock(paths):
+        return stopped + _down(paths, note)
+
+
+def _down(paths: StackPaths, note: Callable[[str], None]) -> list[str]:
     state = read_state(paths)
     stopped = []
     for name in ("airflow", "ray", "mlflow"):
@@ -654,4 +703,6 @@ def status(cfg: BertopsConfig, root: Path) -> dict[str, dict[str, Any]]:
         accept = RAY_UP if name == "ray" else (200,)
         healthy = http_ok(svc["url"] + health[name], accept=accept)
         out[name] = {"url": svc["url"], "running": running, "healthy": healthy}
+    supervisor = alive(services.get("supervisor", {}).get("pid"))
+    out["supervisor"] = {"url": None, "running": supervisor, "healthy": supervisor}
     return out
