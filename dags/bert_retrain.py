@@ -16,7 +16,7 @@ Runs weekly (`orchestration.retrain_schedule`), whenever `bert_data` publishes a
 | `register` | new registered model version, alias `challenger`, lineage tags |
 | `promotion_gate` | gate against the champion; then, with `promotion.shadow` / `promotion.canary` enabled, the candidate on the running service's live traffic (shadow report on the version, canary steps, rollback on limits); promote per `promotion`: auto / require_approval / never |
 | `update_serving` | tell Ray Serve to follow `champion` now |
-| `summary` | what ran, metrics, the decision, MLflow links |
+| `summary` | what ran, metrics, the decision, MLflow links; after a failure, which task failed, its try, the first error line and its log (then it fails the run) |
 
 Ray jobs go through the Ray Jobs API with a submission id derived from the run and the task: a retried task
 re-attaches to its job; a killed or timed-out task stops it. XCom carries ids only.
@@ -34,6 +34,7 @@ from bertops.orchestration.dag_defaults import (
     future_ticks_only,
     ray_task_timeout,
 )
+from bertops.orchestration.failures import run_failures
 from bertops.orchestration.operators import RayJobOperator
 from bertops.orchestration.retrain_params import airflow_params
 
@@ -97,7 +98,8 @@ def bert_retrain() -> None:
     def update_serving(gate: dict) -> dict:
         return steps.update_serving(dict(get_current_context()["params"]), gate)
 
-    @task(trigger_rule="none_failed")
+    # all_done: it also runs after a failure, to say why; on_failure_callback=None: its own failure repeats it.
+    @task(trigger_rule="all_done", on_failure_callback=None)
     def summary() -> dict:
         ctx = get_current_context()
         ids = (
@@ -111,7 +113,7 @@ def bert_retrain() -> None:
             "update_serving",
         )
         xcoms = {t: ctx["ti"].xcom_pull(task_ids=t) for t in ids}
-        return steps.summary(dict(ctx["params"]), ctx["run_id"], xcoms)
+        return steps.summary(dict(ctx["params"]), ctx["run_id"], xcoms, run_failures(ctx, ids))
 
     prepared = prepare_data()
     check_params() >> prepared >> pretrain >> finetune

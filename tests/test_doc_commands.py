@@ -172,6 +172,18 @@ def test_a_failed_retrain_says_why_where_the_user_looks(stack: tuple[Path, dict[
     assert "stage validate refused its input" in out and "min_class_fraction" in out, out[-4000:]
     log = Path(re.search(r"full log: (\S+)", out).group(1))
     assert log.is_file() and "min_class_fraction" in log.read_text(errors="replace"), log
+    # the failure callback said it in the task's own log; the summary ran after the failure and says it too
+    line = "prepare_data failed (try 1 of 3, not retried: the same input fails again)"
+    assert f"bertops: {line}" in log.read_text(errors="replace"), log
+    run_id = re.search(r"triggered bert_retrain run (\S+)", out).group(1)
+    summary_log = log.parents[1] / "task_id=summary" / "attempt=1.log"
+    assert f"the retrain failed: {line}" in summary_log.read_text(errors="replace"), summary_log
+    # bertops stack status names the last run, its state and the same failure
+    status = subprocess.run(["bertops", "stack", "status"], cwd=root, env=env, capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    said = " ".join((status.stdout + status.stderr).split())
+    assert f"last bert_retrain run: {run_id} failed" in said and line in said, said
+    assert "min_class_fraction" in said and f"full log: {log}" in said, said
     assert git(root, "status", "--porcelain") == ""
 
 

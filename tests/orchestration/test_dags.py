@@ -36,6 +36,7 @@ PROBE = textwrap.dedent(
             "params": sorted(dag.params.keys()),
             "tasks": {t.task_id: {"retries": t.retries, "pool": t.pool, "owner": t.owner,
                                   "retry_exponential_backoff": bool(t.retry_exponential_backoff),
+                                  "on_failure": [getattr(f, "__qualname__", str(f)) for f in (t.on_failure_callback if isinstance(t.on_failure_callback, list) else [t.on_failure_callback] if t.on_failure_callback else [])],
                                   "execution_timeout": t.execution_timeout.total_seconds() if t.execution_timeout else None,
                                   "upstream": sorted(t.upstream_task_ids), "trigger_rule": getattr(t.trigger_rule, "value", str(t.trigger_rule))}
                       for t in dag.tasks},
@@ -83,6 +84,9 @@ def test_every_task_retries_with_backoff_and_dags_are_documented(probe: dict) ->
         for task_id, t in dag["tasks"].items():
             assert t["retries"] >= 1, (dag_id, task_id)
             assert t["retry_exponential_backoff"], (dag_id, task_id)
+            # every task says why it failed where the user looks, but the retrain's summary, which repeats it
+            expected = [] if (dag_id, task_id) == ("bert_retrain", "summary") else ["on_task_failure"]
+            assert t["on_failure"] == expected, (dag_id, task_id, t["on_failure"])
 
 
 def test_retrain_shape_pool_timeouts_and_params(probe: dict) -> None:
@@ -95,7 +99,9 @@ def test_retrain_shape_pool_timeouts_and_params(probe: dict) -> None:
     assert probe["dags"]["bert_data"]["tasks"]["repro"]["pool"] == "dvc"
     assert tasks["prepare_data"]["upstream"] == ["check_params"]
     assert (
-        tasks["finetune"]["upstream"] == ["pretrain"] and tasks["finetune"]["trigger_rule"] == "none_failed"
+        tasks["finetune"]["upstream"] == ["pretrain"]
+        and tasks["finetune"]["trigger_rule"] == "none_failed"
+        and tasks["summary"]["trigger_rule"] == "all_done"
     )
     assert tasks["pretrain"]["execution_timeout"] and tasks["finetune"]["execution_timeout"]
     assert {"task", "model_size", "init_checkpoint", "learning_rate", "epochs", "workers", "use_gpu",

@@ -158,6 +158,12 @@ def test_plan_says_what_a_retrain_will_do() -> None:
     assert "pretraining: yes, 2000 steps, ~" in text
     assert "(the data overrides change the pretraining corpus)" in text
     assert "at most 20 steps (~20 steps, ~" in text and "estimate: ~" in text
+    # another data set (a folder source here): no step count from the workspace's records, which are not its
+    folder = ["ingest.classification.source=folder:data/raw/mine", "finetune.epochs=2"]
+    cfg2 = load_config(REPO_ROOT / "params.yaml", folder)
+    text2 = "\n".join(tasks.plan_lines(cfg2, "skip", folder, REPO_ROOT))
+    assert "2 epochs (steps known once the data is prepared: ingest.classification.source change" in text2
+    assert "~" not in text2.split("fine-tuning:")[1].split("\n")[0], text2
     skip = "\n".join(tasks.plan_lines(cfg, "skip", [], REPO_ROOT))
     assert (
         "`dvc repro` of params.yaml" in skip and "pretraining: no (skipped by the run's parameters)" in skip

@@ -155,6 +155,11 @@ def report_command(
         if failed
         else DataLayout(Path(cfg.project.data_dir)).data_report_json.with_suffix(".md")
     )
+    if not path.exists() and failed:
+        console.print(
+            f"no validation has failed here ({path} does not exist); `bertops data report` shows the last one"
+        )
+        return
     if not path.exists():
         err_console.print(f"[red]error:[/red] {path} does not exist; run `bertops data repro validate` first")
         raise typer.Exit(1)

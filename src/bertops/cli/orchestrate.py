@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -102,37 +102,26 @@ def retrain_command(
     if final["state"] == "success":
         console.print_json(data=client.xcom(DAG_ID, run_id, "summary"))
         return
-    for failed in client.failures(DAG_ID, run_id):
-        retried = (
-            ""
-            if failed["try_number"] > 1 or failed["tries"] == 1
-            else ", not retried: the same input fails again"
-        )
-        err_console.print(
-            f"[red]{failed['task_id']} failed[/red] (try {failed['try_number']} of {failed['tries']}{retried}): "
-            f"{failed['first_error']}",
-            soft_wrap=True,
-        )
-        err_console.print(
-            f"  full log: {_task_log_path(cfg, run_id, failed['task_id'], failed['try_number'])}"
-        )
+    _print_failures(cfg, client, run_id)
     raise typer.Exit(1)
 
 
-def _task_log_path(cfg: BertopsConfig, run_id: str, task_id: str, try_number: int) -> str:
-    """Where the local stack's Airflow keeps a task's log (the default log file name template)."""
+def _print_failures(cfg: BertopsConfig, client: Any, run_id: str) -> None:
+    """Each failed task of a retrain run: its try, the first error line, and the path of its full log (the
+    ``summary`` task's own failure only when nothing else failed: it repeats the first one)."""
+    from bertops.orchestration.failures import describe, task_log_path
     from bertops.orchestration.retrain import DAG_ID
     from bertops.orchestration.stack import StackPaths
 
-    home = StackPaths.of(cfg, Path.cwd()).airflow_home
-    return str(
-        home
-        / "logs"
-        / f"dag_id={DAG_ID}"
-        / f"run_id={run_id}"
-        / f"task_id={task_id}"
-        / f"attempt={try_number}.log"
-    )
+    found = client.failures(DAG_ID, run_id)
+    causes = [f for f in found if f["task_id"] != "summary"] or found
+    logs = StackPaths.of(cfg, Path.cwd()).airflow_home / "logs"
+    for failed in causes:
+        err_console.print(describe(failed), style="red", soft_wrap=True, markup=False, highlight=False)
+        err_console.print(
+            f"  full log: {task_log_path(logs, DAG_ID, run_id, failed['task_id'], failed['try_number'])}",
+            soft_wrap=True,
+        )
 
 
 _STATE_COLOURS = {"success": "green", "failed": "red", "running": "yellow", "skipped": "dim",
@@ -257,9 +246,30 @@ def stack_env(params: ParamsOption = Path("params.yaml"), set_: SetOption = None
 
 @stack_app.command("status")
 def stack_status(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
-    """Each service's URL and health."""
+    """Each service's URL and health, and the last retrain: its state and, when it failed, why."""
     cfg = load_or_exit(params, set_)
     _print_services(cfg)
+    _print_last_retrain(cfg)
+
+
+def _print_last_retrain(cfg: BertopsConfig) -> None:
+    from bertops.orchestration.airflow_api import AirflowApiError
+    from bertops.orchestration.retrain import DAG_ID
+    from bertops.orchestration.stack import airflow_client
+
+    try:
+        client = airflow_client(cfg, Path.cwd())
+        run = client.latest_run(DAG_ID)
+    except (AirflowApiError, OSError) as exc:
+        console.print(f"last {DAG_ID} run: unknown (Airflow did not answer: {exc})")
+        return
+    if run is None:
+        console.print(f"last {DAG_ID} run: none yet")
+        return
+    console.print(f"last {DAG_ID} run: {run['dag_run_id']} [bold]{run['state']}[/bold]", soft_wrap=True)
+    console.print(f"  {client.run_url(DAG_ID, run['dag_run_id'])}", soft_wrap=True)
+    if run["state"] == "failed":
+        _print_failures(cfg, client, run["dag_run_id"])
 
 
 def _print_services(cfg: object) -> None:

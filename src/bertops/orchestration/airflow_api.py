@@ -213,6 +213,12 @@ class AirflowClient:
                         "first_error": first})  # fmt: skip
         return out
 
+    def latest_run(self, dag_id: str) -> dict[str, Any] | None:
+        """The DAG's newest run (by when it was due to run), or None when it never ran."""
+        path = f"/dags/{quote(dag_id, safe='')}/dagRuns"
+        runs = self.request("GET", path, params={"order_by": "-run_after", "limit": 1})["dag_runs"]
+        return dict(runs[0]) if runs else None
+
     def active_runs(self, dag_id: str) -> list[dict[str, Any]]:
         """The DAG's runs that are running now."""
         path = f"/dags/{quote(dag_id, safe='')}/dagRuns"

@@ -34,10 +34,15 @@ def future_ticks_only(cron: str):
 
 
 def default_args(cfg: BertopsConfig) -> dict[str, Any]:
-    """Retries with exponential backoff on every task; the owner shown in the UI."""
+    """Retries with exponential backoff on every task (a task that cannot succeed on a retry raises
+    ``AirflowFailException`` and is not retried); the failure callback that says why where the user looks
+    (:mod:`bertops.orchestration.failures`); the owner shown in the UI."""
+    from bertops.orchestration.failures import on_task_failure
+
     o = cfg.orchestration
     return {
         "owner": OWNER,
+        "on_failure_callback": on_task_failure,
         "retries": o.task_retries,
         "retry_delay": dt.timedelta(seconds=o.retry_delay_s),
         "retry_exponential_backoff": True,

@@ -345,8 +345,13 @@ def _mlflow_run_url(ui: str, tracking: str, run_id: str) -> str | None:
     return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def summary(params: dict[str, Any], run_id: str, xcoms: dict[str, Any]) -> dict[str, Any]:
-    """What ran, on which data, the metrics, the decision, and links to the MLflow run and model version."""
+def summary(
+    params: dict[str, Any], run_id: str, xcoms: dict[str, Any], failed: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """What ran, on which data, the metrics, the decision, and links to the MLflow run and model version.
+
+    After a failure (``failed``: :func:`bertops.orchestration.failures.run_failures`) the summary says which
+    task failed, its try, the first error line and its log, and then fails the task (so the run is failed)."""
     cfg = tasks.run_config(params)
     tracking = cfg.tracking_uri()
     ui = tracking.rstrip("/") if tracking.startswith("http") else None
@@ -379,8 +384,16 @@ def summary(params: dict[str, Any], run_id: str, xcoms: dict[str, Any]) -> dict[
             out["mlflow_run_url"] = url
     if ui and gate.get("version"):
         out["model_version_url"] = f"{ui}/#/models/{gate['name']}/versions/{gate['version']}"
+    if failed:
+        out["failed"] = failed
     for key, value in out.items():
         log.info("summary %-18s %s", key, value)
+    if failed:
+        from bertops.orchestration.failures import describe
+
+        for failure in failed:
+            log.error("%s; full log: %s", describe(failure), failure.get("log_path"))
+        _fail(f"the retrain failed: {describe(failed[0])}")
     return out
 
 

@@ -148,13 +148,20 @@ def plan_lines(cfg: BertopsConfig, mode: str, overrides: list[str], root: Path) 
     else:
         lines.append(f"pretraining: no ({why})")
     ft = cfg.finetune
-    n_train = _train_examples(cfg, root)
+    # Data overrides other than the pretraining instances' change the fine-tuning records (another source,
+    # split, vocabulary...): the workspace's records would give another data set's count.
+    records_change = [k.split("=", 1)[0] for k in data if not k.startswith("pretrain_data.")]
+    n_train = None if records_change else _train_examples(cfg, root)
     steps = ft.max_steps or (ft.epochs * -(-n_train // ft.batch_size) if n_train else None)
     what = f"at most {ft.max_steps} steps" if ft.max_steps else f"{ft.epochs} epochs"
     if steps:
         ft_s = _train_seconds(arch, steps, ft.batch_size, cfg.finetune_data.max_seq_length, ft.scaling)
         seconds += ft_s
         what += f" (~{steps} steps, ~{_minutes(ft_s)})"
+    elif records_change:
+        what += f" (steps known once the data is prepared: {', '.join(records_change)} change the records)"
+    else:
+        what += " (steps known once the data is prepared: no fine-tuning records yet)"
     lines.append(f"fine-tuning: {ft.task}, init {ft.init}, {what}, batch {ft.batch_size}")
     lines.append(f"model: {arch_text}")
     lines.append(f"then: evaluate, register, promotion gate (mode {cfg.promotion.mode}), update serving")
