@@ -342,6 +342,88 @@ def test_a_driver_with_the_stacks_settings_runs_a_task(stack: tuple[Path, dict[s
     assert "ANSWER 42" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
 
 
+class _RequestStream:
+    """POSTs /predict to the stack's service back to back on a thread, counting each answer's status."""
+
+    def __init__(self, url: str) -> None:
+        import threading
+        from collections import Counter
+
+        self.url, self.statuses = url, Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import httpx
+
+        with httpx.Client(timeout=30) as http:
+            while not self._stop.is_set():
+                try:
+                    status = http.post(
+                        f"{self.url}/predict", json={"texts": ["a fine, moving film"]}
+                    ).status_code
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                self.statuses[status] += 1
+                time.sleep(0.05)
+
+    def __enter__(self) -> _RequestStream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.mark.parametrize("component", ["scheduler", "api-server"])
+def test_a_killed_airflow_component_brings_airflow_back_on_its_address(
+    stack: tuple[Path, dict[str, str]], component: str
+) -> None:
+    """SIGKILL of one Airflow process (the scheduler, the API server) while requests stream to the service: the
+    rest of Airflow's group stops with it and the supervisor starts Airflow again on its port, with a healthy
+    scheduler; the service answers every request as it did before the fault."""
+    import signal
+
+    import httpx
+    import psutil
+
+    root, _ = stack
+    services = json.loads((root / ".bertops" / "stack.json").read_text())["services"]
+    url, group = services["airflow"]["url"], services["airflow"]["pid"]
+    serving = services["serving"]["url"]
+    (victim,) = [p for p in psutil.process_iter(["cmdline"]) if _in_group(p.pid, group)
+                 and f"airflow {component}" in " ".join(p.info["cmdline"] or [])]  # fmt: skip
+    with _RequestStream(serving) as before:
+        time.sleep(3)
+    with _RequestStream(serving) as during:
+        victim.send_signal(signal.SIGKILL)
+        killed, back = time.monotonic(), None
+        while back is None and time.monotonic() - killed < 300:
+            now = json.loads((root / ".bertops" / "stack.json").read_text())["services"]["airflow"]
+            try:
+                health = httpx.get(f"{url}/api/v2/monitor/health", timeout=5).json()
+            except (httpx.HTTPError, ValueError):
+                health = {}
+            if now["pid"] != group and health.get("scheduler", {}).get("status") == "healthy":
+                back = time.monotonic() - killed
+            time.sleep(1)
+    log = (root / ".bertops" / "logs" / "supervisor.log").read_text(errors="replace")
+    assert back is not None, f"Airflow did not come back at {url} within 300 s: {log[-3000:]}"
+    assert not psutil.pid_exists(group) or not _in_group(group, group), "the old Airflow group is still there"
+    assert set(during.statuses) == set(before.statuses), (before.statuses, during.statuses)
+    print(
+        f"FAULT airflow {component}: back at {url} after {back:.1f} s; requests during: {dict(during.statuses)}"
+    )
+
+
+def _in_group(pid: int, group: int) -> bool:
+    try:
+        return os.getpgid(pid) == group
+    except ProcessLookupError:
+        return False
+
+
 def test_a_killed_mlflow_comes_back_on_its_address_by_itself(stack: tuple[Path, dict[str, str]]) -> None:
     """SIGKILL of MLflow's whole process group: the stack's supervisor starts it again on the same port, so every
     client that knew the address (the Ray head's MLFLOW_TRACKING_URI, jobs, replicas) reaches it again."""

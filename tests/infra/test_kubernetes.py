@@ -243,3 +243,59 @@ def test_database_uris_use_an_installed_driver() -> None:
             url = make_url(m.group(0))
             url.get_dialect().import_dbapi()  # ImportError when the driver is not installed
     assert len(found) >= 3
+
+
+# ---------------------------------------------------------------- who reaches a Ray worker (networkpolicy.yaml)
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels, matchExpressions with In/NotIn/Exists/DoesNotExist) on ``labels``."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        ok = {"In": labels.get(key) in values, "NotIn": labels.get(key) not in values,
+              "Exists": key in labels, "DoesNotExist": key not in labels}[op]  # fmt: skip
+        if not ok:
+            return False
+    return True
+
+
+def _admits(policy: dict[str, Any], source: dict[str, str], port: int) -> bool:
+    """Whether an ingress NetworkPolicy lets a pod labelled ``source`` (same namespace) reach ``port``."""
+    for rule in policy["spec"].get("ingress") or []:
+        peers, ports = rule.get("from"), rule.get("ports")
+        peer_ok = peers is None or any(
+            "podSelector" in p and _selects(p["podSelector"], source) for p in peers
+        )
+        port_ok = ports is None or any(p.get("port") == port for p in ports)
+        if peer_ok and port_ok:
+            return True
+    return False
+
+
+def test_only_ray_pods_reach_a_ray_worker_where_training_opens_its_grpc_server() -> None:
+    """A multi-worker run's TensorFlow gRPC server (any port, every interface of a worker pod) is reachable from
+    the Ray pods only; everyone reaches the Serve proxy and the metrics exporter; the head is not selected."""
+    (policy,) = load_docs(INFRA / "kubernetes" / "networkpolicy.yaml")
+    assert policy["kind"] == "NetworkPolicy" and policy["spec"]["policyTypes"] == ["Ingress"]
+    cluster = load_docs(INFRA / "kuberay" / "raycluster.yaml")[0]["spec"]
+    kuberay = {"ray.io/cluster": "bertops", "ray.io/is-ray-node": "yes"}  # labels KubeRay adds to every pod
+    worker = {
+        **cluster["workerGroupSpecs"][0]["template"]["metadata"]["labels"],
+        **kuberay,
+        "ray.io/node-type": "worker",
+    }
+    head = {
+        **cluster["headGroupSpec"]["template"]["metadata"]["labels"],
+        **kuberay,
+        "ray.io/node-type": "head",
+    }
+    selector = policy["spec"]["podSelector"]
+    assert _selects(selector, worker) and not _selects(selector, head)
+    mlflow = load_docs(INFRA / "kubernetes" / "mlflow.yaml")[0]["spec"]["template"]["metadata"]["labels"]
+    airflow_worker = {"tier": "airflow", "component": "worker", "release": "airflow"}  # the chart's labels
+    tf_server = 50007  # any port: TF_CONFIG takes a free one
+    for source in (head, worker):
+        assert _admits(policy, source, tf_server), source
+    for source in (mlflow, airflow_worker, {}):
+        assert not _admits(policy, source, tf_server), source
+        assert _admits(policy, source, 8000) and _admits(policy, source, 8080), source

@@ -194,7 +194,14 @@ def test_two_worker_finetune_from_pretraining(
             f"finetune.output_dir={tmp_path / 'ft-bundle'}",
         ],
     )  # fmt: skip
-    result = finetune(cfg)
+    with _TrainWorkerListeners() as seen:
+        result = finetune(cfg)
+    # Two workers talk through TensorFlow's gRPC server (TF_CONFIG), on every interface while the run lasts;
+    # Ray Train kills its worker actors when the run ends, so the processes and their servers are gone after it.
+    assert any(ip in ("0.0.0.0", "::") for sockets in seen.sockets.values() for ip, _ in sockets), (
+        seen.sockets
+    )
+    seen.assert_gone_within(60)
     m = result.metrics
     assert m["global_batch_size"] == 32
     assert m["validation_accuracy"] > 0.75, m  # the majority baseline is ~0.5 on this balanced set
@@ -225,6 +232,64 @@ def test_two_worker_finetune_from_pretraining(
     probs = bundle.predict_proba(["w10 w11 w40 w50 w12", "w20 w21 w40 w50 w22"])
     assert np.argmax(probs, axis=1).tolist() == [1, 0]
     assert result.result_line().startswith("BERTOPS_RESULT {")
+
+
+class _TrainWorkerListeners:
+    """Samples, twice a second on a thread, the listening sockets of every Ray Train worker process."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.sockets: dict[int, set[tuple[str, int]]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    @staticmethod
+    def _workers() -> list[Any]:
+        import psutil
+
+        return [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
+        ]
+
+    def _watch(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.5):
+            for proc in self._workers():
+                try:
+                    found = {(c.laddr.ip, c.laddr.port) for c in proc.net_connections(kind="inet")
+                             if c.status == psutil.CONN_LISTEN}  # fmt: skip
+                except psutil.Error:
+                    continue
+                self.sockets.setdefault(proc.pid, set()).update(found)
+
+    def __enter__(self) -> _TrainWorkerListeners:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def assert_gone_within(self, seconds: float) -> None:
+        """Every worker process seen has exited, and nothing listens on the ports its servers had."""
+        import socket
+
+        import psutil
+
+        deadline = time.monotonic() + seconds
+        while any(psutil.pid_exists(pid) for pid in self.sockets) and time.monotonic() < deadline:
+            time.sleep(1)
+        alive = [pid for pid in self.sockets if psutil.pid_exists(pid)]
+        assert not alive, f"Ray Train worker processes outlived the run: {alive}"
+        for ip, port in {s for sockets in self.sockets.values() for s in sockets}:
+            with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET) as sock:
+                sock.settimeout(2)
+                host = "::1" if ip == "::" else "127.0.0.1" if ip == "0.0.0.0" else ip
+                assert sock.connect_ex((host, port)) != 0, f"{ip}:{port} still listens after the run"
 
 
 def ray_driver_address(pretrained: dict[str, Any]) -> str:

@@ -171,13 +171,18 @@ def airflow_command(port: int) -> list[str]:
     """What ``airflow standalone`` runs (DB migration, then scheduler, dag-processor, triggerer and API server in
     one process group), with the scheduler and triggerer started ``--skip-serve-logs``: their log servers
     (8793, 8794) bind every interface and Airflow 3 has no setting for their host. With the LocalExecutor the
-    API server reads task logs from the local log folder, so nothing needs them."""
+    API server reads task logs from the local log folder, so nothing needs them.
+
+    When any one component ends (a crash, a SIGKILL), the shell ends the whole group (``wait -n; kill 0``): the
+    recorded process is then gone and the supervisor starts Airflow again on its port, as it does for a crashed
+    MLflow. A half-alive Airflow (an API server taking runs that no scheduler will start) is never left."""
     airflow = shlex.quote(str(VENV_BIN / "airflow"))
     script = (
         f"{airflow} db migrate && {{ {airflow} scheduler --skip-serve-logs & {airflow} dag-processor & "
-        f"{airflow} triggerer --skip-serve-logs & {airflow} api-server --host 127.0.0.1 --port {port} & wait; }}"
+        f"{airflow} triggerer --skip-serve-logs & {airflow} api-server --host 127.0.0.1 --port {port} & "
+        "wait -n; kill 0; }"
     )
-    return ["/bin/sh", "-c", script]
+    return ["/bin/bash", "-c", script]
 
 
 # ------------------------------------------------------------------------------------------- processes
