@@ -392,20 +392,22 @@ def test_a_killed_airflow_component_brings_airflow_back_on_its_address(
     services = json.loads((root / ".bertops" / "stack.json").read_text())["services"]
     url, group = services["airflow"]["url"], services["airflow"]["pid"]
     serving = services["serving"]["url"]
-    (victim,) = [p for p in psutil.process_iter(["cmdline"]) if _in_group(p.pid, group)
-                 and f"airflow {component}" in " ".join(p.info["cmdline"] or [])]  # fmt: skip
+    victim = _wait_for_component(group, component)
     with _RequestStream(serving) as before:
         time.sleep(3)
     with _RequestStream(serving) as during:
         victim.send_signal(signal.SIGKILL)
-        killed, back = time.monotonic(), None
+        killed, killed_at, back = time.monotonic(), datetime.now().astimezone(), None
         while back is None and time.monotonic() - killed < 300:
-            now = json.loads((root / ".bertops" / "stack.json").read_text())["services"]["airflow"]
+            now = json.loads((root / ".bertops" / "stack.json").read_text())["services"]["airflow"]["pid"]
             try:
-                health = httpx.get(f"{url}/api/v2/monitor/health", timeout=5).json()
-            except (httpx.HTTPError, ValueError):
-                health = {}
-            if now["pid"] != group and health.get("scheduler", {}).get("status") == "healthy":
+                health = httpx.get(f"{url}/api/v2/monitor/health", timeout=5).json()["scheduler"]
+                beat = datetime.fromisoformat(health["latest_scheduler_heartbeat"])
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                health, beat = {}, killed_at
+            # back: a new group with its own API server and scheduler, and a heartbeat of the new scheduler
+            if (now != group and health.get("status") == "healthy" and beat > killed_at
+                    and _component(now, "api-server") and _component(now, "scheduler")):  # fmt: skip
                 back = time.monotonic() - killed
             time.sleep(1)
     log = (root / ".bertops" / "logs" / "supervisor.log").read_text(errors="replace")
@@ -417,6 +419,25 @@ def test_a_killed_airflow_component_brings_airflow_back_on_its_address(
     )
 
 
+def _component(group: int, name: str):
+    """The Airflow component ``name`` of the Airflow group ``group``: the shell's child running ``airflow <name>``
+    (the scheduler's executor workers carry the same command line one level down)."""
+    import psutil
+
+    title = {"api-server": "airflow api_server"}.get(name, f"airflow {name}")  # its setproctitle
+    found = [p for p in psutil.process_iter(["cmdline", "ppid"]) if p.info["ppid"] == group
+             and title in " ".join(p.info["cmdline"] or [])]  # fmt: skip
+    return found[0] if len(found) == 1 else None
+
+
+def _wait_for_component(group: int, name: str, timeout_s: float = 300):
+    deadline = time.monotonic() + timeout_s
+    while (proc := _component(group, name)) is None and time.monotonic() < deadline:
+        time.sleep(1)
+    assert proc is not None, f"no `airflow {name}` in Airflow's group {group} after {timeout_s} s"
+    return proc
+
+
 def _in_group(pid: int, group: int) -> bool:
     try:
         return os.getpgid(pid) == group
@@ -424,33 +445,58 @@ def _in_group(pid: int, group: int) -> bool:
         return False
 
 
-def test_a_killed_mlflow_comes_back_on_its_address_by_itself(stack: tuple[Path, dict[str, str]]) -> None:
-    """SIGKILL of MLflow's whole process group: the stack's supervisor starts it again on the same port, so every
-    client that knew the address (the Ray head's MLFLOW_TRACKING_URI, jobs, replicas) reaches it again."""
+def test_a_killed_mlflow_during_a_retrain_comes_back_and_the_retrain_completes(
+    stack: tuple[Path, dict[str, str]],
+) -> None:
+    """SIGKILL of MLflow's whole process group while a retrain's ``finetune`` runs and requests stream to the
+    service: the stack's supervisor starts MLflow again on the same port, so every client that knew the address
+    (the Ray head's MLFLOW_TRACKING_URI, the job, the DAG's tasks, the replicas) reaches it again; the retrain
+    completes and registers its version; the service answers as before."""
     import signal
 
     import httpx
 
+    from bertops.config import load_config
+    from bertops.orchestration.stack import airflow_client
+
     root, _ = stack
     before = json.loads((root / ".bertops" / "stack.json").read_text())["services"]
-    url, pid = before["mlflow"]["url"], before["mlflow"]["pid"]
+    url, pid, serving = before["mlflow"]["url"], before["mlflow"]["pid"], before["serving"]["url"]
     assert before["supervisor"]["pid"], before
-    os.killpg(pid, signal.SIGKILL)
-    killed = time.monotonic()
-    back = None
-    while time.monotonic() - killed < 300:
-        services = json.loads((root / ".bertops" / "stack.json").read_text())["services"]
-        if services.get("mlflow", {}).get("pid") not in (None, pid):
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    back = time.monotonic() - killed
-                    break
-            except httpx.HTTPError:
-                pass
-        time.sleep(1)
+    client = airflow_client(load_config(root / "params.yaml"), root)
+    run = client.trigger_dag("bert_retrain", {"pretraining": "skip", "overrides": ["finetune.max_steps=3"]})
+    run_id = run["dag_run_id"]
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:  # until the fine-tune's Ray job runs (it logs to MLflow)
+        states = {t["task_id"]: t["state"] for t in client.task_instances("bert_retrain", run_id)}
+        if states.get("finetune") == "running" or states.get("finetune") in ("success", "failed"):
+            break
+        time.sleep(2)
+    assert states.get("finetune") == "running", states
+    with _RequestStream(serving) as stream_before:
+        time.sleep(3)
+    with _RequestStream(serving) as during:
+        os.killpg(pid, signal.SIGKILL)
+        killed, back = time.monotonic(), None
+        while time.monotonic() - killed < 300:
+            services = json.loads((root / ".bertops" / "stack.json").read_text())["services"]
+            if services.get("mlflow", {}).get("pid") not in (None, pid):
+                try:
+                    if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                        back = time.monotonic() - killed
+                        break
+                except httpx.HTTPError:
+                    pass
+            time.sleep(1)
     log = (root / ".bertops" / "logs" / "supervisor.log").read_text(errors="replace")
     assert back is not None, f"MLflow did not come back at {url} within 300 s; supervisor log:\n{log[-3000:]}"
     assert services["mlflow"]["url"] == url  # the same address
+    final = client.wait_run("bert_retrain", run_id, 1500)
+    tries = {t["task_id"]: t["try_number"] for t in client.task_instances("bert_retrain", run_id)}
+    assert final["state"] == "success", (final, client.failures("bert_retrain", run_id))
+    summary = client.xcom("bert_retrain", run_id, "summary")
+    assert summary["version"] and summary["training_run_id"], summary
+    assert set(during.statuses) == set(stream_before.statuses), (stream_before.statuses, during.statuses)
     deadline = (
         time.monotonic() + 300
     )  # the supervisor's `up` goes on checking the other services, then says so
@@ -458,7 +504,47 @@ def test_a_killed_mlflow_comes_back_on_its_address_by_itself(stack: tuple[Path, 
         time.sleep(2)
         log = (root / ".bertops" / "logs" / "supervisor.log").read_text(errors="replace")
     assert "mlflow not running: starting it again" in log and "mlflow running again after" in log, log[-3000:]
-    print(f"MLflow back at {url} {back:.1f} s after SIGKILL")
+    print(f"FAULT mlflow (group, during finetune): back at {url} after {back:.1f} s; retrain {final['state']}, "
+          f"tries {tries}; requests during: {dict(during.statuses)}")  # fmt: skip
+
+
+def test_a_killed_ray_head_comes_back_with_the_service(stack: tuple[Path, dict[str, str]]) -> None:
+    """SIGKILL of the Ray head's whole process group (GCS, raylet, Serve, the replicas; Ray's HAProxy lives in a
+    session of its own) under a stream of requests: the supervisor clears what is left, starts Ray again on its
+    ports and redeploys the service, which answers again as before. Requests fail while it is down."""
+    import signal
+
+    import httpx
+
+    root, _ = stack
+    before = json.loads((root / ".bertops" / "stack.json").read_text())["services"]
+    pid, serving = before["ray"]["pid"], before["serving"]["url"]
+    with _RequestStream(serving) as stream_before:
+        time.sleep(3)
+    usual = stream_before.statuses.most_common(1)[0][0]
+    with _RequestStream(serving) as during:
+        os.killpg(pid, signal.SIGKILL)
+        killed, back = time.monotonic(), None
+        while time.monotonic() - killed < 600:
+            services = json.loads((root / ".bertops" / "stack.json").read_text())["services"]
+            if services.get("ray", {}).get("pid") not in (None, pid):
+                try:
+                    ok = (
+                        httpx.post(f"{serving}/predict", json={"texts": ["fine"]}, timeout=10).status_code
+                        == usual
+                    )
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    back = time.monotonic() - killed
+                    break
+            time.sleep(1)
+        time.sleep(3)
+    log = (root / ".bertops" / "logs" / "supervisor.log").read_text(errors="replace")
+    assert back is not None, f"the service did not come back within 600 s; supervisor log:\n{log[-3000:]}"
+    assert services["serving"]["url"] == serving
+    print(f"FAULT ray head (group): service answering {usual} again after {back:.1f} s; "
+          f"requests during: {dict(during.statuses)}")  # fmt: skip
 
 
 def test_the_stack_ran_no_dag_nobody_asked_for_and_takes_a_drift_event(
