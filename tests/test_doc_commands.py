@@ -376,6 +376,86 @@ class _RequestStream:
         self._thread.join()
 
 
+def test_a_killed_mlflow_during_a_retrain_comes_back_and_the_retrain_completes(
+    stack: tuple[Path, dict[str, str]],
+) -> None:
+    """SIGKILL of MLflow's whole process group while a retrain's ``finetune`` runs and requests stream to the
+    service: the stack's supervisor starts MLflow again on the same port, so every client that knew the address
+    (the Ray head's MLFLOW_TRACKING_URI, the job, the DAG's tasks, the replicas) reaches it again; the retrain
+    completes and registers its version; the service answers as before."""
+    import signal
+
+    import httpx
+
+    from bertops.config import load_config
+    from bertops.orchestration.stack import airflow_client
+
+    root, _ = stack
+    before = json.loads((root / ".bertops" / "stack.json").read_text())["services"]
+    url, pid, serving = before["mlflow"]["url"], before["mlflow"]["pid"], before["serving"]["url"]
+    assert before["supervisor"]["pid"], before
+    client = airflow_client(load_config(root / "params.yaml"), root)
+    # a gate any candidate passes: the service gets its first bert-sentiment champion, so that the faults after
+    # this one are measured on a service that answers 200
+    overrides = ["finetune.max_steps=3", "promotion.min_absolute=0", "promotion.min_over_majority=0"]
+    run = client.trigger_dag("bert_retrain", {"pretraining": "skip", "overrides": overrides})
+    run_id = run["dag_run_id"]
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:  # until the fine-tune's Ray job runs (it logs to MLflow)
+        states = {t["task_id"]: t["state"] for t in client.task_instances("bert_retrain", run_id)}
+        if states.get("finetune") == "running" or states.get("finetune") in ("success", "failed"):
+            break
+        time.sleep(2)
+    assert states.get("finetune") == "running", states
+    # while the retrain trains: every listener of the stack (Ray's, the job's workers' included) is on loopback
+    # or refuses a request without Ray's token
+    from tests.serving.stack_listeners import beyond_loopback
+
+    during_retrain = beyond_loopback(root)
+    assert not during_retrain["bad"], during_retrain["bad"]
+    with _RequestStream(serving) as stream_before:
+        time.sleep(3)
+    with _RequestStream(serving) as during:
+        os.killpg(pid, signal.SIGKILL)
+        killed, back = time.monotonic(), None
+        while time.monotonic() - killed < 300:
+            services = json.loads((root / ".bertops" / "stack.json").read_text())["services"]
+            if services.get("mlflow", {}).get("pid") not in (None, pid):
+                try:
+                    if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                        back = time.monotonic() - killed
+                        break
+                except httpx.HTTPError:
+                    pass
+            time.sleep(1)
+    log = (root / ".bertops" / "logs" / "supervisor.log").read_text(errors="replace")
+    assert back is not None, f"MLflow did not come back at {url} within 300 s; supervisor log:\n{log[-3000:]}"
+    assert services["mlflow"]["url"] == url  # the same address
+    final = client.wait_run("bert_retrain", run_id, 1500)
+    tries = {t["task_id"]: t["try_number"] for t in client.task_instances("bert_retrain", run_id)}
+    assert final["state"] == "success", (final, client.failures("bert_retrain", run_id))
+    summary = client.xcom("bert_retrain", run_id, "summary")
+    assert summary["version"] and summary["decision"].startswith("promoted"), summary
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # the service follows its new champion (update_serving, or its poll)
+        if httpx.post(f"{serving}/predict", json={"texts": ["fine"]}, timeout=30).status_code == 200:
+            break
+        time.sleep(2)
+    else:
+        raise AssertionError(httpx.get(f"{serving}/metadata", timeout=10).text)
+    # the same answers as before (or 200: the retrain may have promoted the service's first champion)
+    assert set(during.statuses) <= {*stream_before.statuses, 200}, (stream_before.statuses, during.statuses)
+    deadline = (
+        time.monotonic() + 300
+    )  # the supervisor's `up` goes on checking the other services, then says so
+    while "mlflow running again after" not in log and time.monotonic() < deadline:
+        time.sleep(2)
+        log = (root / ".bertops" / "logs" / "supervisor.log").read_text(errors="replace")
+    assert "mlflow not running: starting it again" in log and "mlflow running again after" in log, log[-3000:]
+    print(f"FAULT mlflow (group, during finetune): back at {url} after {back:.1f} s; retrain {final['state']}, "
+          f"tries {tries}; requests during: {dict(during.statuses)}")  # fmt: skip
+
+
 @pytest.mark.parametrize("component", ["scheduler", "api-server"])
 def test_a_killed_airflow_component_brings_airflow_back_on_its_address(
     stack: tuple[Path, dict[str, str]], component: str
@@ -443,69 +523,6 @@ def _in_group(pid: int, group: int) -> bool:
         return os.getpgid(pid) == group
     except ProcessLookupError:
         return False
-
-
-def test_a_killed_mlflow_during_a_retrain_comes_back_and_the_retrain_completes(
-    stack: tuple[Path, dict[str, str]],
-) -> None:
-    """SIGKILL of MLflow's whole process group while a retrain's ``finetune`` runs and requests stream to the
-    service: the stack's supervisor starts MLflow again on the same port, so every client that knew the address
-    (the Ray head's MLFLOW_TRACKING_URI, the job, the DAG's tasks, the replicas) reaches it again; the retrain
-    completes and registers its version; the service answers as before."""
-    import signal
-
-    import httpx
-
-    from bertops.config import load_config
-    from bertops.orchestration.stack import airflow_client
-
-    root, _ = stack
-    before = json.loads((root / ".bertops" / "stack.json").read_text())["services"]
-    url, pid, serving = before["mlflow"]["url"], before["mlflow"]["pid"], before["serving"]["url"]
-    assert before["supervisor"]["pid"], before
-    client = airflow_client(load_config(root / "params.yaml"), root)
-    run = client.trigger_dag("bert_retrain", {"pretraining": "skip", "overrides": ["finetune.max_steps=3"]})
-    run_id = run["dag_run_id"]
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:  # until the fine-tune's Ray job runs (it logs to MLflow)
-        states = {t["task_id"]: t["state"] for t in client.task_instances("bert_retrain", run_id)}
-        if states.get("finetune") == "running" or states.get("finetune") in ("success", "failed"):
-            break
-        time.sleep(2)
-    assert states.get("finetune") == "running", states
-    with _RequestStream(serving) as stream_before:
-        time.sleep(3)
-    with _RequestStream(serving) as during:
-        os.killpg(pid, signal.SIGKILL)
-        killed, back = time.monotonic(), None
-        while time.monotonic() - killed < 300:
-            services = json.loads((root / ".bertops" / "stack.json").read_text())["services"]
-            if services.get("mlflow", {}).get("pid") not in (None, pid):
-                try:
-                    if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                        back = time.monotonic() - killed
-                        break
-                except httpx.HTTPError:
-                    pass
-            time.sleep(1)
-    log = (root / ".bertops" / "logs" / "supervisor.log").read_text(errors="replace")
-    assert back is not None, f"MLflow did not come back at {url} within 300 s; supervisor log:\n{log[-3000:]}"
-    assert services["mlflow"]["url"] == url  # the same address
-    final = client.wait_run("bert_retrain", run_id, 1500)
-    tries = {t["task_id"]: t["try_number"] for t in client.task_instances("bert_retrain", run_id)}
-    assert final["state"] == "success", (final, client.failures("bert_retrain", run_id))
-    summary = client.xcom("bert_retrain", run_id, "summary")
-    assert summary["version"] and summary["training_run_id"], summary
-    assert set(during.statuses) == set(stream_before.statuses), (stream_before.statuses, during.statuses)
-    deadline = (
-        time.monotonic() + 300
-    )  # the supervisor's `up` goes on checking the other services, then says so
-    while "mlflow running again after" not in log and time.monotonic() < deadline:
-        time.sleep(2)
-        log = (root / ".bertops" / "logs" / "supervisor.log").read_text(errors="replace")
-    assert "mlflow not running: starting it again" in log and "mlflow running again after" in log, log[-3000:]
-    print(f"FAULT mlflow (group, during finetune): back at {url} after {back:.1f} s; retrain {final['state']}, "
-          f"tries {tries}; requests during: {dict(during.statuses)}")  # fmt: skip
 
 
 def test_a_killed_ray_head_comes_back_with_the_service(stack: tuple[Path, dict[str, str]]) -> None:

@@ -21,7 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -84,12 +84,17 @@ def _env() -> dict[str, str]:
     return env
 
 
-def run_dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run ``dvc <args>`` in ``root``, logging its output; raise :class:`DvcError` on failure when ``check``."""
+def run_dvc(
+    root: Path, *args: str, check: bool = True, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``dvc <args>`` in ``root`` (``env``: variables set for it alone), logging its output; raise
+    :class:`DvcError` on failure when ``check``."""
     exe = Path(sys.executable).parent / "dvc"
     cmd = [str(exe) if exe.exists() else "dvc", *args]
     log.info("running %s in %s", " ".join(cmd[1:]), root)
-    proc = subprocess.run(cmd, cwd=root, env=_env(), capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        cmd, cwd=root, env={**_env(), **(env or {})}, capture_output=True, text=True, check=False
+    )
     for line in (proc.stdout + proc.stderr).splitlines():
         log.info("[dvc] %s", line)
     if check and proc.returncode != 0:
@@ -303,7 +308,8 @@ def cache_dir(root: Path) -> Path:
     return path if path.is_absolute() else root / path
 
 
-def _place(src: Path, dst: Path) -> None:
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` (its folders made), or copy it where a link cannot be made."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(src, dst)  # cache files are read-only and never rewritten: a hard link is a safe snapshot
@@ -333,10 +339,10 @@ def snapshot_outputs(root: Path, dest: Path, prefix: str = "data") -> int:
             if digest.endswith(".dir") and obj.exists():
                 for entry in json.loads(obj.read_text(encoding="utf-8")):
                     h = entry["md5"]
-                    _place(cache / h[:2] / h[2:], tmp / rel / entry["relpath"])
+                    link_or_copy(cache / h[:2] / h[2:], tmp / rel / entry["relpath"])
                     count += 1
             elif obj.exists():
-                _place(obj, tmp / rel)
+                link_or_copy(obj, tmp / rel)
                 count += 1
             elif (root / path).is_file():  # cache: false: a copy (the workspace file is rewritten in place)
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)

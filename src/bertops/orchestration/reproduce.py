@@ -36,15 +36,19 @@ import yaml
 
 from bertops.data import version as data_version_mod
 from bertops.orchestration import dvc_ops
+from bertops.registry.registry import (
+    TAG_DATA,
+    TAG_DATA_OUTPUTS,
+    TAG_DVC_REV,
+    TAG_GIT,
+    TAG_OVERRIDES,
+    TAG_TRAINING_RUN,
+)
 from bertops.training.trainer import REPRODUCE_SRC_ENV
 
 log = logging.getLogger(__name__)
 
-TAG_COMMIT = "bertops.git_commit"
-TAG_DATA_VERSION = "bertops.data_version"
-TAG_OUTPUTS = "bertops.data_outputs"
-TAG_OVERRIDES = "bertops.overrides"
-TAG_DVC_REV = "bertops.dvc_rev"
+TAG_COMMIT, TAG_DATA_VERSION, TAG_OUTPUTS = TAG_GIT, TAG_DATA, TAG_DATA_OUTPUTS  # the names used below
 
 
 class ReproduceError(RuntimeError):
@@ -112,16 +116,8 @@ def _link_untracked(src: Path, dst: Path) -> None:
     A file the commit has keeps the commit's content (the record), whatever the workspace holds now."""
     for path in sorted(src.rglob("*")):
         target = dst / path.relative_to(src)
-        if path.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        if target.exists():
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, target)
-        except OSError:
-            shutil.copy2(path, target)
+        if path.is_file() and not target.exists():
+            dvc_ops.link_or_copy(path, target)
 
 
 def recorded_outputs(root: Path, tags: Mapping[str, str]) -> dict[str, str]:
@@ -173,15 +169,10 @@ def reproduce_data(
         if data:
             dvc_ops.write_overrides(tree / "params.yaml", data)
             dvc_ops.check_overrides_applied(tree / "params.yaml", data)
-        env_path = os.environ.get("PYTHONPATH")
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(tree / "src"), *([env_path] if env_path else [])])
-        try:
-            dvc_ops.run_dvc(tree, "repro")
-        finally:
-            if env_path is None:
-                os.environ.pop("PYTHONPATH", None)
-            else:
-                os.environ["PYTHONPATH"] = env_path
+        env_path = os.environ.get("PYTHONPATH")  # the stages import the commit's bertops, not this one
+        dvc_ops.run_dvc(
+            tree, "repro", env={"PYTHONPATH": os.pathsep.join([str(tree / "src"), *filter(None, [env_path])])}
+        )
         rebuilt_outputs = dvc_ops.output_hashes(tree)
         result = Reproduction(
             commit=commit, recorded=tags.get(TAG_DATA_VERSION), rebuilt=dvc_ops.data_version(tree),
@@ -197,7 +188,6 @@ def reproduce_data(
     return result
 
 
-TAG_TRAINING_RUN = "bertops.training_run_id"
 RESULT_PREFIX = "BERTOPS_RESULT "
 # Without project.deterministic a retrained model differs in the last bits, and so its metrics, a little:
 # a metric within this absolute tolerance counts as reproduced.

@@ -258,10 +258,10 @@ def stack_port(paths: StackPaths, name: str, preferred: int | None = None) -> in
     ports = json.loads(paths.ports_file.read_text(encoding="utf-8")) if paths.ports_file.exists() else {}
     if name in ports:
         port = int(ports[name])
-        holder = None if port_is_free(port) else _listener(port)
-        if not port_is_free(port) and not _is_ours(
-            holder, paths
-        ):  # (the stack's own Serve proxy may hold it)
+        taken = not port_is_free(port)
+        holder = _listener(port) if taken else None  # None: a holder this user cannot see
+        # taken by anyone but the stack itself (the stack's Serve proxy may hold the serving port)
+        if taken and not _is_ours(holder, paths):
             who = f"pid {holder.pid} ({' '.join(holder.cmdline())[:120]})" if holder else "another process"
             raise PortTaken(
                 f"{name}'s port {port} (its address since its first start, in {paths.ports_file}) is taken by "

@@ -30,6 +30,7 @@ from bertops.orchestration import dvc_ops
 from bertops.orchestration.ray_jobs import JobSpec, python_entrypoint
 from bertops.orchestration.retrain_params import conf_to_overrides, validate_conf
 from bertops.registry.client import connect
+from bertops.registry.registry import TAG_DATA_OUTPUTS, TAG_DVC_REV
 from bertops.serving import live_client as live
 from bertops.serving.client import ServingClientError
 
@@ -303,13 +304,11 @@ def registry_lineage(prepared: Mapping[str, Any], overrides: list[str]) -> dict[
     if prepared.get("dvc_experiment"):
         tags["bertops.dvc_experiment"] = str(prepared["dvc_experiment"])
     if prepared.get("dvc_rev"):
-        tags["bertops.dvc_rev"] = str(prepared["dvc_rev"])
+        tags[TAG_DVC_REV] = str(prepared["dvc_rev"])
     if prepared.get(
         "data_outputs"
     ):  # each stage output's hash: `bertops reproduce` names the first that differs
-        tags["bertops.data_outputs"] = json.dumps(
-            prepared["data_outputs"], sort_keys=True, separators=(",", ":")
-        )
+        tags[TAG_DATA_OUTPUTS] = json.dumps(prepared["data_outputs"], sort_keys=True, separators=(",", ":"))
     for key in ("drift_report", "drift_run_id"):  # a retrain triggered by bert_monitor's bertops_drift Asset
         if prepared.get(key):
             tags[f"bertops.{key}"] = str(prepared[key])
