@@ -352,20 +352,41 @@ def _log_tail(paths: StackPaths, name: str) -> str:
     return f"({log_file})\n" + (log_file.read_text(errors="replace")[-3000:] if log_file.exists() else "")
 
 
-def stop_group(pid: int, timeout: float = 30) -> bool:
-    """SIGTERM the process group ``pid`` leads, then SIGKILL after ``timeout``. True when it was running."""
-    if not alive(pid):
+def group_members(pgid: int, paths: StackPaths | None = None) -> list[Any]:
+    """The running processes of process group ``pgid``, its leader dead or alive (psutil). With ``paths``, only
+    the stack's own: carrying its mark, or working in its checkout (a process that rewrote its command line with
+    setproctitle has a blank ``/proc/<pid>/environ``), so a recycled group id never reaches anyone else."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) != pgid or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            ours = paths is None or proc.environ().get(STACK_MARK_ENV) == str(paths.state)
+            if not ours and not Path(proc.cwd()).is_relative_to(paths.root):  # type: ignore[union-attr]
+                continue
+            found.append(proc)
+        except (ProcessLookupError, psutil.Error, OSError):
+            continue
+    return found
+
+
+def stop_group(pid: int, timeout: float = 30, paths: StackPaths | None = None) -> bool:
+    """SIGTERM every process of the group ``pid`` led (also when the leader itself is gone; with ``paths``, the
+    stack's own only: :func:`group_members`), then SIGKILL what is left after ``timeout``. True when anything of
+    it was running.
+
+    By group, not by the environment mark alone: Airflow's LocalExecutor workers rewrite their command line
+    (setproctitle), which blanks ``/proc/<pid>/environ``, and outlive a killed scheduler as orphans in its group."""
+    members = group_members(pid, paths)
+    if not members:
         return False
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and alive(pid):
-        time.sleep(0.5)
-    if alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+    for _ in range(3):  # again for anything a member started while stopping
+        stop_processes(members, timeout)
+        members = group_members(pid, paths)
+        if not members:
+            break
     return True
 
 
@@ -481,10 +502,12 @@ def up(
 
 def _up(cfg: BertopsConfig, paths: StackPaths, serving: bool, note: Callable[[str], None]) -> dict[str, Any]:
     state = read_state(paths)
-    services: dict[str, Any] = {
-        k: v for k, v in state.get("services", {}).items() if k == "serving" or alive(v.get("pid"))
-    }
+    recorded = state.get("services", {})
+    services: dict[str, Any] = {k: v for k, v in recorded.items() if k == "serving" or alive(v.get("pid"))}
     state["services"] = services
+    for name, svc in recorded.items():  # a dead leader's group: what it started (orphans included) goes too
+        if name not in services and svc.get("pid") and stop_group(int(svc["pid"]), timeout=5, paths=paths):
+            note(f"stopped what was left of the dead {name}'s process group {svc['pid']}")
     secret = ensure_secrets(paths)
     timeout = float(cfg.orchestration.stack_start_timeout_s)
     base_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
@@ -663,7 +686,7 @@ def down(cfg: BertopsConfig, root: Path, on_step: Callable[[str], None] | None =
     stopped = []
     if supervisor and alive(supervisor):  # outside the lock: it may hold it while restarting a service
         note(f"stopping the supervisor (process group {supervisor})")
-        stop_group(int(supervisor), timeout=30)
+        stop_group(int(supervisor), timeout=30, paths=paths)
         stopped.append("supervisor")
     with stack_lock(paths):
         return stopped + _down(paths, note)
@@ -674,9 +697,9 @@ def _down(paths: StackPaths, note: Callable[[str], None]) -> list[str]:
     stopped = []
     for name in ("airflow", "ray", "mlflow"):
         pid = state.get("services", {}).get(name, {}).get("pid")
-        if pid and alive(pid):
+        if pid and group_members(int(pid), paths):  # its leader may be dead with its group still running
             note(f"stopping {name} (process group {pid})")
-            stop_group(int(pid), timeout=60 if name == "ray" else 30)
+            stop_group(int(pid), timeout=60 if name == "ray" else 30, paths=paths)
             stopped.append(name)
     # What outlived its group: Ray's HAProxy (its own session), idle Ray workers, an orphaned uvicorn worker.
     leftovers = stop_processes(stack_processes(paths))
