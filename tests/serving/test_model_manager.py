@@ -99,3 +99,37 @@ def test_concurrent_refreshes_load_once() -> None:
 
     asyncio.run(both())
     assert reg.loads == ["1"]
+
+
+def test_a_real_registry_without_the_alias_says_so_and_a_dead_one_does_not(tmp_path, monkeypatch) -> None:
+    """Against a real MLflow store: a model not registered yet, and a registered one whose alias is on no
+    version, are ``AliasUnset`` (the service's ``/readyz`` then says there is nothing to wait for); a registry
+    that does not answer is a plain ModelLoadError (the service keeps waiting for it)."""
+    from mlflow import MlflowClient
+
+    from bertops.serving.model_store import AliasUnset
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    source = ModelSource(tracking_uri=uri, name="m")
+    m = ModelManager(source, loader=MemoryRegistry().load)
+    for step in ("unregistered", "registered, no alias"):
+        try:
+            source.resolve()
+        except AliasUnset as exc:
+            assert "models:/m@champion" in str(exc), exc
+        else:
+            raise AssertionError(f"{step}: resolved")
+        assert not asyncio.run(m.refresh()).switched and m.alias_unset, step
+        if step == "unregistered":
+            MlflowClient(tracking_uri=uri, registry_uri=uri).create_registered_model("m")
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    dead = ModelSource(tracking_uri="http://127.0.0.1:9", name="m")
+    try:
+        dead.resolve()
+    except ModelLoadError as exc:
+        assert not isinstance(exc, AliasUnset), exc
+    else:
+        raise AssertionError("a dead registry resolved")
+    m = ModelManager(dead, loader=MemoryRegistry().load)
+    assert not asyncio.run(m.refresh()).switched and not m.alias_unset and m.last_error

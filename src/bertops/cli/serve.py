@@ -71,7 +71,7 @@ def serve_command(
     with exit_on(ServeConflict):
         url = start(cfg, host=host, port=port, address=address)
     try:
-        ready = wait_ready(url, timeout=60)
+        ready = wait_ready(url, timeout=60, until_alias_unset=True)
         console.print(
             f"[green]serving[/green] {ready['model']} version {ready['version']} at {url}  (docs: {url}/docs)"
         )

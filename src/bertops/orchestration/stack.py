@@ -5,8 +5,8 @@ Starts, bound to 127.0.0.1, each in its own process group (so ``down`` stops exa
 - an MLflow tracking server: SQLite ``<state>/mlflow-server/mlflow.db`` + artifacts ``<state>/mlflow-server/artifacts``
   (its own store: the embedded default without a stack is ``<state>/mlflow/mlflow.db``);
 - a Ray head with the dashboard (Jobs API), temp dir ``/tmp/bertops_ray_<hash>`` (Ray needs a short path);
-- Airflow (what ``airflow standalone`` runs: scheduler, dag-processor, API server, triggerer; LocalExecutor;
-  SQLite; the scheduler's and triggerer's log servers off, see :func:`airflow_command`) with
+- Airflow (what ``airflow standalone`` runs but the triggerer: scheduler, dag-processor, API server; LocalExecutor;
+  SQLite; the scheduler's log server off, see :func:`airflow_command`) with
   ``AIRFLOW_HOME=<state>/airflow`` and ``dags/`` of this checkout; the pool ``dvc`` (one slot);
 - the serving application (Ray Serve on that Ray head), following ``models:/<name>@champion``.
 
@@ -168,10 +168,11 @@ def airflow_settings(
 
 
 def airflow_command(port: int) -> list[str]:
-    """What ``airflow standalone`` runs (DB migration, then scheduler, dag-processor, triggerer and API server in
-    one process group), with the scheduler and triggerer started ``--skip-serve-logs``: their log servers
-    (8793, 8794) bind every interface and Airflow 3 has no setting for their host. With the LocalExecutor the
-    API server reads task logs from the local log folder, so nothing needs them.
+    """What ``airflow standalone`` runs (DB migration, then scheduler, dag-processor and API server in one process
+    group), with the scheduler started ``--skip-serve-logs``: its log server (8793) binds every interface and
+    Airflow 3 has no setting for its host. With the LocalExecutor the API server reads task logs from the local
+    log folder, so nothing needs it. No triggerer: bertops' DAGs defer nothing, and a fourth Airflow process
+    starting beside Ray and MLflow costs the 2-core laptop seconds of every ``make up``.
 
     When any one component ends (a crash, a SIGKILL), the shell ends the whole group (``wait -n; kill 0``): the
     recorded process is then gone and the supervisor starts Airflow again on its port, as it does for a crashed
@@ -179,8 +180,7 @@ def airflow_command(port: int) -> list[str]:
     airflow = shlex.quote(str(VENV_BIN / "airflow"))
     script = (
         f"{airflow} db migrate && {{ {airflow} scheduler --skip-serve-logs & {airflow} dag-processor & "
-        f"{airflow} triggerer --skip-serve-logs & {airflow} api-server --host 127.0.0.1 --port {port} & "
-        "wait -n; kill 0; }"
+        f"{airflow} api-server --host 127.0.0.1 --port {port} & wait -n; kill 0; }}"
     )
     return ["/bin/bash", "-c", script]
 
@@ -518,31 +518,27 @@ def _up(cfg: BertopsConfig, paths: StackPaths, serving: bool, note: Callable[[st
             if orphans:
                 note(f"stopped what the dead {name} left running: {', '.join(orphans)}")
 
+    # Every address first: each service's environment names the others' (service_env), so with the ports
+    # chosen and recorded, all of them start at once and the slow ones (Airflow's migration, Ray's head) overlap.
+    start: dict[str, list[str]] = {}
     if "mlflow" not in services:
         port = stack_port(paths, "mlflow", MLFLOW_PORT)
         paths.mlflow_dir.mkdir(parents=True, exist_ok=True)
-        note(f"starting MLflow on 127.0.0.1:{port}")
-        cmd = [
+        services["mlflow"] = {"pid": None, "url": f"http://127.0.0.1:{port}"}
+        start["mlflow"] = [
             str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
             "--backend-store-uri", f"sqlite:///{paths.mlflow_dir / 'mlflow.db'}",
             "--artifacts-destination", str(paths.mlflow_dir / "artifacts"), "--workers", "1",
         ]  # fmt: skip
-        # MLflow 3's job executor (huey consumers for GenAI jobs) is not used by bertops: 7 processes saved.
-        env = {**base_env, **service_env(state, paths), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        proc = spawn("mlflow", cmd, env, paths)
-        url = f"http://127.0.0.1:{port}"
-        services["mlflow"] = {"pid": proc.pid, "url": url}
-        _save_state(paths, state)
-        wait_until("mlflow", lambda: http_ok(f"{url}/health"), timeout, proc, paths)
-
     if "ray" not in services:
         # Always a free port: 8265 is Ray's default, which any other Ray on the machine may take at any moment,
         # and a job submitted to someone else's cluster would be a silent disaster. The URL is in stack.json.
         dash = stack_port(paths, "ray_dashboard")
         gcs = stack_port(paths, "ray_gcs")
         node_args, node_env = node_address(cfg.orchestration.stack_ray_node_ip)
-        note(f"starting a Ray head (dashboard 127.0.0.1:{dash})")
-        cmd = [
+        services["ray"] = {"pid": None, "url": f"http://127.0.0.1:{dash}", "address": f"127.0.0.1:{gcs}",
+                           "env": node_env}  # fmt: skip
+        start["ray"] = [
             sys.executable, "-m", "bertops.orchestration.ray_head", "start", "--head", "--block",
             "--port", str(gcs), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
             "--dashboard-port", str(dash), "--ray-client-server-port", str(free_port()),
@@ -552,38 +548,72 @@ def _up(cfg: BertopsConfig, paths: StackPaths, serving: bool, note: Callable[[st
             "--object-store-memory", str(cfg.orchestration.stack_ray_object_store_mb * 1024**2),
             "--disable-usage-stats", *node_args,
         ]  # fmt: skip
+    deploy = serving and not (services.get("serving") and http_ok(f"{services['serving']['url']}/healthz"))
+    if deploy:
+        serving_port = stack_port(paths, "serving", cfg.serving.port)
+        url = f"http://127.0.0.1:{serving_port}{cfg.serving.route_prefix.rstrip('/')}"
+        services["serving"] = {"pid": None, "url": url}
+    if "airflow" not in services:
+        airflow_port = stack_port(paths, "airflow", urlparse(cfg.orchestration.airflow_url).port or 8080)
+        services["airflow"] = {"pid": None, "url": f"http://127.0.0.1:{airflow_port}"}
+        start["airflow"] = airflow_command(airflow_port)
+    _save_state(paths, state)
+    common = {**base_env, **service_env(state, paths)}
+
+    procs: dict[str, subprocess.Popen] = {}
+    if "mlflow" in start:
+        note(f"starting MLflow on {services['mlflow']['url'].removeprefix('http://')}")
+        # MLflow 3's job executor (huey consumers for GenAI jobs) is not used by bertops: 7 processes saved.
+        procs["mlflow"] = spawn("mlflow", start["mlflow"], {**common, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                                paths)  # fmt: skip
+        services["mlflow"]["pid"] = procs["mlflow"].pid
+    ray_env = {
+        **common,
         # Ray gives its dashboard 60 s to start by default; a busy 2-core machine can need several minutes.
         # (and its raylet waits 16 s for the dashboard agent to report its port, then aborts).
+        "RAY_DASHBOARD_STARTUP_TIMEOUT_S": str(int(timeout)),
+        "RAY_agent_register_timeout_ms": str(int(timeout * 1000)),
+        "RAY_raylet_start_wait_time_s": str(int(timeout)),
+        "BERTOPS_RAY_START_TIMEOUT_S": str(int(timeout)),
+        "BERTOPS_RAY_READY_FILE": str(paths.state / "ray.ready"),
+        **ray_process_env(cfg.serving),  # serving.ingress: Serve's processes read it at start
+        # Ray's dashboard and autoscaler Prometheus servers default to fixed ports (44227, 44217), which
+        # any other Ray on the machine may hold already (theirs then fail to start): free ones instead.
+        "DASHBOARD_METRIC_PORT": str(free_port()),
+        "AUTOSCALER_METRIC_PORT": str(free_port()),
+    }
+    ready = paths.state / "ray.ready"
+    if "ray" in start:
+        note(f"starting a Ray head (dashboard {services['ray']['url'].removeprefix('http://')})")
+        ready.unlink(missing_ok=True)
+        procs["ray"] = spawn("ray", start["ray"], ray_env, paths)
+        services["ray"]["pid"] = procs["ray"].pid
+    if "airflow" in start:
+        note(f"starting Airflow on {services['airflow']['url'].removeprefix('http://')}")
         env = {
-            **base_env,
-            **service_env(state, paths),
-            "RAY_DASHBOARD_STARTUP_TIMEOUT_S": str(int(timeout)),
-            "RAY_agent_register_timeout_ms": str(int(timeout * 1000)),
-            "RAY_raylet_start_wait_time_s": str(int(timeout)),
-            "BERTOPS_RAY_START_TIMEOUT_S": str(int(timeout)),
-            "BERTOPS_RAY_READY_FILE": str(paths.state / "ray.ready"),
-            **ray_process_env(cfg.serving),  # serving.ingress: Serve's processes read it at start
-            **node_env,  # orchestration.stack_ray_node_ip (ray_head.node_address)
-            # Ray's dashboard and autoscaler Prometheus servers default to fixed ports (44227, 44217), which
-            # any other Ray on the machine may hold already (theirs then fail to start): free ones instead.
-            "DASHBOARD_METRIC_PORT": str(free_port()),
-            "AUTOSCALER_METRIC_PORT": str(free_port()),
+            **common,
+            **airflow_settings(
+                paths.airflow_home, paths.root, airflow_port, secret, cfg.orchestration.dags_paused
+            ),
         }
-        url = f"http://127.0.0.1:{dash}"
+        procs["airflow"] = spawn("airflow", start["airflow"], env, paths)
+        services["airflow"]["pid"] = procs["airflow"].pid
+    _save_state(paths, state)
+
+    if "mlflow" in procs:
+        url = services["mlflow"]["url"]
+        wait_until("mlflow", lambda: http_ok(f"{url}/health"), timeout, procs["mlflow"], paths)
+    if "ray" in procs:
+        url = services["ray"]["url"]
         # Ray waits only 30 s (hard-coded) for its raylet to register: on an overloaded machine the head can
-        # exit during start-up. Try again, a few times, before giving up.
-        ready = paths.state / "ray.ready"
+        # exit during start-up. Try again, on the same ports, a few times, before giving up.
         for attempt in range(1, 6):
-            ready.unlink(missing_ok=True)
-            proc = spawn("ray", cmd, env, paths)
-            services["ray"] = {"pid": proc.pid, "url": url, "address": f"127.0.0.1:{gcs}", "env": node_env}
-            _save_state(paths, state)
             try:
                 wait_until(
                     "ray",
                     lambda: ready.exists() and http_ok(f"{url}/api/version", accept=RAY_UP),
                     timeout,
-                    proc,
+                    procs["ray"],
                     paths,
                 )
                 break
@@ -591,43 +621,34 @@ def _up(cfg: BertopsConfig, paths: StackPaths, serving: bool, note: Callable[[st
                 # What the failed attempt left (its GCS and dashboard hold the ports) goes before the next one;
                 # the group outlives its leader, which has exited.
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    os.killpg(procs["ray"].pid, signal.SIGKILL)
                 time.sleep(2)
                 if attempt == 5:
                     raise
                 note(f"the Ray head exited during start-up; starting it again (attempt {attempt + 1})")
+                ready.unlink(missing_ok=True)
+                procs["ray"] = spawn("ray", start["ray"], ray_env, paths)
+                services["ray"]["pid"] = procs["ray"].pid
+                _save_state(paths, state)
 
-    if serving and not (services.get("serving") and http_ok(f"{services['serving']['url']}/healthz")):
-        port = stack_port(paths, "serving", cfg.serving.port)
-        url = f"http://127.0.0.1:{port}{cfg.serving.route_prefix.rstrip('/')}"
-        services["serving"] = {"pid": None, "url": url}
-        note(f"deploying the serving application on Ray (127.0.0.1:{port})")
-        cmd = [str(VENV_BIN / "bertops"), "serve", "--detach", "--host", "127.0.0.1", "--port", str(port),
+    if deploy:
+        note(f"deploying the serving application on Ray (127.0.0.1:{serving_port})")
+        cmd = [str(VENV_BIN / "bertops"), "serve", "--detach", "--host", "127.0.0.1", "--port", str(serving_port),
                "--address", services["ray"]["address"]]  # fmt: skip
         # The Ray head above was started with the ingress switches (serving.ingress); the deploying driver has
         # them too, so that it knows they are in effect.
         switches = HAPROXY_SWITCHES if cfg.serving.ingress == "haproxy" else {}
-        env = {**base_env, **service_env(state, paths), **switches}
         with open(paths.logs / "serving.log", "ab") as fh:
-            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=paths.root,
-                                timeout=timeout, check=False).returncode  # fmt: skip
+            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**common, **switches},
+                                cwd=paths.root, timeout=timeout, check=False).returncode  # fmt: skip
         if rc != 0:
             raise StackError(f"`bertops serve` failed (exit {rc}); see {paths.logs / 'serving.log'}")
-        _save_state(paths, state)
 
-    if "airflow" not in services:
-        port = stack_port(paths, "airflow", urlparse(cfg.orchestration.airflow_url).port or 8080)
-        note(f"starting Airflow on 127.0.0.1:{port}")
-        env = {
-            **base_env,
-            **service_env(state, paths),
-            **airflow_settings(paths.airflow_home, paths.root, port, secret, cfg.orchestration.dags_paused),
-        }
-        proc = spawn("airflow", airflow_command(port), env, paths)
-        url = f"http://127.0.0.1:{port}"
-        services["airflow"] = {"pid": proc.pid, "url": url}
-        _save_state(paths, state)
-        wait_until("airflow", lambda: http_ok(f"{url}/api/v2/monitor/health"), timeout, proc, paths)
+    if "airflow" in procs:
+        url = services["airflow"]["url"]
+        wait_until(
+            "airflow", lambda: http_ok(f"{url}/api/v2/monitor/health"), timeout, procs["airflow"], paths
+        )
         _ensure_pool(cfg, paths, url)
     _apply_paused(cfg, paths, services["airflow"]["url"], note)
     _save_state(paths, state)

@@ -448,9 +448,10 @@ class BertopsService:
         """Readiness: 200 when a model version is loaded and warmed up, else 503."""
         model = self.manager.current
         if model is None:
-            return JSONResponse(
-                {"ready": False, "error": self.manager.last_error or "loading"}, status_code=503
-            )
+            body = {"ready": False, "error": self.manager.last_error or "loading"}
+            if self.manager.alias_unset:  # not loading: no version has the alias yet
+                body["alias_unset"] = True
+            return JSONResponse(body, status_code=503)
         return JSONResponse({"ready": True, "model": model.name, "version": model.version})
 
     @api.get("/metadata", response_model=MetadataResponse)

@@ -113,8 +113,11 @@ def flush_records(url: str, timeout: float = 60.0) -> int:
     return int(_check(resp)["written"])
 
 
-def wait_ready(url: str, timeout: float = 300.0, interval: float = 1.0) -> dict[str, Any]:
-    """Poll ``GET /readyz`` until a model is loaded; return its body. Raises ServingClientError on timeout."""
+def wait_ready(
+    url: str, timeout: float = 300.0, interval: float = 1.0, until_alias_unset: bool = False
+) -> dict[str, Any]:
+    """Poll ``GET /readyz`` until a model is loaded; return its body. Raises ServingClientError on timeout, or,
+    with ``until_alias_unset``, as soon as the service says no version has its alias (nothing is loading)."""
     deadline, last = time.monotonic() + timeout, "no answer"
     while time.monotonic() < deadline:
         try:
@@ -122,6 +125,8 @@ def wait_ready(url: str, timeout: float = 300.0, interval: float = 1.0) -> dict[
             if resp.status_code == 200:
                 return resp.json()
             last = resp.text
+            if until_alias_unset and resp.status_code == 503 and resp.json().get("alias_unset"):
+                raise ServingClientError(_url(url, "/readyz"), 503, resp.json().get("error", last))
         except httpx.HTTPError as exc:
             last = f"{type(exc).__name__}: {exc}"
         time.sleep(interval)

@@ -45,6 +45,10 @@ class ModelLoadError(RuntimeError):
     """A registered version that cannot be served: it failed to load or to pass the warm-up check."""
 
 
+class AliasUnset(ModelLoadError):
+    """The registry answered, and no version carries the alias (or the model is not registered yet)."""
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """The registered model a service follows: ``models:/<name>@<alias>`` on ``tracking_uri``."""
@@ -69,7 +73,12 @@ class ModelSource:
         try:
             return str(self.client().get_model_version_by_alias(self.name, self.alias).version)
         except MlflowException as exc:
-            raise ModelLoadError(f"cannot resolve {self.uri} on {self.tracking_uri}: {exc.message}") from None
+            kind = (
+                AliasUnset
+                if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+                else ModelLoadError
+            )
+            raise kind(f"cannot resolve {self.uri} on {self.tracking_uri}: {exc.message}") from None
 
 
 @dataclass
@@ -331,6 +340,8 @@ class ModelManager:
         self._preloaded = preloaded or (lambda version: None)
         self.current: LoadedModel | None = None
         self.last_error: str | None = None
+        # True while the registry says no version has the alias: nothing to wait for until one is promoted
+        self.alias_unset = False
         self._loader = loader
         self._failed: dict[str, str] = {}  # version -> why it was not switched to
         self._lock = asyncio.Lock()
@@ -348,7 +359,9 @@ class ModelManager:
             try:
                 target = await asyncio.to_thread(self.source.resolve)
             except ModelLoadError as exc:
+                self.alias_unset = isinstance(exc, AliasUnset)
                 return self._failure(None, str(exc), previous)
+            self.alias_unset = False
             if target == previous:
                 self.last_error = None  # the alias is back on what we serve: no failed switch pending
                 return RefreshResult(False, previous, previous, f"already serving version {target}")
