@@ -37,6 +37,7 @@ PROBE = textwrap.dedent(
             "tasks": {t.task_id: {"retries": t.retries, "pool": t.pool, "owner": t.owner,
                                   "retry_exponential_backoff": bool(t.retry_exponential_backoff),
                                   "on_failure": [getattr(f, "__qualname__", str(f)) for f in (t.on_failure_callback if isinstance(t.on_failure_callback, list) else [t.on_failure_callback] if t.on_failure_callback else [])],
+                                  "on_retry": [getattr(f, "__qualname__", str(f)) for f in (t.on_retry_callback if isinstance(t.on_retry_callback, list) else [t.on_retry_callback] if t.on_retry_callback else [])],
                                   "execution_timeout": t.execution_timeout.total_seconds() if t.execution_timeout else None,
                                   "upstream": sorted(t.upstream_task_ids), "trigger_rule": getattr(t.trigger_rule, "value", str(t.trigger_rule))}
                       for t in dag.tasks},
@@ -87,6 +88,11 @@ def test_every_task_retries_with_backoff_and_dags_are_documented(probe: dict) ->
             # every task says why it failed where the user looks, but the retrain's summary, which repeats it
             expected = [] if (dag_id, task_id) == ("bert_retrain", "summary") else ["on_task_failure"]
             assert t["on_failure"] == expected, (dag_id, task_id, t["on_failure"])
+            assert t["on_retry"] == ["on_task_retry"], (
+                dag_id,
+                task_id,
+                t["on_retry"],
+            )  # a retried try says why
 
 
 def test_retrain_shape_pool_timeouts_and_params(probe: dict) -> None:

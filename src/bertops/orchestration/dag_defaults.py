@@ -37,12 +37,13 @@ def default_args(cfg: BertopsConfig) -> dict[str, Any]:
     """Retries with exponential backoff on every task (a task that cannot succeed on a retry raises
     ``AirflowFailException`` and is not retried); the failure callback that says why where the user looks
     (:mod:`bertops.orchestration.failures`); the owner shown in the UI."""
-    from bertops.orchestration.failures import on_task_failure
+    from bertops.orchestration.failures import on_task_failure, on_task_retry
 
     o = cfg.orchestration
     return {
         "owner": OWNER,
         "on_failure_callback": on_task_failure,
+        "on_retry_callback": on_task_retry,  # a retried try's line (the failure callback is for the last try)
         "retries": o.task_retries,
         "retry_delay": dt.timedelta(seconds=o.retry_delay_s),
         "retry_exponential_backoff": True,

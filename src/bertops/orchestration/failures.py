@@ -4,7 +4,9 @@ The same line reaches the user wherever they look:
 
 - the task's own log and Airflow's UI: every bertops task has :func:`on_task_failure` as its
   ``on_failure_callback`` (``dag_defaults.default_args``), which logs the line and keeps the record as the task's
-  XCom ``bertops_failure``;
+  XCom ``bertops_failure``; a try that Airflow retries (an infrastructure error: a lost connection, a lost Ray
+  job) logs its line too, through :func:`on_task_retry` (``on_retry_callback``: Airflow calls the failure callback
+  only for a try that is not retried);
 - the retrain's ``summary`` task (``trigger_rule="all_done"``): its ``failed`` list, then it fails the run with the
   first line;
 - ``bertops retrain --wait`` and ``bertops stack status``: :meth:`AirflowClient.failures`, read from the tasks' logs
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 
 XCOM_KEY = "bertops_failure"
 NOT_RETRIED = "not retried: the same input fails again"
+RETRYING = "retried after a delay"
 # Airflow's default log_filename_template (no map index: bertops maps no task).
 _LOG_TEMPLATE = "dag_id={dag_id}/run_id={run_id}/task_id={task_id}/attempt={try_number}.log"
 
@@ -41,7 +44,7 @@ def task_log_path(
 def describe(failure: dict[str, Any]) -> str:
     """``"<task> failed (try N of M[, not retried: ...]): <first error>"``."""
     tries, number = int(failure.get("tries") or 1), int(failure.get("try_number") or 1)
-    retried = f", {NOT_RETRIED}" if number < tries else ""
+    retried = f", {RETRYING}" if failure.get("retrying") else f", {NOT_RETRIED}" if number < tries else ""
     return f"{failure['task_id']} failed (try {number} of {tries}{retried}): {failure['first_error']}"
 
 
@@ -74,6 +77,12 @@ def record(context: dict[str, Any]) -> dict[str, Any]:
         "first_error": first_line(context.get("exception")),
         "log_path": task_log_path(_base_log_folder(), ti.dag_id, ti.run_id, ti.task_id, number),
     }
+
+
+def on_task_retry(context: dict[str, Any]) -> None:
+    """``on_retry_callback`` of every bertops task: the try's line in its own log, saying it will be retried."""
+    failure = {**record(context), "retrying": True}
+    log.warning("bertops: %s; full log: %s", describe(failure), failure["log_path"])
 
 
 def on_task_failure(context: dict[str, Any]) -> None:
