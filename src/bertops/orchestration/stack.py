@@ -714,14 +714,21 @@ def down(cfg: BertopsConfig, root: Path, on_step: Callable[[str], None] | None =
 
 
 def _down(paths: StackPaths, note: Callable[[str], None]) -> list[str]:
+    from concurrent.futures import ThreadPoolExecutor
+
     state = read_state(paths)
-    stopped = []
+    groups = []
     for name in ("airflow", "ray", "mlflow"):
         pid = state.get("services", {}).get(name, {}).get("pid")
         if pid and group_members(int(pid), paths):  # its leader may be dead with its group still running
             note(f"stopping {name} (process group {pid})")
-            stop_group(int(pid), timeout=60 if name == "ray" else 30, paths=paths)
-            stopped.append(name)
+            groups.append((name, int(pid)))
+    # All at once: each group's graceful shutdown is mostly waiting. Ray's took 36 s on SIGTERM (its Serve
+    # replicas and workers wind down one by one) and the local head keeps nothing that a SIGKILL could lose (no
+    # GCS persistence; a crashed head is restarted the same way): 15 s, then SIGKILL.
+    with ThreadPoolExecutor(max_workers=max(len(groups), 1)) as pool:
+        list(pool.map(lambda g: stop_group(g[1], timeout=15 if g[0] == "ray" else 30, paths=paths), groups))
+    stopped = [name for name, _ in groups]
     # What outlived its group: Ray's HAProxy (its own session), idle Ray workers, an orphaned uvicorn worker.
     leftovers = stop_processes(stack_processes(paths))
     if leftovers:
