@@ -133,3 +133,50 @@ def test_a_real_registry_without_the_alias_says_so_and_a_dead_one_does_not(tmp_p
         raise AssertionError("a dead registry resolved")
     m = ModelManager(dead, loader=MemoryRegistry().load)
     assert not asyncio.run(m.refresh()).switched and not m.alias_unset and m.last_error
+
+
+def test_waiting_for_readiness_stops_only_on_the_replicas_word(tmp_path) -> None:
+    """``wait_ready(until_alias_unset=True)`` over real HTTP: a proxy's own ``503`` (HTML, before any replica
+    answers) is waited through until the timeout; the replica's ``503`` with ``alias_unset`` ends the wait at
+    once, with the replica's error."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from bertops.serving.client import ServingClientError, wait_ready
+
+    answer = {"type": "text/html", "body": b"<html>503 Service Unavailable</html>"}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(503)
+            self.send_header("Content-Type", answer["type"])
+            self.end_headers()
+            self.wfile.write(answer["body"])
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        started = time.monotonic()
+        try:
+            wait_ready(url, timeout=2, interval=0.2, until_alias_unset=True)
+        except ServingClientError as exc:
+            assert "not ready after 2" in str(exc) and time.monotonic() - started >= 2, exc
+        else:
+            raise AssertionError("an HTML 503 was taken as ready")
+        answer.update(
+            type="application/json", body=b'{"ready": false, "error": "no champion", "alias_unset": true}'
+        )
+        started = time.monotonic()
+        try:
+            wait_ready(url, timeout=30, interval=0.2, until_alias_unset=True)
+        except ServingClientError as exc:
+            assert "no champion" in str(exc) and time.monotonic() - started < 10, exc
+        else:
+            raise AssertionError("alias_unset was taken as ready")
+    finally:
+        server.shutdown()

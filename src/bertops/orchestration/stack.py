@@ -567,27 +567,31 @@ def _up(cfg: BertopsConfig, paths: StackPaths, serving: bool, note: Callable[[st
         procs["mlflow"] = spawn("mlflow", start["mlflow"], {**common, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
                                 paths)  # fmt: skip
         services["mlflow"]["pid"] = procs["mlflow"].pid
-    ray_env = {
-        **common,
-        # Ray gives its dashboard 60 s to start by default; a busy 2-core machine can need several minutes.
-        # (and its raylet waits 16 s for the dashboard agent to report its port, then aborts).
-        "RAY_DASHBOARD_STARTUP_TIMEOUT_S": str(int(timeout)),
-        "RAY_agent_register_timeout_ms": str(int(timeout * 1000)),
-        "RAY_raylet_start_wait_time_s": str(int(timeout)),
-        "BERTOPS_RAY_START_TIMEOUT_S": str(int(timeout)),
-        "BERTOPS_RAY_READY_FILE": str(paths.state / "ray.ready"),
-        **ray_process_env(cfg.serving),  # serving.ingress: Serve's processes read it at start
-        # Ray's dashboard and autoscaler Prometheus servers default to fixed ports (44227, 44217), which
-        # any other Ray on the machine may hold already (theirs then fail to start): free ones instead.
-        "DASHBOARD_METRIC_PORT": str(free_port()),
-        "AUTOSCALER_METRIC_PORT": str(free_port()),
-    }
     ready = paths.state / "ray.ready"
     if "ray" in start:
+        ray_env = {
+            **common,
+            # Ray gives its dashboard 60 s to start by default; a busy 2-core machine can need several minutes.
+            # (and its raylet waits 16 s for the dashboard agent to report its port, then aborts).
+            "RAY_DASHBOARD_STARTUP_TIMEOUT_S": str(int(timeout)),
+            "RAY_agent_register_timeout_ms": str(int(timeout * 1000)),
+            "RAY_raylet_start_wait_time_s": str(int(timeout)),
+            "BERTOPS_RAY_START_TIMEOUT_S": str(int(timeout)),
+            "BERTOPS_RAY_READY_FILE": str(ready),
+            **ray_process_env(cfg.serving),  # serving.ingress: Serve's processes read it at start
+            # Ray's dashboard and autoscaler Prometheus servers default to fixed ports (44227, 44217), which
+            # any other Ray on the machine may hold already (theirs then fail to start): free ones instead.
+            "DASHBOARD_METRIC_PORT": str(free_port()),
+            "AUTOSCALER_METRIC_PORT": str(free_port()),
+        }
+
+        def start_ray() -> None:  # also again, on the same ports, when the head exits during start-up
+            ready.unlink(missing_ok=True)
+            procs["ray"] = spawn("ray", start["ray"], ray_env, paths)
+            services["ray"]["pid"] = procs["ray"].pid
+
         note(f"starting a Ray head (dashboard {services['ray']['url'].removeprefix('http://')})")
-        ready.unlink(missing_ok=True)
-        procs["ray"] = spawn("ray", start["ray"], ray_env, paths)
-        services["ray"]["pid"] = procs["ray"].pid
+        start_ray()
     if "airflow" in start:
         note(f"starting Airflow on {services['airflow']['url'].removeprefix('http://')}")
         env = {
@@ -626,9 +630,7 @@ def _up(cfg: BertopsConfig, paths: StackPaths, serving: bool, note: Callable[[st
                 if attempt == 5:
                     raise
                 note(f"the Ray head exited during start-up; starting it again (attempt {attempt + 1})")
-                ready.unlink(missing_ok=True)
-                procs["ray"] = spawn("ray", start["ray"], ray_env, paths)
-                services["ray"]["pid"] = procs["ray"].pid
+                start_ray()
                 _save_state(paths, state)
 
     if deploy:

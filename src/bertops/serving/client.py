@@ -125,8 +125,13 @@ def wait_ready(
             if resp.status_code == 200:
                 return resp.json()
             last = resp.text
-            if until_alias_unset and resp.status_code == 503 and resp.json().get("alias_unset"):
-                raise ServingClientError(_url(url, "/readyz"), 503, resp.json().get("error", last))
+            if until_alias_unset and resp.status_code == 503:
+                try:  # the replica's JSON; a proxy's own 503 (no replica yet) is HTML: keep waiting
+                    body = resp.json()
+                except ValueError:
+                    body = {}
+                if isinstance(body, dict) and body.get("alias_unset"):
+                    raise ServingClientError(_url(url, "/readyz"), 503, body.get("error", last))
         except httpx.HTTPError as exc:
             last = f"{type(exc).__name__}: {exc}"
         time.sleep(interval)
